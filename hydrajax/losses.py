@@ -1,0 +1,124 @@
+"""Masked losses as (sum, count) pieces, so a mean over devices or batches stays exact.
+
+Predictions are upsampled (bilinear) to the label resolution before the loss, as in the
+authors' recipe. A task with no valid pixel contributes exactly 0 with a zero gradient.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from hydrajax.models import layers
+
+IGNORE_LABEL = 255
+BERHU_FRACTION = 0.2
+DEFAULT_WEIGHTS = {"segm": 0.5, "depth": 0.5, "normals": 0.5}
+
+SumCount = tuple[jax.Array, jax.Array]
+
+
+def cross_entropy_terms(logits: jax.Array, labels: jax.Array,
+                        ignore_label: int = IGNORE_LABEL) -> SumCount:
+  """Softmax CE. logits (N, H, W, C), labels (N, H, W) int; labels == ignore_label or
+  outside [0, C) are ignored. Returns (sum over valid pixels, number of valid pixels)."""
+  logits = logits.astype(jnp.float32)
+  labels = labels.astype(jnp.int32)
+  valid = (labels != ignore_label) & (labels >= 0) & (labels < logits.shape[-1])
+  safe = jnp.where(valid, labels, 0)
+  logz = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+  nll = jnp.where(valid, logz - picked, 0.0)
+  return nll.sum(), valid.sum().astype(jnp.float32)
+
+
+def berhu_threshold(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """c = 0.2 * max |relu(pred) - target| over valid pixels (target > 0); 0 if none.
+  Treated as a per-batch constant (no gradient), as in Laina et al. (2016)."""
+  valid = target > 0
+  err = jnp.where(valid, jnp.abs(jax.nn.relu(pred) - target), 0.0)
+  return jax.lax.stop_gradient(BERHU_FRACTION * err.max())
+
+
+def berhu_terms(pred: jax.Array, target: jax.Array, c: jax.Array | None = None) -> SumCount:
+  """Inverse Huber on relu(pred) vs target (metres), pixels with target > 0.
+  loss = |e| if |e| <= c else (e^2 + c^2) / (2c). pred, target (N, H, W).
+  Returns (sum over valid pixels, number of valid pixels), a correct masked mean's pieces
+  (the authors' DenseTorch divides by all pixels instead)."""
+  pred = pred.astype(jnp.float32)
+  target = target.astype(jnp.float32)
+  if c is None:
+    c = berhu_threshold(pred, target)
+  valid = target > 0
+  diff = jnp.where(valid, jax.nn.relu(pred) - target, 0.0)
+  err = jnp.abs(diff)
+  c_safe = jnp.where(c > 0, c, 1.0)
+  quad = (diff ** 2 + c ** 2) / (2.0 * c_safe)
+  loss = jnp.where(err <= c, err, quad)
+  return jnp.where(valid, loss, 0.0).sum(), valid.sum().astype(jnp.float32)
+
+
+def normals_terms(pred: jax.Array, target: jax.Array) -> SumCount:
+  """1 - cosine(pred, target) over pixels whose target normal is non-zero. (N, H, W, 3)."""
+  pred = pred.astype(jnp.float32)
+  target = target.astype(jnp.float32)
+  tnorm = jnp.linalg.norm(target, axis=-1)
+  valid = tnorm > 0
+  pnorm = jnp.sqrt(jnp.sum(pred ** 2, axis=-1) + 1e-12)
+  cos = jnp.sum(pred * target, axis=-1) / (pnorm * jnp.where(valid, tnorm, 1.0))
+  return jnp.where(valid, 1.0 - cos, 0.0).sum(), valid.sum().astype(jnp.float32)
+
+
+def upsample_outputs(outputs: Mapping[str, jax.Array], size: tuple[int, int],
+                     align_corners: bool = False) -> dict[str, jax.Array]:
+  """Raw 1/4-resolution outputs -> label resolution (bilinear), depth keeps (N, H, W)."""
+  out = {}
+  for task, value in outputs.items():
+    if task == "depth":
+      out[task] = layers.resize_bilinear(value[..., None], size, align_corners)[..., 0]
+    else:
+      out[task] = layers.resize_bilinear(value, size, align_corners)
+  return out
+
+
+def loss_terms(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
+               align_corners: bool = False, axis_name: str | None = None) -> dict[str, SumCount]:
+  """(sum, count) per task of the model, predictions upsampled to the label size.
+
+  batch: "segm" (N, H, W) uint8 (255 ignore), "depth" (N, H, W) metres (0 invalid),
+  "normals" (N, H, W, 3). With `axis_name` (inside pmap), the berHu threshold is the max
+  over all devices, so the result equals one device on the global batch.
+  """
+  label = batch["segm"] if "segm" in batch else batch["depth"]
+  up = upsample_outputs(outputs, label.shape[1:3], align_corners)
+  terms = {}
+  if "segm" in up:
+    terms["segm"] = cross_entropy_terms(up["segm"], batch["segm"])
+  if "depth" in up:
+    c = berhu_threshold(up["depth"], batch["depth"])
+    if axis_name is not None:
+      c = jax.lax.pmax(c, axis_name)
+    terms["depth"] = berhu_terms(up["depth"], batch["depth"], c)
+  if "normals" in up:
+    terms["normals"] = normals_terms(up["normals"], batch["normals"])
+  return terms
+
+
+def combined_loss(terms: Mapping[str, SumCount], weights: Mapping[str, float] | None = None,
+                  axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Weighted sum of masked task means: sum_t w_t * sum_t / max(count_t, 1).
+
+  With `axis_name`, counts are summed over devices and the returned total is this device's
+  share: summing totals (and gradients) over devices gives the global-batch loss.
+  Returns (total, {task: this device's share of the task's mean}).
+  """
+  weights = DEFAULT_WEIGHTS if weights is None else weights
+  total = jnp.zeros((), jnp.float32)
+  means = {}
+  for task, (s, n) in terms.items():
+    if axis_name is not None:
+      n = jax.lax.psum(n, axis_name)
+    means[task] = s / jnp.maximum(n, 1.0)
+    total = total + weights[task] * means[task]
+  return total, means

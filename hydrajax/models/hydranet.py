@@ -1,0 +1,66 @@
+"""The multi-task network: MobileNet-v2 encoder, Light-Weight RefineNet decoder, one head
+per task (Nekrasov et al., ICRA 2019)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hydrajax.models import layers
+from hydrajax.models.mobilenet_v2 import MobileNetV2Encoder
+from hydrajax.models.refinenet import DECODER_CHANNELS, RefineNetDecoder
+
+TASKS = ("segm", "depth", "normals")
+# Official head names: pre_segm/segm, pre_depth/depth, pre_normal/normal.
+HEAD_NAMES = {"segm": "segm", "depth": "depth", "normals": "normal"}
+
+
+def task_channels(task: str, num_classes: int) -> int:
+  return {"segm": num_classes, "depth": 1, "normals": 3}[task]
+
+
+class Head(nn.Module):
+  """depthwise 1x1 (no bias) -> ReLU6 -> 3x3 conv with bias. Official `pre_X` and `X`."""
+  features: int
+  name_: str
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = layers.DepthwiseConv(1, dtype=self.dtype, name=f"pre_{self.name_}")(x)
+    x = layers.relu6(x)
+    return layers.Conv(self.features, 3, use_bias=True, dtype=self.dtype, name=self.name_)(x)
+
+
+class HydraNet(nn.Module):
+  """Normalised NHWC image -> dict of raw task outputs at 1/4 resolution (ceil(H/4)).
+
+  Outputs: "segm" (N, h, w, num_classes) logits; "depth" (N, h, w) raw (make it
+  non-negative before use); "normals" (N, h, w, 3) unnormalised.
+  `align_corners` selects the decoder's bilinear upsampling: False as in the official
+  models, True as in the authors' DenseTorch library.
+  """
+  num_classes: int = 40
+  tasks: Sequence[str] = ("segm", "depth")
+  align_corners: bool = False
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    unknown = set(self.tasks) - set(TASKS)
+    if unknown or not self.tasks:
+      raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tuple(self.tasks)}")
+    self.encoder = MobileNetV2Encoder(dtype=self.dtype)
+    self.decoder = RefineNetDecoder(align_corners=self.align_corners, dtype=self.dtype)
+    self.heads = {t: Head(task_channels(t, self.num_classes), HEAD_NAMES[t], dtype=self.dtype,
+                          name=f"head_{HEAD_NAMES[t]}") for t in self.tasks}
+
+  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    feats = self.encoder(x, train)
+    y = self.decoder(feats)
+    out = {}
+    for task in self.tasks:
+      o = self.heads[task](y).astype(jnp.float32)
+      out[task] = o[..., 0] if task == "depth" else o
+    return out

@@ -1,0 +1,62 @@
+"""Light-Weight RefineNet decoder with Chained Residual Pooling (CRP) blocks."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hydrajax.models import layers
+
+DECODER_CHANNELS = 256
+CRP_STAGES = 4
+
+
+class CRPBlock(nn.Module):
+  """Chained residual pooling: top = conv(maxpool5x5(top)); x += top, 4 times.
+
+  `depthwise` makes each 1x1 conv per-channel (crp1 in the official model, groups=256).
+  Official keys `crpK.0.{i}_outvar_dimred` map to `conv{i}`.
+  """
+  depthwise: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    top = x
+    for i in range(1, CRP_STAGES + 1):
+      top = layers.max_pool_5x5(top)
+      if self.depthwise:
+        top = layers.DepthwiseConv(1, dtype=self.dtype, name=f"conv{i}")(top)
+      else:
+        top = layers.Conv1x1(x.shape[-1], dtype=self.dtype, name=f"conv{i}")(top)
+      x = x + top
+    return x
+
+
+class RefineNetDecoder(nn.Module):
+  """Fuses encoder features l3..l8 into one 256-channel map at stride 4 (official order)."""
+  align_corners: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats: list[jax.Array]) -> jax.Array:
+    l3, l4, l5, l6, l7, l8 = feats
+    conv = lambda name: layers.Conv1x1(DECODER_CHANNELS, dtype=self.dtype, name=name)
+    up = lambda x, ref: layers.resize_bilinear(x, ref.shape[1:3], self.align_corners)
+
+    x = layers.relu6(conv("conv8")(l8) + conv("conv7")(l7))
+    x = CRPBlock(dtype=self.dtype, name="crp4")(x)
+    x = up(conv("conv_adapt4")(x), l6)
+
+    x = layers.relu6(conv("conv5")(l5) + conv("conv6")(l6) + x)
+    x = CRPBlock(dtype=self.dtype, name="crp3")(x)
+    x = up(conv("conv_adapt3")(x), l4)
+
+    x = layers.relu6(conv("conv4")(l4) + x)
+    x = CRPBlock(dtype=self.dtype, name="crp2")(x)
+    x = up(conv("conv_adapt2")(x), l3)
+
+    x = layers.relu6(conv("conv3")(l3) + x)
+    return CRPBlock(depthwise=True, dtype=self.dtype, name="crp1")(x)

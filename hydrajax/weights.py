@@ -1,0 +1,96 @@
+"""Weights files: a variables dict as one .npz of '/'-joined keys plus a JSON meta entry.
+
+Written atomically (temp file + rename), read back with a full check against the tree the
+architecture expects, so a wrong or truncated file fails with the offending keys named.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from hydrajax import api
+
+_META_ENTRY = "__meta__"
+FORMAT_VERSION = 1
+
+
+def flatten(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def save(path: str | os.PathLike, variables: Mapping[str, Any]) -> None:
+  """Write {"params", "batch_stats"[, "meta"]} to `path` (.npz) atomically."""
+  path = os.fspath(path)
+  check(variables, what=path)
+  arrays = flatten({"params": variables["params"], "batch_stats": variables["batch_stats"]})
+  meta = {"format": "hydrajax-weights", "version": FORMAT_VERSION, **api.model_config(variables)}
+  meta["tasks"] = list(meta["tasks"])
+  arrays[_META_ENTRY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def load(path: str | os.PathLike) -> dict:
+  """Read a weights file written by `save` (or `python -m hydrajax.convert`)."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"weights file not found: {path}")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except Exception as e:  # zipfile.BadZipFile, ValueError, OSError ...
+    raise ValueError(f"{path} is not a hydrajax weights file (.npz): {e}") from e
+  if _META_ENTRY not in arrays:
+    raise ValueError(f"{path} has no '{_META_ENTRY}' entry: not a hydrajax weights file")
+  meta = json.loads(arrays.pop(_META_ENTRY).tobytes().decode())
+  tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in arrays.items()})
+  variables = {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})}
+  if meta.get("align_corners"):
+    variables[api.META_KEY] = {"align_corners": True}
+  check(variables, what=path)
+  return variables
+
+
+def check(variables: Mapping[str, Any], what: str = "variables") -> None:
+  """Raise ValueError listing missing, unexpected and mis-shaped keys, comparing
+  `variables` with the tree of the architecture it claims (classes, tasks)."""
+  cfg = api.model_config(variables)
+  model = api.HydraNet(num_classes=max(cfg["num_classes"], 1), tasks=cfg["tasks"])
+  expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  want = flatten_shapes({"params": expected["params"], "batch_stats": expected["batch_stats"]})
+  have = flatten_shapes({"params": variables["params"], "batch_stats": variables["batch_stats"]})
+  missing = sorted(set(want) - set(have))
+  unexpected = sorted(set(have) - set(want))
+  wrong = sorted(f"{k}: expected {want[k]}, got {have[k]}"
+                 for k in set(want) & set(have) if want[k] != have[k])
+  if missing or unexpected or wrong:
+    lines = [f"{what} does not match the {cfg['tasks']} model with "
+             f"{cfg['num_classes']} classes:"]
+    for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+      if keys:
+        lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) +
+                     (" ..." if len(keys) > 20 else ""))
+    raise ValueError("\n".join(lines))
+
+
+def flatten_shapes(tree: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+  return {"/".join(k): tuple(getattr(v, "shape", None) or np.shape(v))
+          for k, v in traverse_util.flatten_dict(tree).items()}
