@@ -27,18 +27,20 @@ def normalize(image: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
   return ((image.astype(jnp.float32) - mean) / std).astype(dtype)
 
 
-def init(key: jax.Array, *, num_classes: int = 40, tasks: Sequence[str] = ("segm", "depth"),
+def init(key: jax.Array | int, *, num_classes: int = 40, tasks: Sequence[str] = ("segm", "depth"),
          align_corners: bool = False) -> dict:
   """Fresh variables {"params", "batch_stats"} (plus "meta" if align_corners) for a model.
 
   Weights follow PyTorch's default init (uniform +-1/sqrt(fan_in) for conv kernels and
   biases; BN scale 1, bias 0, mean 0, var 1), drawn with numpy from a seed taken from `key`:
-  the same key gives the same variables, in milliseconds instead of the ~10 s that XLA takes
-  to compile ~170 random initialisers.
+  the same key (or int seed) gives the same variables, in about a second instead of the
+  ~10 s that XLA takes to compile ~170 random initialisers. Runs on the host (not traceable);
+  for a traceable init use `HydraNet(...).init(key, x)`.
   """
   model = HydraNet(num_classes=num_classes, tasks=tuple(tasks), align_corners=align_corners)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-  rng = np.random.default_rng(np.asarray(jax.random.key_data(key), np.uint32).ravel())
+  seed = key if isinstance(key, int) else np.asarray(jax.random.key_data(key), np.uint32).ravel()
+  rng = np.random.default_rng(seed)
   flat = traverse_util.flatten_dict({"params": shapes["params"],
                                      "batch_stats": shapes["batch_stats"]})
   kernel_fan_in = {}
