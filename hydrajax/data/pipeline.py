@@ -139,7 +139,8 @@ def train_dataset(source, *, global_batch_size: int, crop_size: int | tuple[int,
       crop_size: training crop (H, W) or a side; smaller scaled images are padded with ignore.
       num_workers: Grain worker processes (0 = read in this process with `read_threads`).
       num_devices: if given, batches are (num_devices, per_device_batch, ...).
-      skip_bad: drop samples that fail to load (logged and counted) instead of raising.
+      skip_bad: drop samples that fail to load (logged) instead of raising. Pass a source
+        wrapped in `SkipBad` yourself to read its `num_skipped` (exact with num_workers=0).
     Returns:
       A `grain.IterDataset`; `iter(ds)` has `get_state()` / `set_state()` for exact resume.
     """
@@ -148,7 +149,9 @@ def train_dataset(source, *, global_batch_size: int, crop_size: int | tuple[int,
     batch_size = _per_host_batch(global_batch_size, num_devices)
     parts = []
     for i, src in enumerate(mixture.sources):
-        ds = grain.MapDataset.source(SkipBad(src) if skip_bad else src)
+        if skip_bad and not isinstance(src, SkipBad):
+            src = SkipBad(src)
+        ds = grain.MapDataset.source(src)
         ds = ds[host_index::host_count]
         # Each source gets its own shuffle seed; repeat() reshuffles every epoch.
         parts.append(ds.shuffle(seed=seed + 1000 * i).repeat(num_epochs))
