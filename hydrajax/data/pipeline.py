@@ -83,8 +83,6 @@ class _Complete:
         out.setdefault("depth", np.zeros(hw, np.float32))
         if self.with_normals:
             out.setdefault("normals", np.zeros(hw + (3,), np.float32))
-        else:
-            out.pop("normals", None)
         return out
 
 
