@@ -163,8 +163,8 @@ def train_dataset(source, *, global_batch_size: int, crop_size: int | tuple[int,
         it = ds.to_iter_dataset(options).filter(_not_none).batch(batch_size, drop_remainder=drop_remainder)
     else:
         options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * max(1, read_threads))
-        # Batching the MapDataset hands whole batches to workers: the same stream for any
-        # num_workers, so a run may resume with a different worker count.
+        # Batching the MapDataset hands whole batches to workers: the same batches for any
+        # num_workers (checkpointed iterator states are still per worker count).
         it = ds.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset(options)
     if num_devices:
         it = it.map(_SplitDevices(num_devices))
