@@ -23,7 +23,10 @@ conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def relu6(x: jax.Array) -> jax.Array:
-  return jnp.clip(x, 0.0, 6.0)
+  """min(max(x, 0), 6) with PyTorch's gradient: 1 on (0, 6), else 0. (`jnp.clip` splits
+  the gradient at ties 0 and 6 and costs a compare-divide chain in XLA's backward.)"""
+  zero = jnp.zeros((), x.dtype)
+  return jnp.where(x > 0, jnp.where(x < 6, x, jnp.asarray(6, x.dtype)), zero)
 
 
 @jax.custom_vjp
@@ -95,6 +98,24 @@ class DepthwiseConv(nn.Module):
     return out
 
 
+def _conv_as_matmul_shifts(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Stride-1 k x k conv, padding k//2: one matmul to all k*k taps' outputs, then a sum of
+  shifted slices. For the heads (256 -> few channels) its backward is plain matmuls, where
+  XLA:CPU's convolution weight gradient costs ~4x the forward plus two transposes."""
+  k, _, cin, cout = kernel.shape
+  p = k // 2
+  n, h, w, _ = x.shape
+  taps = pointwise(x, kernel.transpose(2, 0, 1, 3).reshape(cin, k * k * cout))
+  taps = jnp.pad(taps.reshape(n, h, w, k * k, cout), ((0, 0), (p, p), (p, p), (0, 0), (0, 0)))
+  y = None
+  for i in range(k):
+    for j in range(k):
+      # Output (r, c) takes tap (i, j) from input (r + i - p, c + j - p).
+      t = jax.lax.slice(taps, (0, i, j, i * k + j, 0), (n, i + h, j + w, i * k + j + 1, cout))
+      y = t[:, :, :, 0] if y is None else y + t[:, :, :, 0]
+  return y
+
+
 class Conv(nn.Module):
   """Dense k x k conv with symmetric padding k//2 (PyTorch semantics), optional bias."""
   features: int
@@ -107,9 +128,13 @@ class Conv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     k, p = self.kernel_size, self.kernel_size // 2
     kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features))
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
-        ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if self.stride == 1 and x.shape[-1] >= 64:
+      y = _conv_as_matmul_shifts(x, kernel)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
       fan_in = k * k * x.shape[-1]
       bound = 1.0 / np.sqrt(fan_in)
