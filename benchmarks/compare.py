@@ -28,7 +28,7 @@ WORKLOADS = {  # name -> (kind, batch, height, width)
     "train_4x256x256": ("train", 4, 256, 256),
     "train_8x400x400": ("train", 8, 400, 400),
 }
-VARIANTS = ("jax", "torch_eager", "torch_compile")
+VARIANTS = ("jax", "torch_eager", "torch_compile", "jax_bf16")
 
 
 def _load() -> dict:
@@ -141,6 +141,7 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "compare.json"))
   p.add_argument("--quick", action="store_true", help="3 rounds of 2, no 400x400 training")
   p.add_argument("--skip-torch-compile", action="store_true")
+  p.add_argument("--bf16", action="store_true", help="also time jax with bfloat16 compute")
   p.add_argument("--skip-train", action="store_true")
   p.add_argument("--skip-infer", action="store_true")
   p.add_argument("--workloads", nargs="*", default=None, choices=sorted(WORKLOADS))
@@ -159,7 +160,8 @@ def main(argv=None) -> int:
       and not (args.quick and w == "train_8x400x400")]
   rounds = args.rounds or (3 if args.quick else 5)
   per_round = args.per_round or (2 if args.quick else 3)
-  variants = [v for v in VARIANTS if not (args.skip_torch_compile and v == "torch_compile")]
+  variants = [v for v in VARIANTS if not (args.skip_torch_compile and v == "torch_compile")
+              and not (v == "jax_bf16" and not args.bf16)]
   report = {"load_before": _load(), "rounds": rounds, "per_round": per_round,
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "workloads": {}}
   for wl in workloads:

@@ -36,7 +36,7 @@ def _flops(compiled) -> float | None:
 
 # ----------------------------------------------------------------------------- JAX
 
-def build_jax(kind: str, batch: int, h: int, w: int):
+def build_jax(kind: str, batch: int, h: int, w: int, dtype: str = "float32"):
   import jax
   import jax.numpy as jnp
   import optax
@@ -45,6 +45,7 @@ def build_jax(kind: str, batch: int, h: int, w: int):
   from hydrajax import api, losses
   from hydrajax.models import HydraNet
 
+  dtype = jnp.dtype(dtype)
   data = fake_batch(batch, h, w)
   variables = hydrajax.init(0, num_classes=NUM_CLASSES)
   if kind == "infer":
@@ -52,23 +53,23 @@ def build_jax(kind: str, batch: int, h: int, w: int):
     t0 = time.perf_counter()
     compiled = api._apply_jit.lower(variables, image, num_classes=NUM_CLASSES,
                                     tasks=("segm", "depth"), align_corners=False,
-                                    dtype=jnp.dtype(jnp.float32)).compile()
+                                    dtype=dtype).compile()
     info = {"compile_s": time.perf_counter() - t0, "flops": _flops(compiled)}
-    jax.block_until_ready(hydrajax.apply(variables, image))  # the public path, cached
+    jax.block_until_ready(hydrajax.apply(variables, image, dtype=dtype))  # public path
 
     def run():
       t = time.perf_counter()
-      jax.block_until_ready(hydrajax.apply(variables, image))
+      jax.block_until_ready(hydrajax.apply(variables, image, dtype=dtype))
       return time.perf_counter() - t
     return run, info
 
-  model = HydraNet(num_classes=NUM_CLASSES)
+  model = HydraNet(num_classes=NUM_CLASSES, dtype=dtype)
   tx = optax.sgd(LR, momentum=0.9)
 
   def train_step(params, batch_stats, opt_state, image, labels):
     def loss_fn(p):
       out, new_state = model.apply({"params": p, "batch_stats": batch_stats},
-                                   hydrajax.normalize(image), train=True,
+                                   hydrajax.normalize(image, dtype), train=True,
                                    mutable=["batch_stats"])
       total, _ = losses.combined_loss(losses.loss_terms(out, labels))
       return total, new_state["batch_stats"]
@@ -169,6 +170,8 @@ def build_torch(kind: str, batch: int, h: int, w: int, compiled: bool = False):
 def build(variant: str, kind: str, batch: int, h: int, w: int):
   if variant == "jax":
     return build_jax(kind, batch, h, w)
+  if variant == "jax_bf16":  # mixed precision: bf16 compute, f32 params and BN statistics
+    return build_jax(kind, batch, h, w, "bfloat16")
   if variant == "torch_eager":
     return build_torch(kind, batch, h, w)
   if variant == "torch_compile":

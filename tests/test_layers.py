@@ -149,3 +149,29 @@ def test_align_corners_resize_matches_explicit_formula(size_out):
   x = _normal((2, 5, 7, 3))
   ours = layers.resize_bilinear(x, size_out, align_corners=True)
   assert _rel(ours, _align_corners_reference(x, size_out)) < 1e-5
+
+
+def test_bfloat16_compute_gives_float32_outputs_close_to_float32(variables):
+  import hydrajax
+  image = np.random.default_rng(0).integers(0, 256, (1, 64, 96, 3)).astype(np.uint8)
+  f32 = hydrajax.apply(variables, image)
+  bf16 = hydrajax.apply(variables, image, dtype=jnp.bfloat16)
+  for task in f32:
+    assert bf16[task].dtype == jnp.float32
+    assert _rel(bf16[task], f32[task]) < 3e-2, task
+
+
+def test_bfloat16_training_keeps_float32_gradients_and_batch_stats(variables):
+  from hydrajax.models import HydraNet
+  model = HydraNet(num_classes=40, dtype=jnp.bfloat16)
+  x = _normal((2, 32, 32, 3)).astype(jnp.bfloat16)
+
+  def loss(params):
+    out, state = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                             train=True, mutable=["batch_stats"])
+    return out["segm"].sum() + out["depth"].sum(), state
+
+  (value, state), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+  assert value.dtype == jnp.float32 and np.isfinite(float(value))
+  assert {t.dtype for t in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+  assert {t.dtype for t in jax.tree.leaves(state)} == {jnp.dtype(jnp.float32)}
