@@ -18,8 +18,11 @@ from tests import legacy_py2
 from tests.torch_reference import (OfficialNet, densetorch_state_dict, randomize,
                                    torchvision_state_dict)
 
+# One torch thread: on a shared 2-core machine more threads only contend (10x slower here).
+torch.set_num_threads(1)
 PARITY_SIZE = (240, 320)
 BACKBONE_SIZE = (64, 96)
+encode = jax.jit(MobileNetV2Encoder().apply)  # shared, so it compiles once per module
 
 
 def rel_err(a, b):
@@ -155,7 +158,7 @@ def test_backbone_converts_to_reference_encoder_features(tmp_path, backbone_net,
   assert info["layout"] == layout and info["num_classes"] == 6
   encoder = {"params": variables["params"]["encoder"],
              "batch_stats": variables["batch_stats"]["encoder"]}
-  feats = jax.jit(MobileNetV2Encoder().apply)(encoder, jnp.asarray(image.transpose(0, 2, 3, 1)))
+  feats = encode(encoder, jnp.asarray(image.transpose(0, 2, 3, 1)))
   for got, want in zip(feats, expected):
     assert rel_err(np.asarray(got).transpose(0, 3, 1, 2), want) < 1e-5
   fresh = hydrajax.init(5, num_classes=6)
