@@ -20,6 +20,7 @@ any missing, unexpected or mis-shaped key fails with the keys named.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from typing import Any, Mapping, Sequence
@@ -180,6 +181,7 @@ def _to_flax(value: np.ndarray) -> np.ndarray:
   return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
 
 
+@functools.lru_cache(maxsize=16)
 def _expected_shapes(num_classes: int, tasks: tuple[str, ...]) -> dict[tuple[str, ...], tuple]:
   model = HydraNet(num_classes=max(num_classes, 1), tasks=tasks)
   tree = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
@@ -192,7 +194,7 @@ def map_official(sd: Mapping[str, np.ndarray], num_classes: int, tasks: tuple[st
                  encoder_only: bool = False, source: str = "checkpoint") -> dict:
   """Official-key state dict -> flat {Flax path: array}; raises ConversionError naming every
   missing, unexpected and mis-shaped key. `encoder_only` maps just params/encoder."""
-  expected = _expected_shapes(num_classes, tasks)
+  expected = dict(_expected_shapes(num_classes, tuple(tasks)))
   if encoder_only:
     expected = {p: s for p, s in expected.items() if p[1] == "encoder"}
   flat, missing, wrong, used = {}, [], [], set()

@@ -138,7 +138,7 @@ class OfficialNet(nn.Module):
     return out
 
 
-def randomize(net: nn.Module, seed: int = 0, batches: int = 3, size=(64, 96)) -> nn.Module:
+def randomize(net: nn.Module, seed: int = 0, batches: int = 3, size=(32, 48)) -> nn.Module:
   """Random weights with non-trivial BN statistics: perturb BN affine params, then run a few
   train-mode batches so running_mean/var move away from 0/1. Returns `net` in eval mode."""
   g = torch.Generator().manual_seed(seed)
