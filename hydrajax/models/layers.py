@@ -23,19 +23,45 @@ conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def relu6(x: jax.Array) -> jax.Array:
-  return jnp.clip(x, 0.0, 6.0)
+  """min(max(x, 0), 6) with PyTorch's gradient: 1 on (0, 6), else 0. (`jnp.clip` splits
+  the gradient at ties 0 and 6 and costs a compare-divide chain in XLA's backward.)"""
+  zero = jnp.zeros((), x.dtype)
+  return jnp.where(x > 0, jnp.where(x < 6, x, jnp.asarray(6, x.dtype)), zero)
+
+
+@jax.custom_vjp
+def pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """(..., C) x (C, D) -> (..., D): a 1x1 convolution as one matmul."""
+  return jnp.einsum("...c,cd->...d", x, kernel)
+
+
+def _pointwise_fwd(x, kernel):
+  return pointwise(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(res, g):
+  # The barrier materialises the cotangent (and the saved input) once: otherwise XLA fuses
+  # e.g. the BatchNorm backward into the transposed read that feeds the weight-gradient
+  # matmul and recomputes it there with a strided access pattern (5-20x slower).
+  x, kernel = res
+  x, g = jax.lax.optimization_barrier((x, g))
+  dx = jnp.einsum("...d,cd->...c", g, kernel)
+  dk = jnp.einsum("mc,md->cd", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
+  return dx, dk.astype(kernel.dtype)
+
+
+pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 class Conv1x1(nn.Module):
-  """Pointwise conv without bias, as an einsum over channels. NHWC -> NHWC."""
+  """Pointwise conv without bias, as a matmul over channels. NHWC -> NHWC."""
   features: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", conv_init, (1, 1, x.shape[-1], self.features))
-    return jnp.einsum("nhwc,cd->nhwd", x.astype(self.dtype),
-                      kernel[0, 0].astype(self.dtype))
+    return pointwise(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
 
 
 class DepthwiseConv(nn.Module):
@@ -72,6 +98,24 @@ class DepthwiseConv(nn.Module):
     return out
 
 
+def _conv_as_matmul_shifts(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Stride-1 k x k conv, padding k//2: one matmul to all k*k taps' outputs, then a sum of
+  shifted slices. For the heads (256 -> few channels) its backward is plain matmuls, where
+  XLA:CPU's convolution weight gradient costs ~4x the forward plus two transposes."""
+  k, _, cin, cout = kernel.shape
+  p = k // 2
+  n, h, w, _ = x.shape
+  taps = pointwise(x, kernel.transpose(2, 0, 1, 3).reshape(cin, k * k * cout))
+  taps = jnp.pad(taps.reshape(n, h, w, k * k, cout), ((0, 0), (p, p), (p, p), (0, 0), (0, 0)))
+  y = None
+  for i in range(k):
+    for j in range(k):
+      # Output (r, c) takes tap (i, j) from input (r + i - p, c + j - p).
+      t = jax.lax.slice(taps, (0, i, j, i * k + j, 0), (n, i + h, j + w, i * k + j + 1, cout))
+      y = t[:, :, :, 0] if y is None else y + t[:, :, :, 0]
+  return y
+
+
 class Conv(nn.Module):
   """Dense k x k conv with symmetric padding k//2 (PyTorch semantics), optional bias."""
   features: int
@@ -84,33 +128,90 @@ class Conv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     k, p = self.kernel_size, self.kernel_size // 2
     kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features))
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
-        ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if self.stride == 1 and x.shape[-1] >= 64:
+      y = _conv_as_matmul_shifts(x, kernel)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
       fan_in = k * k * x.shape[-1]
       bound = 1.0 / np.sqrt(fan_in)
-      bias = self.param("bias", nn.initializers.uniform(2 * bound), (self.features,))
-      y = y + (bias - bound).astype(self.dtype)
+      # The stored bias is the bias that is added (checkpoints convert 1:1), drawn from
+      # U(-bound, bound) as PyTorch does.
+      bias_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+          key, shape, dtype, -bound, bound)
+      bias = self.param("bias", bias_init, (self.features,))
+      y = y + bias.astype(self.dtype)
     return y
 
 
-def _max_pool_1d(x: jax.Array, axis: int, window: int) -> jax.Array:
-  """Stride-1 max-pool along `axis` with -inf padding window//2 (same size out)."""
+def _pool_windows(x: jax.Array, axis: int, window: int, fill) -> list[jax.Array]:
+  """The `window` shifted views x[i - p + k], k = 0..window-1, padded with `fill`, each of
+  shape (outer, n, inner) with the pooled axis in the middle.
+
+  The padded array is materialised behind an optimization barrier: XLA:CPU otherwise fuses
+  the pad (a bounds check per element) into every consumer, and recomputes whole chains of
+  pools inside later fusions (3x slower CRP backward, measured). The 3-D view keeps the pad
+  on contiguous rows, about 5x faster than the same pad on a middle axis of NHWC.
+  """
   p = window // 2
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (p, p)
-  xp = jnp.pad(x, pad, constant_values=-jnp.inf)
   n = x.shape[axis]
-  out = None
-  for i in range(window):
-    sl = jax.lax.slice_in_dim(xp, i, i + n, axis=axis)
-    out = sl if out is None else jnp.maximum(out, sl)
-  return out
+  x3 = x.reshape(int(np.prod(x.shape[:axis])), n, -1)
+  xp = jax.lax.optimization_barrier(jnp.pad(x3, ((0, 0), (p, p), (0, 0)), constant_values=fill))
+  return [jax.lax.slice_in_dim(xp, k, k + n, axis=1) for k in range(window)]
+
+
+def _max_pool_1d_with_arg(x: jax.Array, axis: int, window: int
+                          ) -> tuple[jax.Array, jax.Array]:
+  """Stride-1 max-pool along `axis` with -inf padding window//2, and the int8 offset k of
+  the first maximum in each window (input index i - p + k), as PyTorch picks on ties."""
+  views = _pool_windows(x, axis, window, -jnp.inf)
+  out, arg = views[0], jnp.zeros(views[0].shape, jnp.int8)
+  for k in range(1, window):
+    better = views[k] > out
+    out = jnp.where(better, views[k], out)
+    arg = jnp.where(better, jnp.int8(k), arg)
+  return out.reshape(x.shape), arg.reshape(x.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_1d(x: jax.Array, axis: int, window: int) -> jax.Array:
+  # Without differentiation a 1-D reduce_window is fastest (~1.5 ms at 4x64x64x256).
+  p = window // 2
+  dims, pads = [1] * x.ndim, [(0, 0)] * x.ndim
+  dims[axis], pads[axis] = window, (p, p)
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, (1,) * x.ndim, pads)
+
+
+def _max_pool_1d_vjp_fwd(x, axis, window):
+  return _max_pool_1d_with_arg(x, axis, window)
+
+
+def _max_pool_1d_vjp_bwd(axis, window, arg, g):
+  # Output j took input j - p + k where k = arg[j]; so input i receives g[j] from the
+  # outputs j = i + p - k with arg[j] == k: `window` shifted, masked adds, no scatter.
+  gs = _pool_windows(g, axis, window, 0)
+  args = _pool_windows(arg, axis, window, -1)
+  dx = None
+  for k in range(window):
+    j = window - 1 - k  # view j holds position i - p + j = i + p - k
+    term = jnp.where(args[j] == k, gs[j], jnp.zeros((), g.dtype))
+    dx = term if dx is None else dx + term
+  return (dx.reshape(g.shape),)
+
+
+_max_pool_1d.defvjp(_max_pool_1d_vjp_fwd, _max_pool_1d_vjp_bwd)
 
 
 def max_pool_5x5(x: jax.Array) -> jax.Array:
-  """PyTorch `MaxPool2d(5, stride=1, padding=2)` on NHWC, as a 5x1 then a 1x5 pool."""
+  """PyTorch `MaxPool2d(5, stride=1, padding=2)` on NHWC, as a 5x1 then a 1x5 pool.
+
+  Each 1-D pool saves only an int8 argmax offset for its backward, which routes the
+  cotangent with five shifted, masked adds (XLA's generic max-pool gradient builds index
+  arrays and a scatter, a third of a training step's time on CPU).
+  """
   return _max_pool_1d(_max_pool_1d(x, 1, 5), 2, 5)
 
 
@@ -133,14 +234,62 @@ def _interp_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
   return m
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _upsample_axis(x: jax.Array, axis: int, factor: int) -> jax.Array:
+  """Half-pixel bilinear upsampling by an integer factor along `axis`, as slices: output
+  s*i + r is a fixed two-tap blend of x[i-1], x[i] or x[i], x[i+1] (edges replicated, which
+  is PyTorch's clamping). No matmul, hence no transposes in forward or backward."""
+  n = x.shape[axis]
+  x3 = x.reshape(int(np.prod(x.shape[:axis])), n, -1)
+  xp = jnp.concatenate([x3[:, :1], x3, x3[:, -1:]], axis=1)  # xp[j] = x[clamp(j - 1)]
+  phases = []
+  for r in range(factor):
+    f = (r + 0.5) / factor - 0.5  # source position i + f, |f| < 0.5
+    start = 0 if f < 0 else 1  # taps x[i-1], x[i] or x[i], x[i+1]
+    w1 = np.float32(1.0 + f if f < 0 else f)
+    w0 = np.float32(1.0) - w1 if f >= 0 else np.float32(-f)
+    lo = jax.lax.slice_in_dim(xp, start, start + n, axis=1)
+    hi = jax.lax.slice_in_dim(xp, start + 1, start + 1 + n, axis=1)
+    phases.append(lo * w0.astype(x.dtype) + hi * w1.astype(x.dtype))
+  out = jnp.stack(phases, axis=2)  # (outer, n, factor, inner)
+  shape = list(x.shape)
+  shape[axis] = n * factor
+  return out.reshape(shape)
+
+
+def _upsample_axis_fwd(x, axis, factor):
+  return _upsample_axis(x, axis, factor), None
+
+
+def _upsample_axis_bwd(axis, factor, _, g):
+  # The adjoint as one matmul with the interpolation matrix: measured faster than
+  # differentiating the slices, whose transposes are pads and a strided concatenate.
+  n = g.shape[axis] // factor
+  m = jnp.asarray(_interp_matrix(n, n * factor, False), g.dtype)
+  g = jnp.moveaxis(g, axis, -1)
+  return (jnp.moveaxis(jnp.einsum("...o,oi->...i", g, m), -1, axis),)
+
+
+_upsample_axis.defvjp(_upsample_axis_fwd, _upsample_axis_bwd)
+
+
+def _resize_axis(x: jax.Array, axis: int, n_out: int, align_corners: bool) -> jax.Array:
+  n_in = x.shape[axis]
+  if n_in == n_out:
+    return x
+  if not align_corners and n_out % n_in == 0:
+    return _upsample_axis(x, axis, n_out // n_in)
+  m = jnp.asarray(_interp_matrix(n_in, n_out, align_corners), x.dtype)
+  x = jnp.moveaxis(x, axis, -1)
+  return jnp.moveaxis(jnp.einsum("...i,oi->...o", x, m), -1, axis)
+
+
 def resize_bilinear(x: jax.Array, size: tuple[int, int], align_corners: bool = False) -> jax.Array:
   """Bilinear resize of (..., H, W, C) to (..., h, w, C), same as PyTorch's
-  `F.interpolate(mode='bilinear', align_corners=...)` given an output size (no antialias)."""
-  h_in, w_in = x.shape[-3], x.shape[-2]
+  `F.interpolate(mode='bilinear', align_corners=...)` given an output size (no antialias).
+
+  Integer half-pixel upsampling factors (the decoder's 2x on sizes divisible by 32, the
+  heads' 4x) run as shifted two-tap blends; other sizes as a matrix per axis."""
   h, w = size
-  if (h_in, w_in) == (h, w):
-    return x
-  mh = jnp.asarray(_interp_matrix(h_in, h, align_corners), x.dtype)
-  mw = jnp.asarray(_interp_matrix(w_in, w, align_corners), x.dtype)
-  x = jnp.einsum("Hh,...hwc->...Hwc", mh, x)
-  return jnp.einsum("Ww,...hwc->...hWc", mw, x)
+  x = _resize_axis(x, x.ndim - 3, h, align_corners)
+  return _resize_axis(x, x.ndim - 2, w, align_corners)
