@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hydrajax import api
+from hydrajax.models import layers
 
 FORMATS = ("stablehlo", "onnx")
 INPUT_DTYPES = ("uint8", "float32")
@@ -55,6 +56,14 @@ def inference_fn(variables: Mapping[str, Any], *, full_resolution: bool = False
     raw = model.apply(net_vars, api.normalize(image), train=False)
     first = next(iter(raw.values()))
     size = image.shape[1:3] if full_resolution else first.shape[1:3]
+    if full_resolution and "depth" in raw:
+      # As api.postprocess does, but adding the channel axis by a reshape with -1: jax2onnx
+      # lowers postprocess's `depth[..., None]` (broadcast_in_dim) under a symbolic batch
+      # into a Reshape that takes N from the wrong tensor (onnxruntime fails for N > 1).
+      h, w = raw["depth"].shape[1:3]
+      depth = layers.resize_bilinear(raw["depth"].reshape(-1, h, w, 1), size,
+                                     cfg["align_corners"])
+      raw = {**raw, "depth": depth.reshape(-1, *size)}
     # At the raw size postprocess does not resize: it only takes |depth| and unit normals.
     out = api.postprocess(raw, size, cfg["align_corners"])
     if full_resolution and "segm" in out:
