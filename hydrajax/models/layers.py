@@ -90,8 +90,12 @@ class Conv(nn.Module):
     if self.use_bias:
       fan_in = k * k * x.shape[-1]
       bound = 1.0 / np.sqrt(fan_in)
-      bias = self.param("bias", nn.initializers.uniform(2 * bound), (self.features,))
-      y = y + (bias - bound).astype(self.dtype)
+      # The stored bias is the bias that is added (checkpoints convert 1:1), drawn from
+      # U(-bound, bound) as PyTorch does.
+      bias_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+          key, shape, dtype, -bound, bound)
+      bias = self.param("bias", bias_init, (self.features,))
+      y = y + bias.astype(self.dtype)
     return y
 
 

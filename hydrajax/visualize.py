@@ -1,0 +1,126 @@
+"""Turn predictions into pictures: colour-coded labels, colour-mapped depth, normals, and
+side-by-side panels. Pure numpy (no matplotlib), uint8 RGB out; shared by predict, evaluate
+and video code.
+
+    panel = side_by_side(image, colorize_segm(labels, palette_for(40)),
+                         colorize_depth(depth, max_depth=8.0))
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def voc_colormap(n: int = 256) -> np.ndarray:
+  """(n, 3) uint8 PASCAL-VOC bit-interleaved colour map (row i = colour of id i)."""
+  cmap = np.zeros((n, 3), np.uint8)
+  for i in range(n):
+    c, r, g, b = i, 0, 0, 0
+    for j in range(8):
+      r |= ((c >> 0) & 1) << (7 - j)
+      g |= ((c >> 1) & 1) << (7 - j)
+      b |= ((c >> 2) & 1) << (7 - j)
+      c >>= 3
+    cmap[i] = (r, g, b)
+  return cmap
+
+
+# The authors' NYUD notebook colours label l with CMAP[l + 1] of the VOC map (255 wraps to
+# black), so class i's colour is row i + 1: identical to the published cmap_nyud.npy.
+NYUD_PALETTE = voc_colormap(41)[1:]
+# Authors' cmap_kitti.npy: sky, building, road, sidewalk, vegetation, car (void -> black).
+KITTI_PALETTE = np.array([[128, 128, 128], [128, 0, 0], [128, 64, 128], [0, 0, 192],
+                          [128, 128, 0], [64, 0, 128]], np.uint8)
+KITTI_CLASSES = ("sky", "building", "road", "sidewalk", "vegetation", "car")
+PALETTES = {"nyud": NYUD_PALETTE, "kitti": KITTI_PALETTE}
+
+# Plasma-like colour map: matplotlib's `plasma` sampled at 0, 1/8, ..., 1, interpolated
+# linearly in RGB (dark blue-violet for near, yellow for far).
+_PLASMA_ANCHORS = np.array([
+    [13, 8, 135], [76, 2, 161], [126, 3, 168], [169, 35, 149], [204, 71, 120],
+    [229, 107, 93], [248, 148, 65], [253, 195, 40], [240, 249, 33]], np.float64)
+
+
+def generic_palette(num_classes: int) -> np.ndarray:
+  """(num_classes, 3) uint8 distinct colours (VOC map without black) for other datasets."""
+  return voc_colormap(num_classes + 1)[1:]
+
+
+def palette_for(num_classes: int, name: str = "auto") -> np.ndarray:
+  """The palette for a model: 'nyud' (40 classes), 'kitti' (6), 'generic', or 'auto'
+  (chosen from num_classes)."""
+  if name == "auto":
+    name = {40: "nyud", 6: "kitti"}.get(num_classes, "generic")
+  if name == "generic":
+    return generic_palette(num_classes)
+  if name not in PALETTES:
+    raise ValueError(f"unknown palette {name!r}; choose from auto, generic, {', '.join(PALETTES)}")
+  return PALETTES[name]
+
+
+def colorize_segm(labels: np.ndarray, palette: np.ndarray,
+                  ignore_color: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+  """(..., H, W) integer class ids -> (..., H, W, 3) uint8 RGB. Ids outside
+  [0, len(palette)) (e.g. 255 = unlabelled) get `ignore_color`."""
+  labels = np.asarray(labels)
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+  table = np.concatenate([np.asarray(palette, np.uint8),
+                          np.asarray(ignore_color, np.uint8)[None]])
+  index = np.where((labels >= 0) & (labels < len(palette)), labels, len(palette))
+  return table[index]
+
+
+def colormap_plasma(values: np.ndarray) -> np.ndarray:
+  """Values in [0, 1] (clipped), any shape -> (..., 3) uint8 plasma-like colours."""
+  v = np.clip(np.nan_to_num(np.asarray(values, np.float64), nan=0.0), 0.0, 1.0)
+  pos = v * (len(_PLASMA_ANCHORS) - 1)
+  i0 = np.minimum(np.floor(pos).astype(np.int64), len(_PLASMA_ANCHORS) - 2)
+  w = (pos - i0)[..., None]
+  rgb = _PLASMA_ANCHORS[i0] * (1 - w) + _PLASMA_ANCHORS[i0 + 1] * w
+  return np.round(rgb).astype(np.uint8)
+
+
+def colorize_depth(depth: np.ndarray, max_depth: float,
+                   invalid_color: Sequence[int] | None = None) -> np.ndarray:
+  """(..., H, W) depth in metres -> (..., H, W, 3) uint8, clipped to [0, max_depth] m
+  (0 m darkest, max_depth brightest; the authors' display: 8 m NYUD, 80 m KITTI).
+  With `invalid_color`, pixels <= 0 or non-finite (missing ground truth) get that colour."""
+  if max_depth <= 0:
+    raise ValueError(f"max_depth must be positive, got {max_depth}")
+  depth = np.asarray(depth, np.float64)
+  rgb = colormap_plasma(np.abs(depth) / max_depth)
+  if invalid_color is not None:
+    invalid = ~np.isfinite(depth) | (depth <= 0)
+    rgb[invalid] = np.asarray(invalid_color, np.uint8)
+  return rgb
+
+
+def colorize_normals(normals: np.ndarray) -> np.ndarray:
+  """(..., H, W, 3) unit normals in [-1, 1] -> uint8 RGB ((n + 1) / 2 * 255)."""
+  n = np.nan_to_num(np.asarray(normals, np.float64))
+  return np.round((np.clip(n, -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
+def side_by_side(*images: np.ndarray, gap: int = 4, background: int = 255) -> np.ndarray:
+  """Join (H, W, 3) or (H, W) uint8 images left to right, `gap` pixels apart, top-aligned
+  on a `background` canvas (images of different heights are allowed)."""
+  if not images:
+    raise ValueError("side_by_side needs at least one image")
+  panels = []
+  for img in images:
+    img = np.asarray(img)
+    if img.ndim == 2:
+      img = np.repeat(img[..., None], 3, axis=-1)
+    if img.ndim != 3 or img.shape[-1] != 3:
+      raise ValueError(f"expected (H, W, 3) or (H, W) images, got shape {img.shape}")
+    panels.append(img.astype(np.uint8))
+  height = max(p.shape[0] for p in panels)
+  width = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1)
+  canvas = np.full((height, width, 3), background, np.uint8)
+  x = 0
+  for p in panels:
+    canvas[:p.shape[0], x:x + p.shape[1]] = p
+    x += p.shape[1] + gap
+  return canvas
