@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from hydrajax import api, visualize, weights
+from hydrajax import api, video, visualize, weights
 
 DEFAULT_MAX_DEPTH = {"nyud": 8.0, "kitti": 80.0, "generic": 10.0}  # metres, display clip
 
@@ -142,11 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--max-depth", type=float, default=None,
                       help="depth colour-map clip in metres (default 8 NYUD, 80 KITTI, 10 other)")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  parser.add_argument("--video", default=None,
+                      help="input video: write the visualisation video to --out (a .mp4 file)")
+  video.add_video_args(parser)
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  if args.video is not None:
+    if args.images:
+      print("error: give either --video or images, not both", file=sys.stderr)
+      return 2
+    return video.run(args.weights, args.video, args.out, batch_size=args.batch,
+                     palette=args.palette, max_depth=args.max_depth,
+                     max_frames=args.max_frames, progress=not args.no_progress)
   if not args.images:
     print("error: no input images given", file=sys.stderr)
     return 2

@@ -1,0 +1,259 @@
+"""Export the network, with its input normalisation, to StableHLO (jax.export) or ONNX (jax2onnx).
+
+    python -m hydrajax.export --weights W.npz --format stablehlo --height 480 --width 640 \
+        --out model.stablehlo [--batch N] [--full-resolution] [--input-dtype float32]
+
+The exported function takes RGB images (N, H, W, 3), uint8 (or float32 in [0, 255]), and
+returns named outputs (ONNX output names; dict keys of the StableHLO function):
+  default (1/4 resolution, h = ceil(H/4), w = ceil(W/4)):
+    "segm"    (N, h, w, C) float32 logits      "depth"   (N, h, w) float32 metres >= 0
+    "normals" (N, h, w, 3) unit vectors (three-task models only)
+  --full-resolution: the same at (N, H, W, ...), resized bilinearly as `hydrajax.apply`
+    does (so equal to its outputs), plus "labels" (N, H, W) int32 = argmax of "segm".
+The batch is symbolic ("N") unless --batch is given. H and W are fixed at export time: the
+decoder's resizes are constant matrices for one size.
+
+Run a StableHLO file without hydrajax: `jax.export.deserialize(open(f, "rb").read()).call(x)`.
+Run an ONNX file: `onnxruntime.InferenceSession(f).run(None, {"image": x})`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hydrajax import api
+from hydrajax.models import layers
+
+FORMATS = ("stablehlo", "onnx")
+INPUT_DTYPES = ("uint8", "float32")
+INPUT_NAME = "image"
+OUTPUT_ORDER = ("segm", "depth", "normals", "labels")
+ONNX_OPSET = 23
+_ONNX_INSTALL = ("pip install --no-deps jax2onnx==0.17.1 && "
+                 "pip install onnx==1.23.2 onnx-ir==1.1.0 onnxruntime==1.32.0")
+
+
+def inference_fn(variables: Mapping[str, Any], *, full_resolution: bool = False
+                 ) -> Callable[[jax.Array], dict[str, jax.Array]]:
+  """The exported computation, with the weights closed over as constants.
+
+  image (N, H, W, 3) uint8 or float 0-255 -> dict of OUTPUT_ORDER names (see module doc).
+  """
+  cfg = api.model_config(variables)
+  model = api.model_from_variables(variables)
+  net_vars = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+  def fn(image: jax.Array) -> dict[str, jax.Array]:
+    raw = model.apply(net_vars, api.normalize(image), train=False)
+    first = next(iter(raw.values()))
+    size = image.shape[1:3] if full_resolution else first.shape[1:3]
+    if full_resolution and "depth" in raw:
+      # As api.postprocess does, but adding the channel axis by a reshape with -1: jax2onnx
+      # lowers postprocess's `depth[..., None]` (broadcast_in_dim) under a symbolic batch
+      # into a Reshape that takes N from the wrong tensor (onnxruntime fails for N > 1).
+      h, w = raw["depth"].shape[1:3]
+      depth = layers.resize_bilinear(raw["depth"].reshape(-1, h, w, 1), size,
+                                     cfg["align_corners"])
+      raw = {**raw, "depth": depth.reshape(-1, *size)}
+    # At the raw size postprocess does not resize: it only takes |depth| and unit normals.
+    out = api.postprocess(raw, size, cfg["align_corners"])
+    if full_resolution and "segm" in out:
+      out["labels"] = jnp.argmax(out["segm"], axis=-1).astype(jnp.int32)
+    return out
+
+  return fn
+
+
+def _check_args(height: int, width: int, batch: int | None, input_dtype: str) -> None:
+  if isinstance(height, bool) or not isinstance(height, (int, np.integer)) or height < 1:
+    raise ValueError(f"height must be a positive int (pixels), got {height!r}")
+  if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+    raise ValueError(f"width must be a positive int (pixels), got {width!r}")
+  if batch is not None and (not isinstance(batch, (int, np.integer)) or batch < 1):
+    raise ValueError(f"batch must be a positive int, or None for a symbolic batch, got {batch!r}")
+  if input_dtype not in INPUT_DTYPES:
+    raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}")
+
+
+def input_spec(height: int, width: int, batch: int | None = None,
+               input_dtype: str = "uint8") -> jax.ShapeDtypeStruct:
+  """(N, H, W, 3) spec of the image input; N symbolic when batch is None."""
+  _check_args(height, width, batch, input_dtype)
+  n = "N" if batch is None else str(int(batch))
+  shape = jax.export.symbolic_shape(f"{n}, {int(height)}, {int(width)}, 3")
+  return jax.ShapeDtypeStruct(shape, jnp.dtype(input_dtype))
+
+
+def export_stablehlo(variables: Mapping[str, Any], height: int, width: int, *,
+                     batch: int | None = None, full_resolution: bool = False,
+                     input_dtype: str = "uint8",
+                     platforms: Sequence[str] | None = None) -> bytes:
+  """Serialized `jax.export.Exported` of `inference_fn` for (batch|N, height, width, 3).
+
+  `platforms` (e.g. ("cpu", "cuda")) defaults to the current backend. Load with
+  `jax.export.deserialize(data)` and call `.call(image)` -> dict of outputs.
+  """
+  spec = input_spec(height, width, batch, input_dtype)
+  fn = jax.jit(inference_fn(variables, full_resolution=full_resolution))
+  kwargs = {} if platforms is None else {"platforms": tuple(platforms)}
+  exported = jax.export.export(fn, **kwargs)(spec)
+  return bytes(exported.serialize())
+
+
+@contextlib.contextmanager
+def _quiet_jax2onnx() -> Iterator[None]:
+  """Silence two harmless warning floods: jax2onnx imports every optional plugin on first
+  use and logs a traceback for each one whose library (equinox, dm_pix) is absent, none of
+  which hydrajax uses; onnx_ir notes untyped reshape-shape constants it leaves out of the
+  file's value_info (only shape annotations; the graph is complete)."""
+  loggers = [logging.getLogger(n) for n in ("jax2onnx.plugins.plugin_system", "onnx_ir.serde")]
+  levels = [log.level for log in loggers]
+  for log in loggers:
+    log.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    for log, level in zip(loggers, levels):
+      log.setLevel(level)
+
+
+def _import_jax2onnx():
+  try:
+    with _quiet_jax2onnx():
+      import onnx  # noqa: F401
+      from jax2onnx import to_onnx
+  except ImportError as e:
+    raise ImportError(f"ONNX export needs jax2onnx and onnx: {_ONNX_INSTALL} ({e})") from e
+  return to_onnx
+
+
+def export_onnx(variables: Mapping[str, Any], height: int, width: int, *,
+                batch: int | None = None, full_resolution: bool = False,
+                input_dtype: str = "uint8", opset: int = ONNX_OPSET) -> bytes:
+  """Serialized ONNX ModelProto of `inference_fn`, input "image" (batch|N, H, W, 3),
+  outputs named as in OUTPUT_ORDER. Traced with `onnx_ops.onnx_friendly()` so that
+  onnxruntime gets native Conv/MaxPool nodes (same numbers as the XLA layers)."""
+  from hydrajax import onnx_ops
+  to_onnx = _import_jax2onnx()
+  spec = input_spec(height, width, batch, input_dtype)
+  fn = inference_fn(variables, full_resolution=full_resolution)
+  names = [k for k in OUTPUT_ORDER if k in jax.eval_shape(fn, spec)]
+
+  def ordered(image):
+    with onnx_ops.onnx_friendly():
+      out = fn(image)
+    return tuple(out[k] for k in names)
+
+  with _quiet_jax2onnx():
+    proto = to_onnx(ordered, [spec], input_names=[INPUT_NAME], output_names=names,
+                    model_name="hydrajax", opset=opset)
+  return proto.SerializeToString()
+
+
+def signature(data: bytes, fmt: str) -> list[tuple[str, str, tuple, str]]:
+  """[(kind "input"/"output", name, shape, dtype)] read back from an exported artifact;
+  symbolic dimensions appear as their names."""
+  rows = []
+  if fmt == "stablehlo":
+    exp = jax.export.deserialize(bytearray(data))
+    out_names = [jax.tree_util.keystr(p, simple=True) for p, _ in
+                 jax.tree_util.tree_flatten_with_path(exp.out_tree.unflatten(exp.out_avals))[0]]
+    for aval in exp.in_avals:
+      rows.append(("input", INPUT_NAME, tuple(str(d) for d in aval.shape), str(aval.dtype)))
+    for name, aval in zip(out_names, exp.out_avals):
+      rows.append(("output", name, tuple(str(d) for d in aval.shape), str(aval.dtype)))
+  elif fmt == "onnx":
+    import onnx
+    graph = onnx.load_from_string(data).graph
+    for kind, values in (("input", graph.input), ("output", graph.output)):
+      for v in values:
+        t = v.type.tensor_type
+        shape = tuple(d.dim_param or str(d.dim_value) for d in t.shape.dim)
+        dtype = str(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+        rows.append((kind, v.name, shape, dtype))
+  else:
+    raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+  return rows
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+  """Write bytes to `path` via a temp file in the same directory and a rename."""
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def export(variables: Mapping[str, Any], fmt: str, height: int, width: int, **kwargs) -> bytes:
+  """Dispatch to export_stablehlo / export_onnx by format name."""
+  if fmt == "stablehlo":
+    return export_stablehlo(variables, height, width, **kwargs)
+  if fmt == "onnx":
+    return export_onnx(variables, height, width, **kwargs)
+  raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m hydrajax.export", description=__doc__.split("\n")[0])
+  p.add_argument("--weights", required=True, help="hydrajax weights file (.npz)")
+  p.add_argument("--format", required=True, choices=FORMATS)
+  p.add_argument("--height", required=True, type=int, help="input height in pixels")
+  p.add_argument("--width", required=True, type=int, help="input width in pixels")
+  p.add_argument("--out", required=True, help="output file (written atomically)")
+  p.add_argument("--batch", type=int, default=None,
+                 help="fixed batch size (default: symbolic batch 'N')")
+  p.add_argument("--full-resolution", action="store_true",
+                 help="outputs at the input resolution, plus argmax 'labels'")
+  p.add_argument("--input-dtype", choices=INPUT_DTYPES, default="uint8")
+  p.add_argument("--platforms", default=None,
+                 help="StableHLO only: comma-separated, e.g. cpu,cuda (default: this backend)")
+  return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(argv)
+  try:
+    if args.platforms is not None and args.format != "stablehlo":
+      raise ValueError("--platforms applies to --format stablehlo only")
+    _check_args(args.height, args.width, args.batch, args.input_dtype)
+    if args.format == "onnx":
+      _import_jax2onnx()  # fail before the slow part if it is missing
+    from hydrajax import weights
+    variables = weights.load(args.weights)
+    kwargs = dict(batch=args.batch, full_resolution=args.full_resolution,
+                  input_dtype=args.input_dtype)
+    if args.platforms:
+      kwargs["platforms"] = [s.strip() for s in args.platforms.split(",") if s.strip()]
+    data = export(variables, args.format, args.height, args.width, **kwargs)
+    rows = signature(data, args.format)
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  write_atomic(args.out, data)
+  print(f"wrote {args.out} ({args.format}, {len(data) / 1e6:.1f} MB)")
+  for kind, name, shape, dtype in rows:
+    print(f"  {kind:6s} {name:8s} {dtype:8s} ({', '.join(shape)})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,202 @@
+"""Video and camera-like streams: batched inference, side-by-side visualisation per frame.
+
+    python -m hydrajax.video --weights nyud.npz IN.mp4 --out OUT.mp4 [--batch 4]
+    python -m hydrajax.predict --weights nyud.npz --video IN.mp4 --out OUT.mp4   (same)
+
+Frames are decoded with imageio's FFMPEG plugin (imageio-ffmpeg ships the ffmpeg binary),
+grouped into batches of `batch_size` (the last batch is padded by repeating its last frame,
+so one compiled shape serves the whole video), run through `hydrajax.apply`, rendered as
+input | segmentation | depth [| normals] (`predict.render`), and encoded as H.264 at the
+input's frame rate. The output is written to a temp file beside OUT and renamed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from hydrajax import api
+
+DEFAULT_BATCH = 4
+
+
+@dataclasses.dataclass
+class VideoReport:
+  """frames: frames written; seconds: wall time of the whole loop (decode, model, render,
+  encode, and the first call's compile); model_frames / model_seconds: frames and time
+  inside the network (blocked on its result), without the first batch (it compiles) when
+  there is more than one."""
+  frames: int
+  seconds: float
+  model_frames: int
+  model_seconds: float
+
+  @property
+  def fps(self) -> float:
+    return self.frames / self.seconds if self.seconds > 0 else float("nan")
+
+  @property
+  def model_fps(self) -> float:
+    return self.model_frames / self.model_seconds if self.model_seconds > 0 else float("nan")
+
+
+def batches(frames: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+  """Group (H, W, 3) frames into (n <= batch_size, H, W, 3) arrays, in order. A frame of
+  another size than the first raises ValueError naming its index."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  buffer, shape = [], None
+  for i, frame in enumerate(frames):
+    frame = np.asarray(frame)
+    if frame.ndim == 2:
+      frame = np.repeat(frame[..., None], 3, axis=-1)
+    frame = frame[..., :3]  # drop alpha
+    shape = shape or frame.shape
+    if frame.shape != shape:
+      raise ValueError(f"frame {i} has shape {frame.shape}, earlier frames {shape}")
+    buffer.append(frame)
+    if len(buffer) == batch_size:
+      yield np.stack(buffer)
+      buffer = []
+  if buffer:
+    yield np.stack(buffer)
+
+
+def predict_stream(variables: Mapping[str, Any], frames: Iterable[np.ndarray], *,
+                   batch_size: int = DEFAULT_BATCH,
+                   timing: list[tuple[int, float]] | None = None
+                   ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+  """Yield (frame, outputs) per frame of any iterable (a video reader, a camera loop).
+
+  outputs are `hydrajax.apply`'s at the frame's resolution: "segm" logits (H, W, C),
+  "depth" (H, W) metres[, "normals"]. Batches are padded to `batch_size` so the network
+  compiles once; `timing`, if given, receives (frames, seconds in the model) per batch.
+  """
+  for batch in batches(frames, batch_size):
+    n = len(batch)
+    padded = batch if n == batch_size else np.concatenate(
+        [batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
+    start = time.perf_counter()
+    out = jax.block_until_ready(api.apply(variables, padded))
+    if timing is not None:
+      timing.append((n, time.perf_counter() - start))
+    out = {k: np.asarray(v[:n]) for k, v in out.items()}
+    for i in range(n):
+      yield batch[i], {k: v[i] for k, v in out.items()}
+
+
+def _even(image: np.ndarray, background: int = 255) -> np.ndarray:
+  """Pad (H, W, 3) to even H and W: H.264 in yuv420p needs them."""
+  h, w = image.shape[:2]
+  return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), constant_values=background)
+
+
+def process_video(variables: Mapping[str, Any], src: str | os.PathLike, dst: str | os.PathLike,
+                  *, batch_size: int = DEFAULT_BATCH, palette: str = "auto",
+                  max_depth: float | None = None, max_frames: int | None = None,
+                  progress: bool = True) -> VideoReport:
+  """Read video `src`, write the side-by-side visualisation of every frame to `dst` (.mp4).
+
+  Returns frame count and timings. `dst` appears only when all frames were written.
+  """
+  import imageio.v2 as imageio_v2
+  import imageio.v3 as iio
+  from hydrajax import predict  # the renderer shared with image prediction
+
+  src, dst = os.fspath(src), os.fspath(dst)
+  if not os.path.isfile(src):
+    raise FileNotFoundError(f"{src}: no such video file")
+  try:
+    meta = iio.immeta(src, plugin="FFMPEG")
+  except Exception as e:  # imageio raises OSError or its own errors for non-videos
+    raise ValueError(f"{src}: not a readable video ({e})") from e
+  fps_in = float(meta.get("fps") or 25.0)
+  total = meta.get("duration", 0) * fps_in
+  total = int(round(total)) if math.isfinite(total) and total > 0 else None
+  if max_frames is not None:
+    total = min(total or max_frames, max_frames)
+  colours, clip = predict.display_settings(variables, palette, max_depth)
+
+  frames = iio.imiter(src, plugin="FFMPEG")
+  if max_frames is not None:
+    frames = (f for i, f in zip(range(max_frames), frames))
+  directory = os.path.dirname(os.path.abspath(dst))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(dst)[1] or ".mp4",
+                             dir=directory)
+  os.close(fd)
+  timing, count, start = [], 0, time.perf_counter()
+  try:
+    writer = imageio_v2.get_writer(tmp, format="FFMPEG", fps=fps_in, codec="libx264",
+                                   macro_block_size=2)
+    with writer, tqdm(total=total, desc="video", unit="frame", disable=not progress) as bar:
+      for frame, outputs in predict_stream(variables, frames, batch_size=batch_size,
+                                           timing=timing):
+        writer.append_data(_even(predict.render(frame, outputs, colours, clip)["vis"]))
+        count += 1
+        bar.update(1)
+        bar.set_postfix(fps=f"{count / (time.perf_counter() - start):.1f}")
+    if count == 0:
+      raise ValueError(f"{src}: no frames decoded")
+    os.replace(tmp, dst)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  steady = timing[1:] or timing
+  return VideoReport(count, time.perf_counter() - start, sum(n for n, _ in steady),
+                     sum(t for _, t in steady))
+
+
+def add_video_args(parser: argparse.ArgumentParser) -> None:
+  """Options shared by `hydrajax.video` and `hydrajax.predict --video`."""
+  parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                      help=f"frames per network call (default {DEFAULT_BATCH})")
+  parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+
+
+def run(variables_path: str, src: str, dst: str, *, batch_size: int = DEFAULT_BATCH,
+        palette: str = "auto", max_depth: float | None = None, max_frames: int | None = None,
+        progress: bool = True) -> int:
+  """CLI body: load weights, process, print frames and fps; errors -> message, exit 2."""
+  from hydrajax import weights
+  try:
+    if batch_size < 1:
+      raise ValueError(f"--batch must be >= 1, got {batch_size}")
+    variables = weights.load(variables_path)
+    report = process_video(variables, src, dst, batch_size=batch_size, palette=palette,
+                           max_depth=max_depth, max_frames=max_frames, progress=progress)
+  except (OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {report.frames} frames to {dst}: {report.fps:.2f} frames/s overall, "
+        f"{report.model_fps:.2f} frames/s in the network (batch {batch_size})")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m hydrajax.video",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--weights", required=True, help="hydrajax weights (.npz)")
+  parser.add_argument("video", help="input video file (.mp4, ...)")
+  parser.add_argument("--out", required=True, help="output video file (.mp4)")
+  parser.add_argument("--palette", default="auto", choices=("auto", "nyud", "kitti", "generic"))
+  parser.add_argument("--max-depth", type=float, default=None, help="depth colour clip, metres")
+  parser.add_argument("--no-progress", action="store_true")
+  add_video_args(parser)
+  args = parser.parse_args(argv)
+  return run(args.weights, args.video, args.out, batch_size=args.batch, palette=args.palette,
+             max_depth=args.max_depth, max_frames=args.max_frames,
+             progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,86 @@
+"""Video prediction: a synthetic clip goes through `predict --video` frame for frame."""
+import numpy as np
+import pytest
+
+import hydrajax
+from hydrajax import predict, video
+
+iio = pytest.importorskip("imageio.v3")
+pytest.importorskip("imageio_ffmpeg")
+
+# imageio starts ffmpeg with subprocess (fork + immediate exec), which JAX's fork warning
+# cannot tell apart from a bare fork; it is safe here.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+
+H, W, FRAMES = 64, 96, 10
+
+
+def synthetic_clip(path, frames=FRAMES):
+  """Smooth moving gradients (compress almost losslessly), 10 fps H.264."""
+  import imageio.v2 as imageio_v2
+  y, x = np.mgrid[0:H, 0:W]
+  clip = []
+  with imageio_v2.get_writer(path, format="FFMPEG", fps=10, codec="libx264",
+                             macro_block_size=2, quality=10) as writer:
+    for t in range(frames):
+      frame = np.stack([(x * 2 + t * 8) % 256, (y * 3) % 256, np.full_like(x, 40 + 10 * t)],
+                       -1).astype(np.uint8)
+      writer.append_data(frame)
+      clip.append(frame)
+  return np.stack(clip)
+
+
+@pytest.fixture(scope="module")
+def weights_file(variables, tmp_path_factory):
+  path = tmp_path_factory.mktemp("w") / "w.npz"
+  hydrajax.save(path, variables)
+  return str(path)
+
+
+def test_batches_groups_in_order_and_keeps_the_remainder():
+  frames = [np.full((4, 5, 3), i, np.uint8) for i in range(7)]
+  out = list(video.batches(frames, 3))
+  assert [b.shape[0] for b in out] == [3, 3, 1]
+  np.testing.assert_array_equal(np.concatenate(out)[:, 0, 0, 0], np.arange(7))
+  with pytest.raises(ValueError, match="frame 1 has shape"):
+    list(video.batches([np.zeros((4, 5, 3)), np.zeros((4, 6, 3))], 2))
+
+
+def test_predict_video_writes_every_frame(weights_file, tmp_path, capsys):
+  clip = synthetic_clip(str(tmp_path / "in.mp4"))
+  out = tmp_path / "out" / "vis.mp4"
+  rc = predict.main(["--weights", weights_file, "--video", str(tmp_path / "in.mp4"),
+                     "--out", str(out), "--batch", "4", "--no-progress"])
+  assert rc == 0
+  assert f"wrote {FRAMES} frames" in capsys.readouterr().out
+  frames = np.stack(list(iio.imiter(out, plugin="FFMPEG")))
+  gap = 4  # visualize.side_by_side's default gap: input | segm | depth
+  assert frames.shape == (FRAMES, H, 3 * W + 2 * gap, 3)
+  # the left panel is the input frame again (up to H.264 loss, twice)
+  left = frames[:, :, :W].astype(np.float64)
+  assert np.mean(np.abs(left - clip)) < 8.0
+  assert [p.name for p in out.parent.iterdir()] == ["vis.mp4"]  # no temp files left
+
+
+def test_video_cli_missing_input_fails_and_writes_nothing(weights_file, tmp_path, capsys):
+  out = tmp_path / "out.mp4"
+  rc = video.main(["--weights", weights_file, str(tmp_path / "missing.mp4"), "--out", str(out)])
+  assert rc == 2
+  assert "no such video file" in capsys.readouterr().err
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_video_rejects_images_too(weights_file, tmp_path, capsys):
+  rc = predict.main(["--weights", weights_file, "--video", "a.mp4", "b.png",
+                     "--out", str(tmp_path / "o.mp4")])
+  assert rc == 2
+  assert "either --video or images" in capsys.readouterr().err
+
+
+def test_video_missing_weights_fails(tmp_path, capsys):
+  synthetic_clip(str(tmp_path / "in.mp4"), frames=2)
+  rc = video.main(["--weights", str(tmp_path / "none.npz"), str(tmp_path / "in.mp4"),
+                   "--out", str(tmp_path / "o.mp4")])
+  assert rc == 2
+  assert "weights file not found" in capsys.readouterr().err
+  assert not (tmp_path / "o.mp4").exists()
