@@ -27,16 +27,23 @@ DEPTH_SUM_KEYS = ("count", "sq_err", "sq_log_err", "abs_rel", "sq_rel", "delta1"
                   "delta3", "gt", "gt_sq")
 
 
-def crop_mask(height: int, width: int, crop: str = "none") -> np.ndarray:
-  """(height, width) bool mask of the evaluated region for a named crop."""
+def crop_region(hw: jax.Array, height: int, width: int, crop: str = "none") -> jax.Array | None:
+  """(N, height, width) bool: the evaluated region of each example under a named crop.
+
+  hw: (N, 2) int, each example's size before padding (the crop is relative to it). None
+  for crop "none" (everything counts).
+  """
   if crop not in CROPS:
     raise ValueError(f"unknown depth crop {crop!r}; expected one of {sorted(CROPS)}")
-  mask = np.ones((height, width), bool)
-  if CROPS[crop] is not None:
-    t, b, l, r = CROPS[crop]
-    mask[:] = False
-    mask[int(t * height):int(b * height), int(l * width):int(r * width)] = True
-  return mask
+  if CROPS[crop] is None:
+    return None
+  t, b, l, r = CROPS[crop]
+  h = hw[:, 0, None, None].astype(jnp.float32)
+  w = hw[:, 1, None, None].astype(jnp.float32)
+  ys = jnp.arange(height)[None, :, None]
+  xs = jnp.arange(width)[None, None, :]
+  return ((ys >= jnp.floor(t * h)) & (ys < jnp.floor(b * h)) &
+          (xs >= jnp.floor(l * w)) & (xs < jnp.floor(r * w)))
 
 
 def segm_confusion(pred: jax.Array, label: jax.Array, num_classes: int,
@@ -61,7 +68,7 @@ def depth_sums(pred: jax.Array, gt: jax.Array, example_mask: jax.Array | None = 
                region: jax.Array | None = None) -> dict[str, jax.Array]:
   """Error sums over valid pixels. pred, gt (N, H, W) metres; gt <= 0 is invalid.
 
-  Valid pixels: gt > min_depth, gt <= max_depth if max_depth > 0, inside `region` (H, W).
+  Valid pixels: gt > min_depth, gt <= max_depth if max_depth > 0, inside `region` (N, H, W).
   Predictions are clipped to [min_depth, max_depth] (the usual protocol; keeps log finite).
   Returns float32 sums keyed by DEPTH_SUM_KEYS ("gt", "gt_sq" give the mean-depth baseline).
   """
@@ -70,7 +77,7 @@ def depth_sums(pred: jax.Array, gt: jax.Array, example_mask: jax.Array | None = 
   if max_depth > 0:
     valid &= gt <= max_depth
   if region is not None:
-    valid &= region[None]
+    valid &= region
   if example_mask is not None:
     valid &= example_mask[:, None, None]
   hi = max_depth if max_depth > 0 else jnp.inf
