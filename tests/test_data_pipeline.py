@@ -43,10 +43,11 @@ def test_restored_iterator_state_gives_the_same_next_batch():
     _assert_batches_equal(fresh.__next__(), expected)
 
 
-def test_restored_state_with_worker_processes():
-    ds = train_dataset(_source(8), global_batch_size=2, crop_size=32, seed=2, num_workers=1)
-    it = iter(ds)
-    next(it)
+def test_worker_processes_give_the_same_stream_and_restore_exactly():
+    kw = dict(global_batch_size=2, crop_size=32, seed=2)
+    ds = train_dataset(_source(8), num_workers=2, **kw)
+    it, reference = iter(ds), iter(train_dataset(_source(8), num_workers=0, **kw))
+    _assert_batches_equal(next(it), next(reference))
     state = it.get_state()
     expected = next(it)
     fresh = iter(ds)
@@ -110,3 +111,40 @@ class _DepthOnly:
         s = dict(self.source[i])
         s["segm"] = np.full_like(s["segm"], 255)
         return s
+
+
+class _Indexed:
+    """Samples whose segm holds their index; sizes vary with the index."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        h, w = 20 + i, 30 - i
+        return {"image": np.zeros((h, w, 3), np.uint8), "segm": np.full((h, w), i, np.uint8),
+                "depth": np.ones((h, w), np.float32)}
+
+
+def test_hosts_read_disjoint_shards_with_a_share_of_the_global_batch(monkeypatch):
+    from hydrajax.data import pipeline
+
+    seen = []
+    for host in (0, 1):
+        monkeypatch.setattr(pipeline, "_host_shard", lambda host=host: (host, 2))
+        ds = train_dataset(_Indexed(8), global_batch_size=4, crop_size=8, scale_range=(1.0, 1.0),
+                           num_epochs=1, drop_remainder=False)
+        batches = list(ds)
+        assert all(b["segm"].shape[0] == 2 for b in batches)
+        seen.append({int(s[0, 0]) for b in batches for s in b["segm"]})
+    assert seen[0] == {0, 2, 4, 6} and seen[1] == {1, 3, 5, 7}
+
+
+def test_eval_pads_examples_of_different_sizes_to_the_batch_maximum():
+    batches = list(eval_dataset(_Indexed(3), batch_size=3))
+    b = batches[0]
+    assert b["image"].shape == (3, 22, 30, 3)
+    assert b["hw"].tolist() == [[20, 30], [21, 29], [22, 28]]
+    assert (b["segm"][0, 20:] == 255).all() and (b["segm"][2, :, 28:] == 255).all()

@@ -66,3 +66,16 @@ def test_train_transform_outputs_uint8_image_of_crop_size():
     out = transforms.TrainTransform((24, 36))(_pattern(), np.random.default_rng(1))
     assert out["image"].dtype == np.uint8 and out["image"].shape == (24, 36, 3)
     assert out["depth"].dtype == np.float32 and out["segm"].dtype == np.uint8
+
+
+def test_scale_and_crop_matches_scale_then_crop():
+    sample = _pattern()
+    for factor, top, left in ((1.7, 10, 20), (0.6, 0, 0), (2.0, 40, 60)):
+        fused = transforms.scale_and_crop(sample, factor, top, left, 30, 40)
+        scaled = transforms.scale(sample, factor)
+        reference = transforms.pad_to(transforms.crop(scaled, top, left, 30, 40), 30, 40)
+        np.testing.assert_array_equal(fused["segm"], reference["segm"])
+        np.testing.assert_array_equal(fused["depth"], reference["depth"])
+        np.testing.assert_array_equal(fused["normals"], reference["normals"])
+        diff = np.abs(fused["image"].astype(int) - reference["image"].astype(int))
+        assert diff.mean() < 1.0

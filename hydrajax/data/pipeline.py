@@ -1,7 +1,7 @@
 """Grain input pipelines: infinite shuffled training batches and exact, padded eval batches.
 
 Training: `MapDataset.source -> host shard -> shuffle(seed) -> repeat -> [mix] -> random_map
-(scale, crop, flip) -> to_iter_dataset -> batch -> mp_prefetch(workers)`. Batches are dicts of
+(scale, crop, flip) -> batch -> to_iter_dataset -> mp_prefetch(workers)`. Batches are dicts of
 numpy arrays (`image` uint8 NHWC, `segm` uint8 NHW, `depth` float32 NHW metres, optionally
 `normals` float32 NHW3), shaped (num_devices, per_device_batch, ...) when `num_devices` is given.
 The iterator's `get_state()` / `set_state()` reproduce the stream exactly (checkpoint it).
@@ -83,8 +83,6 @@ class _Complete:
         out.setdefault("depth", np.zeros(hw, np.float32))
         if self.with_normals:
             out.setdefault("normals", np.zeros(hw + (3,), np.float32))
-        else:
-            out.pop("normals", None)
         return out
 
 
@@ -139,7 +137,8 @@ def train_dataset(source, *, global_batch_size: int, crop_size: int | tuple[int,
       crop_size: training crop (H, W) or a side; smaller scaled images are padded with ignore.
       num_workers: Grain worker processes (0 = read in this process with `read_threads`).
       num_devices: if given, batches are (num_devices, per_device_batch, ...).
-      skip_bad: drop samples that fail to load (logged and counted) instead of raising.
+      skip_bad: drop samples that fail to load (logged) instead of raising. Pass a source
+        wrapped in `SkipBad` yourself to read its `num_skipped` (exact with num_workers=0).
     Returns:
       A `grain.IterDataset`; `iter(ds)` has `get_state()` / `set_state()` for exact resume.
     """
@@ -148,17 +147,25 @@ def train_dataset(source, *, global_batch_size: int, crop_size: int | tuple[int,
     batch_size = _per_host_batch(global_batch_size, num_devices)
     parts = []
     for i, src in enumerate(mixture.sources):
-        ds = grain.MapDataset.source(SkipBad(src) if skip_bad else src)
+        if skip_bad and not isinstance(src, SkipBad):
+            src = SkipBad(src)
+        ds = grain.MapDataset.source(src)
         ds = ds[host_index::host_count]
         # Each source gets its own shuffle seed; repeat() reshuffles every epoch.
         parts.append(ds.shuffle(seed=seed + 1000 * i).repeat(num_epochs))
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, mixture.weights)
     ds = ds.map(_Complete(mixture.has_normals))
     ds = ds.random_map(transforms.TrainTransform(crop_size, scale_range, flip), seed=seed)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * batch_size))
     if skip_bad:
-        it = it.filter(_not_none)
-    it = it.batch(batch_size, drop_remainder=drop_remainder)
+        options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * batch_size)
+        # Dropped samples make batches sparse, so batch after filtering, per worker: the stream
+        # is then deterministic for a given num_workers but differs between worker counts.
+        it = ds.to_iter_dataset(options).filter(_not_none).batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * max(1, read_threads))
+        # Batching the MapDataset hands whole batches to workers: the same batches for any
+        # num_workers (checkpointed iterator states are still per worker count).
+        it = ds.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset(options)
     if num_devices:
         it = it.map(_SplitDevices(num_devices))
     if num_workers > 0:

@@ -126,6 +126,31 @@ def random_hflip(sample: Sample, rng: np.random.Generator, p: float = 0.5) -> Sa
     return hflip(sample) if rng.random() < p else sample
 
 
+def scale_and_crop(sample: Sample, factor: float, top: int, left: int, height: int, width: int) -> Sample:
+    """`crop(scale(sample, factor), top, left, ...)` padded to (height, width), computed directly.
+
+    Only the window is resampled (PIL's `box`), so a 2x zoom costs no more than the crop: the
+    labels are exactly those of scale-then-crop and the image matches it up to rounding.
+    """
+    h, w = sample["image"].shape[:2]
+    sh, sw = max(1, round(h * factor)), max(1, round(w * factor))
+    wh, ww = min(height, sh - top), min(width, sw - left)
+    rows = _nearest_index(h, sh)[top : top + wh]
+    cols = _nearest_index(w, sw)[left : left + ww]
+    box = (left * w / sw, top * h / sh, (left + ww) * w / sw, (top + wh) * h / sh)
+    out = {}
+    for name, value in sample.items():
+        if name == "image":
+            out[name] = np.asarray(Image.fromarray(value).resize((ww, wh), Image.BILINEAR, box=box))
+        elif value.ndim >= 2 and value.shape[:2] == (h, w):
+            out[name] = value[rows[:, None], cols[None, :]]
+        else:
+            out[name] = value
+    if "depth" in out:
+        out["depth"] = (out["depth"] / np.float32(factor)).astype(np.float32)
+    return pad_to(out, height, width)
+
+
 class TrainTransform:
     """Random scale -> random crop (with ignore padding) -> random horizontal flip.
 
@@ -141,8 +166,16 @@ class TrainTransform:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample | None:
         if sample is None:  # a bad sample skipped upstream
             return None
-        sample = random_scale(sample, rng, self.scale_range)
-        sample = random_crop(sample, rng, *self.crop_size)
+        # Same draws and result as random_scale then random_crop, without resampling the
+        # whole zoomed image (up to 4x the pixels at scale 2).
+        lo, hi = self.scale_range
+        factor = 1.0 if lo == hi == 1.0 else float(rng.uniform(lo, hi))
+        h, w = sample["image"].shape[:2]
+        sh, sw = max(1, round(h * factor)), max(1, round(w * factor))
+        height, width = self.crop_size
+        top = int(rng.integers(0, max(sh, height) - height + 1))
+        left = int(rng.integers(0, max(sw, width) - width + 1))
+        sample = scale_and_crop(sample, factor, top, left, height, width)
         if self.flip:
             sample = random_hflip(sample, rng)
         return {k: np.ascontiguousarray(v) for k, v in sample.items()}
