@@ -26,11 +26,23 @@ from hydrajax import api, metrics, sources
 AXIS = "batch"
 
 
-def eval_step(variables: Any, batch: dict, *, num_classes: int, tasks: tuple,
-              align_corners: bool, min_depth: float, max_depth: float, crop: str) -> tuple:
+def eval_params(config: ml_collections.ConfigDict) -> dict:
+  """The protocol settings as step inputs (changing them does not recompile)."""
+  crop = metrics.CROPS.get(config.eval.crop, ())
+  if crop == ():
+    raise ValueError(f"config.eval.crop must be one of {sorted(metrics.CROPS)}, "
+                     f"got {config.eval.crop!r}")
+  return {"min_depth": float(config.eval.min_depth),
+          "max_depth": float(config.eval.max_depth) or float("inf"),
+          "crop": np.asarray(crop or (0.0, 1.0, 0.0, 1.0), np.float32)}
+
+
+def eval_step(variables: Any, batch: dict, protocol: dict, *, num_classes: int, tasks: tuple,
+              align_corners: bool) -> tuple:
   """This device's batch -> (sums psum'ed over devices, predictions at label resolution).
 
-  batch: "image" uint8 (n, H, W, 3), labels (n, H, W), "mask" (n,) bool, "hw" (n, 2).
+  batch: "image" uint8 (n, H, W, 3), labels (n, H, W), "mask" (n,) bool, "hw" (n, 2);
+  protocol: from `eval_params`.
   """
   model = api.HydraNet(num_classes=max(num_classes, 1), tasks=tasks, align_corners=align_corners)
   raw = model.apply(variables, api.normalize(batch["image"]), train=False)
@@ -43,24 +55,23 @@ def eval_step(variables: Any, batch: dict, *, num_classes: int, tasks: tuple,
                                                batch["mask"])
   if "depth" in tasks:
     preds["depth"] = out["depth"]
-    region = metrics.crop_region(batch["hw"], *label_hw, crop)
+    region = metrics.crop_region(batch["hw"], *label_hw, protocol["crop"])
     sums["depth"] = metrics.depth_sums(out["depth"], batch["depth"], batch["mask"],
-                                       min_depth=min_depth, max_depth=max_depth, region=region)
+                                       min_depth=protocol["min_depth"],
+                                       max_depth=protocol["max_depth"], region=region)
   return jax.lax.psum(sums, AXIS), preds
 
 
 @functools.lru_cache(maxsize=16)
 def _compiled_eval(key: tuple, devices: tuple) -> Any:
   return jax.pmap(functools.partial(eval_step, **dict(key)), axis_name=AXIS,
-                  devices=list(devices))
+                  in_axes=(0, 0, None), devices=list(devices))
 
 
-def pmapped_eval_step(model_cfg: dict, config: ml_collections.ConfigDict,
-                      devices: Sequence[Any]) -> Any:
+def pmapped_eval_step(model_cfg: dict, devices: Sequence[Any]) -> Any:
+  """`step(replicated_variables, device_batch, protocol)`, compiled once per architecture."""
   key = (("num_classes", model_cfg["num_classes"]), ("tasks", tuple(model_cfg["tasks"])),
-         ("align_corners", model_cfg["align_corners"]),
-         ("min_depth", float(config.eval.min_depth)), ("max_depth", float(config.eval.max_depth)),
-         ("crop", config.eval.crop))
+         ("align_corners", model_cfg["align_corners"]))
   return _compiled_eval(key, tuple(devices))
 
 
@@ -81,7 +92,8 @@ def evaluate(variables: dict, config: ml_collections.ConfigDict, source: Any = N
     source = _Head(source, config.eval.max_examples)
   batch_size = -(-config.eval.batch_size // n) * n
   model_cfg = api.model_config(variables)
-  step = pmapped_eval_step(model_cfg, config, devices)
+  step = pmapped_eval_step(model_cfg, devices)
+  protocol = eval_params(config)
   net = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   from hydrajax.train_lib import replicate
   replicated = replicate(net, devices)
@@ -90,7 +102,7 @@ def evaluate(variables: dict, config: ml_collections.ConfigDict, source: Any = N
   ds = pipeline.eval_dataset(source, batch_size=batch_size, num_devices=n,
                              pad_to_multiple=config.eval.pad_to_multiple or None)
   for batch in ds:
-    sums, preds = step(replicated, batch)
+    sums, preds = step(replicated, batch, protocol)
     acc.add(jax.tree.map(lambda x: x[0], sums))
     if len(samples) < num_samples:
       samples += _pictures(batch, preds, num_samples - len(samples))

@@ -27,17 +27,21 @@ DEPTH_SUM_KEYS = ("count", "sq_err", "sq_log_err", "abs_rel", "sq_rel", "delta1"
                   "delta3", "gt", "gt_sq")
 
 
-def crop_region(hw: jax.Array, height: int, width: int, crop: str = "none") -> jax.Array | None:
-  """(N, height, width) bool: the evaluated region of each example under a named crop.
+def crop_region(hw: jax.Array, height: int, width: int, crop: str | jax.Array = "none"
+                ) -> jax.Array | None:
+  """(N, height, width) bool: the evaluated region of each example under a crop.
 
-  hw: (N, 2) int, each example's size before padding (the crop is relative to it). None
-  for crop "none" (everything counts).
+  hw: (N, 2) int, each example's size before padding (the crop is relative to it).
+  crop: a name of CROPS (None for "none": everything counts) or its (4,) fractions
+  (top, bottom, left, right) as an array.
   """
-  if crop not in CROPS:
-    raise ValueError(f"unknown depth crop {crop!r}; expected one of {sorted(CROPS)}")
-  if CROPS[crop] is None:
-    return None
-  t, b, l, r = CROPS[crop]
+  if isinstance(crop, str):
+    if crop not in CROPS:
+      raise ValueError(f"unknown depth crop {crop!r}; expected one of {sorted(CROPS)}")
+    if CROPS[crop] is None:
+      return None
+    crop = jnp.asarray(CROPS[crop], jnp.float32)
+  t, b, l, r = crop[0], crop[1], crop[2], crop[3]
   h = hw[:, 0, None, None].astype(jnp.float32)
   w = hw[:, 1, None, None].astype(jnp.float32)
   ys = jnp.arange(height)[None, :, None]
@@ -64,24 +68,22 @@ def segm_confusion(pred: jax.Array, label: jax.Array, num_classes: int,
 
 
 def depth_sums(pred: jax.Array, gt: jax.Array, example_mask: jax.Array | None = None, *,
-               min_depth: float = 1e-3, max_depth: float = 0.0,
+               min_depth: float = 1e-3, max_depth: float | None = None,
                region: jax.Array | None = None) -> dict[str, jax.Array]:
   """Error sums over valid pixels. pred, gt (N, H, W) metres; gt <= 0 is invalid.
 
-  Valid pixels: gt > min_depth, gt <= max_depth if max_depth > 0, inside `region` (N, H, W).
+  Valid pixels: gt > min_depth, gt <= max_depth (None or inf: no cap), inside `region`
+  (N, H, W). min_depth and max_depth may be traced scalars.
   Predictions are clipped to [min_depth, max_depth] (the usual protocol; keeps log finite).
   Returns float32 sums keyed by DEPTH_SUM_KEYS ("gt", "gt_sq" give the mean-depth baseline).
   """
   gt = gt.astype(jnp.float32)
-  valid = gt > min_depth
-  if max_depth > 0:
-    valid &= gt <= max_depth
+  valid = (gt > min_depth) & (gt <= max_depth if max_depth is not None else True)
   if region is not None:
     valid &= region
   if example_mask is not None:
     valid &= example_mask[:, None, None]
-  hi = max_depth if max_depth > 0 else jnp.inf
-  p = jnp.clip(pred.astype(jnp.float32), min_depth, hi)
+  p = jnp.clip(pred.astype(jnp.float32), min_depth, max_depth)
   g = jnp.where(valid, gt, 1.0)
   p = jnp.where(valid, p, 1.0)
   ratio = jnp.maximum(p / g, g / p)

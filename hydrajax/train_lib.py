@@ -1,6 +1,6 @@
 """Training: the train state, the optimizer, one pmapped step, and the loop.
 
-One pure `train_step(state, batch, loss_weights) -> (state, metrics)` is pmapped once over
+One pure `train_step(state, batch, hparams) -> (state, metrics)` is pmapped once over
 the local devices (axis "batch"). Each device sees its share of the global batch; the loss
 is built from (sum, count) pieces whose counts are summed over devices (hydrajax.losses),
 gradients are summed with psum, and BatchNorm statistics are taken over the global batch
@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import flax.linen as nn
@@ -84,17 +84,28 @@ def param_groups(params: Any) -> Any:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """SGD with momentum and L2 weight decay (added to the gradient, as PyTorch's SGD does),
-  separate encoder and decoder learning rates, optional gradient accumulation."""
-  def sgd(peak):
-    return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                       optax.sgd(learning_rate_fn(config, peak), config.momentum,
-                                 nesterov=config.nesterov))
-  tx = optax.multi_transform({"encoder": sgd(config.lr_encoder),
-                              "decoder": sgd(config.lr_decoder)}, param_groups)
+  """SGD direction: L2 weight decay added to the gradient (as PyTorch's SGD does), then
+  momentum, optionally accumulated over `grad_accum_steps` micro-steps (optax.MultiSteps).
+
+  The learning rate is applied in `train_step` (-lr_encoder for the encoder subtree,
+  -lr_decoder elsewhere), with values computed on the host by `learning_rates_fn`: the same
+  result as `optax.multi_transform` of two `optax.sgd`s, but the schedule and the rates are
+  inputs of the compiled step, so changing them never recompiles.
+  """
+  tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
+                   optax.trace(decay=config.momentum, nesterov=config.nesterov))
   if config.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
   return tx
+
+
+def learning_rates_fn(config: ml_collections.ConfigDict) -> Callable[[int], dict]:
+  """micro-step (0-based) -> {"encoder", "decoder"} learning rates; with gradient
+  accumulation the update made at micro-step s uses the schedule at update s // k."""
+  enc = learning_rate_fn(config, config.lr_encoder)
+  dec = learning_rate_fn(config, config.lr_decoder)
+  k = config.grad_accum_steps
+  return lambda step: {"encoder": float(enc(step // k)), "decoder": float(dec(step // k))}
 
 
 def initial_variables(config: ml_collections.ConfigDict) -> dict:
@@ -133,18 +144,21 @@ def create_train_state(config: ml_collections.ConfigDict) -> TrainState:
                     nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
-def loss_weight_array(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
-  """Loss weights of the config's tasks as arrays: a traced input, so changing a weight
-  does not recompile the step."""
-  return {t: jnp.asarray(float(config.loss_weights[t]), jnp.float32) for t in config.tasks}
+def hyperparams_fn(config: ml_collections.ConfigDict) -> Callable[[int], dict]:
+  """micro-step (0-based) -> the step's inputs that may change without recompiling:
+  learning rates and the loss weights of the config's tasks."""
+  lrs = learning_rates_fn(config)
+  weights = {t: float(config.loss_weights[t]) for t in config.tasks}
+  return lambda step: {"lr": lrs(step), "loss_weights": weights}
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array],
-               loss_weights: Mapping[str, jax.Array], *, model: HydraNet,
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], hparams: Mapping[str, Any],
+               *, model: HydraNet,
                tx: optax.GradientTransformation, freeze_bn: bool, sync_bn: bool,
                axis_name: str | None = AXIS) -> tuple[TrainState, dict]:
   """One micro-step on this device's share of the batch: (new state, metrics summed over
-  devices). batch: "image" uint8 (n, H, W, 3), "segm" uint8 (n, H, W), "depth" (n, H, W) m."""
+  devices). batch: "image" uint8 (n, H, W, 3), "segm" uint8 (n, H, W), "depth" (n, H, W) m;
+  hparams: from `hyperparams` (learning rates, loss weights)."""
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   images = api.normalize(batch["image"])
 
@@ -158,7 +172,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
                                      rngs={"dropout": rng})
       new_stats = mutated["batch_stats"]
     terms = losses.loss_terms(outputs, batch, model.align_corners, axis_name)
-    total, means = losses.combined_loss(terms, loss_weights, axis_name)
+    total, means = losses.combined_loss(terms, hparams["loss_weights"], axis_name)
     return total, (new_stats, means)
 
   (total, (new_stats, means)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -168,6 +182,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
     if not sync_bn and not freeze_bn:
       new_stats = jax.lax.pmean(new_stats, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates = jax.tree.map(lambda u, g: -hparams["lr"][g] * u, updates, param_groups(updates))
   params = optax.apply_updates(state.params, updates)
   ok = jnp.isfinite(total) & (state.nonfinite_step < 0)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
@@ -181,11 +196,10 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
 
 
 def _step_key(config: ml_collections.ConfigDict) -> tuple:
-  """The config fields the compiled step depends on (loss weights are inputs instead)."""
-  fields = ("num_classes", "tasks", "align_corners", "freeze_bn", "sync_bn", "lr_encoder",
-            "lr_decoder", "momentum", "nesterov", "weight_decay", "schedule", "poly_power",
-            "step_boundaries", "step_factor", "warmup_steps", "num_train_steps",
-            "grad_accum_steps")
+  """The config fields the compiled step depends on (learning rates and loss weights are
+  inputs instead)."""
+  fields = ("num_classes", "tasks", "align_corners", "freeze_bn", "sync_bn", "momentum",
+            "nesterov", "weight_decay", "grad_accum_steps")
   return tuple((f, tuple(v) if isinstance(v, (list, tuple)) else v)
                for f, v in ((f, config[f]) for f in fields))
 
@@ -200,15 +214,19 @@ def _compiled_step(key: tuple, devices: tuple) -> Any:
 
 
 def pmapped_train_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> Any:
-  """`step(replicated_state, device_batch, loss_weights) -> (state, metrics)`, pmapped over
+  """`step(replicated_state, device_batch, hparams) -> (state, metrics)`, pmapped over
   `devices`, state donated; built once per (step-relevant config, devices) and reused."""
   return _compiled_step(_step_key(config), tuple(devices))
 
 
 def replicate(tree: Any, devices: Sequence[Any]) -> Any:
-  """One copy of `tree` per device as a leading axis (pmap places copy i on device i)."""
+  """One copy of `tree` per device, stacked on a leading axis and placed as pmap's outputs
+  are (sharded over `devices`), so the first step does not compile a second variant."""
   n = len(devices)
-  return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree)
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                        jax.sharding.PartitionSpec(AXIS))
+  return jax.tree.map(lambda x: jax.device_put(
+      np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding), tree)
 
 
 def unreplicate(tree: Any) -> Any:
@@ -264,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f"resumed from {ckpt.directory}/{start}")
   first = int(state.step)
   step_fn = pmapped_train_step(config, devices)
-  loss_weights = loss_weight_array(config)
+  hparams = hyperparams_fn(config)
   rstate = replicate(state, devices)
   del state
   total = config.num_train_steps
@@ -274,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tick, tick_step = time.perf_counter(), first
   for step in range(first + 1, total + 1):
     batch = next(data)
-    rstate, step_metrics = step_fn(rstate, batch, loss_weights)
+    rstate, step_metrics = step_fn(rstate, batch, hparams(step - 1))
     pending.append(step_metrics)
     bar.update(1)
     if step % config.log_every_steps == 0 or step == total:
@@ -282,8 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       means = {k: float(np.mean([jax.device_get(m[k][0]) for m in pending])) for k in pending[0]}
       now = time.perf_counter()
       means["images_per_sec"] = config.batch_size * (step - tick_step) / max(now - tick, 1e-9)
-      means["lr_encoder"] = float(learning_rate_fn(config, config.lr_encoder)(
-          step // config.grad_accum_steps))
+      means["lr_encoder"] = hparams(step - 1)["lr"]["encoder"]
       tick, tick_step, pending = now, step, []
       log.write(step, {f"train/{k}": v for k, v in means.items()})
       bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{means['images_per_sec']:.1f}")
