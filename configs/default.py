@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.synthetic.width = 160
   c.synthetic.seed = 0           # training scenes; validation uses seed + 1
   c.depth_divisor = 0.0          # KITTI depth PNG value -> metres divisor (0 = source default)
+  c.kitti = ml_collections.ConfigDict()  # KITTI file lists, see configs/kitti.py
 
   # --- model --------------------------------------------------------------------------
   c.num_classes = 7              # segmentation classes (0 if "segm" is not a task)
@@ -79,8 +80,9 @@ def get_config() -> ml_collections.ConfigDict:
 
 def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A `runlocal`-style few-step version of a config, for smoke tests on a laptop."""
-  c.batch_size = 2
+  c.batch_size = 4
   c.crop_size = (64, 96)
+  c.num_devices = 1
   c.num_train_steps = 2
   c.log_every_steps = 1
   c.eval_every_steps = 0
