@@ -20,8 +20,8 @@ def get_config(arg: str | None = None):
   c.scale_range = (0.8, 1.25)
   c.batch_size = 8
   c.num_train_steps = 500
-  c.lr_encoder = 5e-3
-  c.lr_decoder = 2e-2
+  c.lr_encoder = 2e-3
+  c.lr_decoder = 8e-3   # 2e-2 diverged here (the depth head died: relu(pred) = 0)
   c.warmup_steps = 20
   c.eval_every_steps = 250
   c.checkpoint_every_steps = 100

@@ -45,13 +45,14 @@ def test_step_on_several_devices_matches_one_device(batch, num_devices):
   one, loss_one = _run_steps(config, batch, 1, 1)
   many, loss_many = _run_steps(config, batch, num_devices, 1)
   np.testing.assert_allclose(loss_many, loss_one, rtol=1e-5)
-  # The momentum buffer is the raw gradient: a handful of its entries may differ by ~1e-5
-  # where float rounding flips a tie in the CRP max-pools' argmax, hence its looser atol.
-  for name, atol in (("params", 1e-5), ("batch_stats", 1e-5), ("opt_state", 5e-5)):
+  # The momentum buffer is the raw gradient, summed in another order over devices (and a
+  # rounding-flipped max-pool tie moves a few entries): agreement ~1e-4, hence looser bounds.
+  for name, atol, rtol in (("params", 1e-5, 1e-5), ("batch_stats", 1e-5, 1e-5),
+                           ("opt_state", 2e-4, 1e-3)):
     flat_one = jax.tree_util.tree_leaves_with_path(getattr(one, name))
     flat_many = jax.tree.leaves(getattr(many, name))
     for (path, a), b in zip(flat_one, flat_many):
-      np.testing.assert_allclose(b, a, atol=atol, rtol=1e-5,
+      np.testing.assert_allclose(b, a, atol=atol, rtol=rtol,
                                  err_msg=f"{name}{jax.tree_util.keystr(path)}")
 
 
