@@ -40,18 +40,20 @@ class HydraNet(nn.Module):
   Outputs: "segm" (N, h, w, num_classes) logits; "depth" (N, h, w) raw (make it
   non-negative before use); "normals" (N, h, w, 3) unnormalised.
   `align_corners` selects the decoder's bilinear upsampling: False as in the official
-  models, True as in the authors' DenseTorch library.
+  models, True as in the authors' DenseTorch library. `bn_axis_name` (training under
+  pmap) takes BatchNorm statistics over the global batch, so N devices equal one.
   """
   num_classes: int = 40
   tasks: Sequence[str] = ("segm", "depth")
   align_corners: bool = False
   dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
 
   def setup(self):
     unknown = set(self.tasks) - set(TASKS)
     if unknown or not self.tasks:
       raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tuple(self.tasks)}")
-    self.encoder = MobileNetV2Encoder(dtype=self.dtype)
+    self.encoder = MobileNetV2Encoder(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
     self.decoder = RefineNetDecoder(align_corners=self.align_corners, dtype=self.dtype)
     self.heads = {t: Head(task_channels(t, self.num_classes), HEAD_NAMES[t], dtype=self.dtype,
                           name=f"head_{HEAD_NAMES[t]}") for t in self.tasks}

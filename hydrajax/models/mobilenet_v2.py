@@ -16,10 +16,12 @@ MOBILENET_V2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4,
 STEM_CHANNELS = 32
 
 
-def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  """PyTorch-equivalent BatchNorm (eps 1e-5, PyTorch momentum 0.1)."""
+def batch_norm(train: bool, dtype: Any, name: str, axis_name: str | None = None
+               ) -> nn.BatchNorm:
+  """PyTorch-equivalent BatchNorm (eps 1e-5, PyTorch momentum 0.1). With `axis_name`
+  (inside pmap), training statistics are taken over the batch of all devices."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, name=name)
+                      dtype=dtype, axis_name=axis_name if train else None, name=name)
 
 
 class ConvBN(nn.Module):
@@ -30,6 +32,7 @@ class ConvBN(nn.Module):
   kind: str = "pointwise"
   act: bool = True
   dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -40,7 +43,7 @@ class ConvBN(nn.Module):
     else:
       conv = layers.Conv(self.features, self.kernel_size, self.stride, dtype=self.dtype,
                          name="conv")
-    x = batch_norm(train, self.dtype, "bn")(conv(x))
+    x = batch_norm(train, self.dtype, "bn", self.bn_axis_name)(conv(x))
     return layers.relu6(x) if self.act else x
 
 
@@ -54,14 +57,16 @@ class InvertedResidual(nn.Module):
   expansion: int
   stride: int
   dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     cin = x.shape[-1]
     hidden = cin * self.expansion
-    y = ConvBN(hidden, 1, dtype=self.dtype, name="expand")(x, train)
-    y = ConvBN(hidden, 3, self.stride, "depthwise", dtype=self.dtype, name="depthwise")(y, train)
-    y = ConvBN(self.features, act=False, dtype=self.dtype, name="project")(y, train)
+    kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    y = ConvBN(hidden, 1, name="expand", **kw)(x, train)
+    y = ConvBN(hidden, 3, self.stride, "depthwise", name="depthwise", **kw)(y, train)
+    y = ConvBN(self.features, act=False, name="project", **kw)(y, train)
     if cin == self.features and self.stride == 1:
       y = y + x
     return y
@@ -71,15 +76,17 @@ class MobileNetV2Encoder(nn.Module):
   """NHWC normalised image -> the outputs of layer3..layer8 (strides 4,8,16,16,32,32;
   channels 24,32,64,96,160,320)."""
   dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
-    x = ConvBN(STEM_CHANNELS, 3, 2, "dense", dtype=self.dtype, name="layer1")(x, train)
+    kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    x = ConvBN(STEM_CHANNELS, 3, 2, "dense", name="layer1", **kw)(x, train)
     feats = []
     for idx, (t, c, n, s) in enumerate(MOBILENET_V2_SETTINGS):
       name = f"layer{idx + 2}"
       for j in range(n):
-        block = InvertedResidual(c, t, s if j == 0 else 1, dtype=self.dtype, name=f"{name}_{j}")
+        block = InvertedResidual(c, t, s if j == 0 else 1, name=f"{name}_{j}", **kw)
         x = block(x, train)
       if idx >= 1:
         feats.append(x)

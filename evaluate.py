@@ -1,0 +1,25 @@
+"""Evaluate hydrajax: python evaluate.py --config configs/synthetic.py --workdir runs/demo
+
+Uses WORKDIR's latest checkpoint (--which=best for the best one) or --weights FILE.npz.
+Writes WORKDIR/eval/metrics.json and WORKDIR/eval/samples.png and prints a table.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Dataset and eval settings.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (checkpoints in, eval/ out).")
+flags.DEFINE_string("weights", "", "A weights .npz instead of the workdir's checkpoint.")
+flags.DEFINE_enum("which", "latest", ["latest", "best"], "Which checkpoint of WORKDIR.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  del argv
+  from hydrajax import evaluate
+  evaluate.run(FLAGS.config, FLAGS.workdir, FLAGS.weights, FLAGS.which)
+
+
+if __name__ == "__main__":
+  app.run(main)

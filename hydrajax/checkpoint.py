@@ -1,0 +1,109 @@
+"""Checkpoints of a training run: train state, data iterator state and metrics, via Orbax.
+
+Layout: WORKDIR/checkpoints/<step>/{state, data, metrics}. Orbax writes each step into a
+temporary directory and renames it when complete, so a run killed at any moment (even
+`kill -9` mid-save) leaves only complete checkpoints; leftovers are removed on restart.
+Kept: the latest `keep` steps plus the best one by a validation metric.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+
+def _finite_metrics(metrics: Mapping[str, Any] | None) -> dict | None:
+  if not metrics:
+    return None
+  return {k: float(v) for k, v in metrics.items()
+          if isinstance(v, (int, float, np.floating, np.integer)) and np.isfinite(v)}
+
+
+class Checkpointer:
+  """Save and restore (state, data iterator) at training steps.
+
+  Args:
+    directory: where step directories go (created).
+    keep: number of latest checkpoints kept.
+    best_metric, best_mode: a key of the metrics passed to `save`, "max" or "min"; the best
+      checkpoint is kept besides the latest ones.
+  """
+
+  def __init__(self, directory: str | os.PathLike, keep: int = 2, best_metric: str = "",
+               best_mode: str = "max"):
+    if best_mode not in ("max", "min"):
+      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+    self.directory = os.path.abspath(os.fspath(directory))
+    self.best_metric, self.best_mode = best_metric, best_mode
+    policies = [cm.LatestN(n=max(keep, 1))]
+    if best_metric:
+      policies.append(cm.BestN(get_metric_fn=lambda m: m[best_metric],
+                               reverse=best_mode == "min", n=1,
+                               keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=cm.AnyPreservationPolicy(policies),
+        cleanup_tmp_directories=True, enable_async_checkpointing=False, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data", "metrics"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def best_step(self) -> int | None:
+    """The step with the best `best_metric` among kept checkpoints (None if none has it)."""
+    best = None
+    for step in self.all_steps():
+      value = (self.metrics(step) or {}).get(self.best_metric)
+      if value is None:
+        continue
+      better = best is None or (value > best[1] if self.best_mode == "max" else value < best[1])
+      if better:
+        best = (step, value)
+    return None if best is None else best[0]
+
+  def metrics(self, step: int) -> dict | None:
+    path = os.path.join(self.directory, str(step), "metrics")
+    if not os.path.isdir(path):
+      return None
+    return self.manager.restore(step, args=ocp.args.Composite(
+        metrics=ocp.args.JsonRestore()))["metrics"]
+
+  def save(self, step: int, state: Any, data_iterator: Any = None,
+           metrics: Mapping[str, Any] | None = None) -> None:
+    """Write `state` (host or device arrays, one copy) and the iterator's position."""
+    state = jax.device_get(state)
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    clean = _finite_metrics(metrics)
+    if clean:
+      items["metrics"] = ocp.args.JsonSave(clean)
+    self.manager.save(step, args=ocp.args.Composite(**items), metrics=clean, force=True)
+    self.manager.wait_until_finished()
+
+  def restore(self, step: int, target: Any, data_iterator: Any = None) -> Any:
+    """State at `step`, shaped like `target` (arrays or ShapeDtypeStructs); sets the
+    iterator (if given and saved) to its position at that step."""
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+                            if not isinstance(x, jax.ShapeDtypeStruct) else x, target)
+    items = {"state": ocp.args.StandardRestore(abstract)}
+    has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
+    if data_iterator is not None and has_data:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, KeyError) as e:
+      raise ValueError(f"checkpoint {self.directory}/{step} does not match the model and "
+                       f"optimizer of this config: {e}") from e
+    return restored["state"]
+
+  def close(self) -> None:
+    self.manager.close()

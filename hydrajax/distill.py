@@ -1,0 +1,115 @@
+"""Hard knowledge distillation: a teacher labels what the training samples lack.
+
+For every training sample whose segmentation is entirely ignored (255) or whose depth is
+entirely invalid (0), the teacher predicts that modality at full resolution (argmax classes,
+depth in metres) and the label is written to OUT in hydrajax.data.teacher's format. Training
+with `--config.teacher_dir=OUT` then reads them back, filling only the missing parts
+(real annotations always win).
+
+  python -m hydrajax.distill --config configs/kitti.py --config.data_dir=/data/kitti \\
+      --weights depth_teacher.npz --out /data/kitti_teacher
+  python -m hydrajax.distill --config configs/nyud.py --workdir runs/teacher --out DIR
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+import hydrajax
+from hydrajax import api, sources
+
+
+def _parts(source: Any) -> list:
+  return list(getattr(source, "sources", None) or [source])
+
+
+def missing_modalities(sample: dict) -> set[str]:
+  """Which of "segm", "depth" a sample lacks (fully ignored / invalid)."""
+  missing = set()
+  if "segm" not in sample or (np.asarray(sample["segm"]) == 255).all():
+    missing.add("segm")
+  if "depth" not in sample or (np.asarray(sample["depth"]) <= 0).all():
+    missing.add("depth")
+  return missing
+
+
+def distill(variables: dict, source: Any, out_dir: str, *, overwrite: bool = False,
+            progress: bool = True) -> dict[str, int]:
+  """Write teacher labels for the modalities each sample of `source` lacks and the teacher
+  predicts. Samples already labelled in `out_dir` are skipped unless `overwrite`.
+  Returns counts {"segm": n, "depth": n, "samples": n}."""
+  import os
+
+  import tqdm
+
+  from hydrajax.data import teacher
+
+  tasks = set(api.model_config(variables)["tasks"]) & {"segm", "depth"}
+  if not tasks:
+    raise ValueError("the teacher predicts neither 'segm' nor 'depth'")
+  counts = {"segm": 0, "depth": 0, "samples": 0}
+  parts = _parts(source)
+  bar = tqdm.tqdm(total=sum(len(p) for p in parts), disable=not progress, unit="img")
+  for part in parts:
+    for i in range(len(part)):
+      bar.update(1)
+      sample = part[i]
+      key = part.key(i)
+      todo = missing_modalities(sample) & tasks
+      if not overwrite:
+        todo = {m for m in todo if not os.path.exists(
+            os.path.join(out_dir, m, teacher._filename(key)))}
+      if not todo:
+        continue
+      pred = hydrajax.apply(variables, sample["image"])
+      labels = {}
+      if "segm" in todo:
+        labels["segm"] = np.asarray(pred["segm"].argmax(-1), np.uint8)
+      if "depth" in todo:
+        labels["depth"] = np.asarray(pred["depth"], np.float32)
+      teacher.write_teacher_labels(out_dir, key, **labels)
+      for m in labels:
+        counts[m] += 1
+      counts["samples"] += 1
+  bar.close()
+  return counts
+
+
+def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
+        workdir: str = "", overwrite: bool = False) -> dict[str, int]:
+  """Load the teacher (weights file, or WORKDIR's latest checkpoint under `config`) and
+  label the training split of `config`'s dataset."""
+  from hydrajax import evaluate
+
+  if not (weights or workdir):
+    raise ValueError("pass --weights TEACHER.npz or --workdir of a teacher run")
+  variables, origin = evaluate.load_variables(config, workdir, weights)
+  source = sources.build_source(config, "train", with_teacher=False)
+  counts = distill(variables, source, out_dir, overwrite=overwrite)
+  print(f"teacher {origin}: wrote {counts['segm']} segm and {counts['depth']} depth labels "
+        f"for {counts['samples']} samples to {out_dir}")
+  return counts
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  run(f.config, f.out, f.weights, f.workdir, f.overwrite)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", "configs/synthetic.py",
+                                  "Config of the STUDENT's dataset (which samples to label).")
+  flags.DEFINE_string("weights", "", "Teacher weights .npz.")
+  flags.DEFINE_string("workdir", "", "Or: a teacher training run (its latest checkpoint); "
+                      "--config must then describe the teacher's model (tasks, classes).")
+  flags.DEFINE_string("out", None, "Teacher label directory to write.")
+  flags.DEFINE_bool("overwrite", False, "Relabel samples that already have a label.")
+  flags.mark_flags_as_required(["out"])
+  app.run(main)

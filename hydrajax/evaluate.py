@@ -1,0 +1,223 @@
+"""Evaluation: full-resolution metrics over a dataset, a table, metrics.json, samples.png.
+
+Predictions are upsampled (bilinear) to the label resolution. Segmentation: one confusion
+matrix over the whole set -> mIoU, pixel and mean accuracy, per-class IoU. Depth: error sums
+over every valid pixel of the set -> RMSE, RMSE(log), abs/sq rel, delta < 1.25^k. Baselines
+printed alongside: the mIoU of uniformly random labels and the RMSE of predicting the mean
+ground-truth depth. Runs on all local devices (batch split, sums psum'ed).
+
+  python evaluate.py --config configs/synthetic.py --workdir runs/demo [--which best]
+  python evaluate.py --config configs/nyud.py --weights nyud.npz --workdir runs/nyud_eval
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hydrajax import api, metrics, sources
+
+AXIS = "batch"
+
+
+def eval_params(config: ml_collections.ConfigDict) -> dict:
+  """The protocol settings as step inputs (changing them does not recompile)."""
+  crop = metrics.CROPS.get(config.eval.crop, ())
+  if crop == ():
+    raise ValueError(f"config.eval.crop must be one of {sorted(metrics.CROPS)}, "
+                     f"got {config.eval.crop!r}")
+  return {"min_depth": float(config.eval.min_depth),
+          "max_depth": float(config.eval.max_depth) or float("inf"),
+          "crop": np.asarray(crop or (0.0, 1.0, 0.0, 1.0), np.float32)}
+
+
+def eval_step(variables: Any, batch: dict, protocol: dict, *, num_classes: int, tasks: tuple,
+              align_corners: bool) -> tuple:
+  """This device's batch -> (sums psum'ed over devices, predictions at label resolution).
+
+  batch: "image" uint8 (n, H, W, 3), labels (n, H, W), "mask" (n,) bool, "hw" (n, 2);
+  protocol: from `eval_params`.
+  """
+  model = api.HydraNet(num_classes=max(num_classes, 1), tasks=tasks, align_corners=align_corners)
+  raw = model.apply(variables, api.normalize(batch["image"]), train=False)
+  label_hw = batch["image"].shape[1:3]
+  out = api.postprocess(raw, label_hw, align_corners)
+  sums, preds = {}, {}
+  if "segm" in tasks:
+    preds["segm"] = jnp.argmax(out["segm"], axis=-1).astype(jnp.uint8)
+    sums["confusion"] = metrics.segm_confusion(preds["segm"], batch["segm"], num_classes,
+                                               batch["mask"])
+  if "depth" in tasks:
+    preds["depth"] = out["depth"]
+    region = metrics.crop_region(batch["hw"], *label_hw, protocol["crop"])
+    sums["depth"] = metrics.depth_sums(out["depth"], batch["depth"], batch["mask"],
+                                       min_depth=protocol["min_depth"],
+                                       max_depth=protocol["max_depth"], region=region)
+  return jax.lax.psum(sums, AXIS), preds
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_eval(key: tuple, devices: tuple) -> Any:
+  return jax.pmap(functools.partial(eval_step, **dict(key)), axis_name=AXIS,
+                  in_axes=(0, 0, None), devices=list(devices))
+
+
+def pmapped_eval_step(model_cfg: dict, devices: Sequence[Any]) -> Any:
+  """`step(replicated_variables, device_batch, protocol)`, compiled once per architecture."""
+  key = (("num_classes", model_cfg["num_classes"]), ("tasks", tuple(model_cfg["tasks"])),
+         ("align_corners", model_cfg["align_corners"]))
+  return _compiled_eval(key, tuple(devices))
+
+
+def evaluate(variables: dict, config: ml_collections.ConfigDict, source: Any = None,
+             devices: Sequence[Any] | None = None, num_samples: int = 0
+             ) -> tuple[dict, list[dict]]:
+  """Metrics of `variables` on the validation split (or `source`).
+
+  Returns (flat metrics dict, up to `num_samples` dicts of image / labels / predictions
+  as numpy for pictures). `variables` are host arrays ({"params", "batch_stats"}).
+  """
+  from hydrajax.data import pipeline
+
+  devices = list(devices or jax.local_devices())
+  n = len(devices)
+  source = source if source is not None else sources.build_source(config, "val")
+  if config.eval.max_examples:
+    source = _Head(source, config.eval.max_examples)
+  batch_size = -(-config.eval.batch_size // n) * n
+  model_cfg = api.model_config(variables)
+  step = pmapped_eval_step(model_cfg, devices)
+  protocol = eval_params(config)
+  net = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+  from hydrajax.train_lib import replicate
+  replicated = replicate(net, devices)
+  acc = metrics.Accumulator()
+  samples = []
+  ds = pipeline.eval_dataset(source, batch_size=batch_size, num_devices=n,
+                             pad_to_multiple=config.eval.pad_to_multiple or None)
+  for batch in ds:
+    sums, preds = step(replicated, batch, protocol)
+    acc.add(jax.tree.map(lambda x: x[0], sums))
+    if len(samples) < num_samples:
+      samples += _pictures(batch, preds, num_samples - len(samples))
+  totals = acc.result()
+  result = {}
+  if "confusion" in totals:
+    seg = metrics.segm_metrics(totals["confusion"], sources.class_names(config))
+    seg["segm_pixels"] = seg.pop("num_pixels")
+    result.update(seg)
+  if "depth" in totals:
+    dep = metrics.depth_metrics(totals["depth"])
+    dep["depth_pixels"] = dep.pop("num_pixels")
+    result.update(dep)
+  result["num_examples"] = len(source)
+  return result, samples
+
+
+class _Head:
+  """The first `n` examples of a source."""
+
+  def __init__(self, source: Any, n: int):
+    self.source, self.n = source, min(n, len(source))
+    self.has_normals = getattr(source, "has_normals", False)
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, i: int) -> dict:
+    if not 0 <= i < self.n:
+      raise IndexError(i)
+    return self.source[i]
+
+
+def _pictures(batch: dict, preds: dict, limit: int) -> list[dict]:
+  """Unpadded numpy crops of the batch's real examples, for samples.png."""
+  out = []
+  flat = {k: np.asarray(v).reshape((-1,) + np.shape(v)[2:]) for k, v in batch.items()}
+  pflat = {k: np.asarray(v).reshape((-1,) + np.shape(v)[2:]) for k, v in preds.items()}
+  for i in range(flat["image"].shape[0]):
+    if len(out) >= limit or not flat["mask"][i]:
+      continue
+    h, w = flat["hw"][i]
+    item = {"image": flat["image"][i, :h, :w]}
+    for k in ("segm", "depth"):
+      if k in pflat:
+        item[k] = flat[k][i, :h, :w]
+        item[f"pred_{k}"] = pflat[k][i, :h, :w]
+    out.append(item)
+  return out
+
+
+def format_table(result: dict) -> str:
+  """Plain-text table of the headline metrics and their baselines."""
+  rows = []
+  if "miou" in result:
+    rows += [("mIoU", result["miou"], f"chance (random labels) {result['chance_miou']:.4f}, "
+              f"majority class {result['majority_miou']:.4f}"),
+             ("pixel acc", result["pixel_acc"], ""), ("mean acc", result["mean_acc"], "")]
+  if "rmse" in result:
+    rows += [("RMSE (m)", result["rmse"], f"predicting the mean depth {result['mean_rmse']:.4f}"),
+             ("RMSE (log)", result["rmse_log"], ""), ("abs rel", result["abs_rel"], ""),
+             ("sq rel", result["sq_rel"], ""), ("delta < 1.25", result["delta1"], ""),
+             ("delta < 1.25^2", result["delta2"], ""), ("delta < 1.25^3", result["delta3"], "")]
+  lines = [f"{'metric':<16}{'value':>10}   baseline", "-" * 60]
+  lines += [f"{name:<16}{value:>10.4f}   {base}" for name, value, base in rows]
+  if "per_class_iou" in result:
+    lines.append("per-class IoU: " + ", ".join(
+        f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in result["per_class_iou"].items()))
+  return "\n".join(lines)
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=2)
+  os.replace(tmp, path)
+
+
+def load_variables(config: ml_collections.ConfigDict, workdir: str, weights: str = "",
+                   which: str = "latest") -> tuple[dict, str]:
+  """Variables from a weights file, or the latest / best checkpoint of `workdir`.
+  Returns (variables, a description of where they came from)."""
+  import hydrajax
+  from hydrajax import checkpoint, train_lib
+
+  if weights:
+    return hydrajax.load(weights), weights
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 best_metric=config.best_metric, best_mode=config.best_mode)
+  step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no {'best ' if which == 'best' else ''}checkpoint in "
+                            f"{workdir}/checkpoints; train first or pass --weights FILE")
+  state = ckpt.restore(step, jax.eval_shape(lambda: train_lib.create_train_state(config)))
+  ckpt.close()
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  if config.align_corners:
+    variables["meta"] = {"align_corners": True}
+  return variables, f"{workdir}/checkpoints/{step} ({which})"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, weights: str = "",
+        which: str = "latest") -> dict:
+  """Evaluate and write WORKDIR/eval/metrics.json and WORKDIR/eval/samples.png."""
+  from hydrajax import pictures
+
+  variables, origin = load_variables(config, workdir, weights, which)
+  result, samples = evaluate(variables, config, num_samples=config.eval.num_samples)
+  result["weights"] = origin
+  out_dir = os.path.join(workdir, "eval")
+  write_json_atomic(os.path.join(out_dir, "metrics.json"), result)
+  if samples:
+    pictures.save_grid(os.path.join(out_dir, "samples.png"), samples,
+                       max_depth=config.eval.max_depth or None)
+  print(f"evaluated {origin} on {result['num_examples']} examples")
+  print(format_table(result))
+  return result

@@ -1,0 +1,328 @@
+"""Training: the train state, the optimizer, one pmapped step, and the loop.
+
+One pure `train_step(state, batch, hparams) -> (state, metrics)` is pmapped once over
+the local devices (axis "batch"). Each device sees its share of the global batch; the loss
+is built from (sum, count) pieces whose counts are summed over devices (hydrajax.losses),
+gradients are summed with psum, and BatchNorm statistics are taken over the global batch
+(`sync_bn`), so N devices give the parameters one device gives on the same global batch.
+Images travel as uint8 and are normalised on device.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import traverse_util
+
+import hydrajax
+from hydrajax import api, losses, weights
+from hydrajax.models import HydraNet
+
+AXIS = "batch"
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue exactly: saved whole in checkpoints.
+
+  step: micro-steps (batches) done; rng: raw key data (uint32), folded with the step;
+  nonfinite_step: -1, or the first step whose loss was not finite (the state then stops
+  changing, so it always holds the last good parameters).
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+  nonfinite_step: jax.Array
+
+  def variables(self) -> dict:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None) -> HydraNet:
+  bn_axis = axis_name if config.sync_bn and not config.freeze_bn else None
+  return HydraNet(num_classes=max(config.num_classes, 1), tasks=tuple(config.tasks),
+                  align_corners=config.align_corners, bn_axis_name=bn_axis)
+
+
+def learning_rate_fn(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
+  """lr(update count): optional linear warmup, then poly / step / constant decay over the
+  run's updates (num_train_steps // grad_accum_steps)."""
+  total = max(config.num_train_steps // config.grad_accum_steps, 1)
+  decay_steps = max(total - config.warmup_steps, 1)
+  if config.schedule == "poly":
+    main = optax.polynomial_schedule(peak, 0.0, config.poly_power, decay_steps)
+  elif config.schedule == "step":
+    bounds = {int(f * decay_steps): config.step_factor for f in config.step_boundaries}
+    main = optax.piecewise_constant_schedule(peak, bounds)
+  elif config.schedule == "constant":
+    main = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"config.schedule must be 'poly', 'step' or 'constant', "
+                     f"got {config.schedule!r}")
+  if config.warmup_steps <= 0:
+    return main
+  warmup = optax.linear_schedule(0.0, peak, config.warmup_steps)
+  return optax.join_schedules([warmup, main], [config.warmup_steps])
+
+
+def param_groups(params: Any) -> Any:
+  """'encoder' for the params/encoder subtree, 'decoder' for everything else."""
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict(
+      {k: ("encoder" if k[0] == "encoder" else "decoder") for k in flat})
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD direction: L2 weight decay added to the gradient (as PyTorch's SGD does), then
+  momentum, optionally accumulated over `grad_accum_steps` micro-steps (optax.MultiSteps).
+
+  The learning rate is applied in `train_step` (-lr_encoder for the encoder subtree,
+  -lr_decoder elsewhere), with values computed on the host by `learning_rates_fn`: the same
+  result as `optax.multi_transform` of two `optax.sgd`s, but the schedule and the rates are
+  inputs of the compiled step, so changing them never recompiles.
+  """
+  tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
+                   optax.trace(decay=config.momentum, nesterov=config.nesterov))
+  if config.grad_accum_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
+  return tx
+
+
+def learning_rates_fn(config: ml_collections.ConfigDict) -> Callable[[int], dict]:
+  """micro-step (0-based) -> {"encoder", "decoder"} learning rates; with gradient
+  accumulation the update made at micro-step s uses the schedule at update s // k."""
+  enc = learning_rate_fn(config, config.lr_encoder)
+  dec = learning_rate_fn(config, config.lr_decoder)
+  k = config.grad_accum_steps
+  return lambda step: {"encoder": float(enc(step // k)), "decoder": float(dec(step // k))}
+
+
+def initial_variables(config: ml_collections.ConfigDict) -> dict:
+  """Fresh variables, with every `init_from` entry of matching path and shape copied in.
+
+  Raises ValueError naming the file if nothing matches (a file of another architecture).
+  """
+  variables = hydrajax.init(config.init_seed, num_classes=max(config.num_classes, 1),
+                            tasks=tuple(config.tasks), align_corners=config.align_corners)
+  variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+  if not config.init_from:
+    return variables
+  loaded = weights.flatten(hydrajax.load(config.init_from))
+  fresh = weights.flatten(variables)
+  same = {k: v for k, v in loaded.items() if k in fresh and fresh[k].shape == v.shape}
+  if not same:
+    raise ValueError(f"init_from={config.init_from}: no entry matches the model "
+                     f"({len(loaded)} entries in the file, {len(fresh)} in the model)")
+  skipped = sorted(set(fresh) - set(same))
+  if skipped:
+    print(f"init_from: {len(same)} entries loaded, {len(skipped)} kept fresh "
+          f"(e.g. {', '.join(skipped[:4])})")
+  fresh.update(same)
+  return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v)
+                                       for k, v in fresh.items()})
+
+
+def create_train_state(config: ml_collections.ConfigDict) -> TrainState:
+  """The state at step 0 (host arrays, one copy)."""
+  variables = initial_variables(config)
+  tx = make_optimizer(config)
+  rng = jax.random.key_data(jax.random.key(config.seed))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                    batch_stats=variables["batch_stats"],
+                    opt_state=tx.init(variables["params"]), rng=rng,
+                    nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def hyperparams_fn(config: ml_collections.ConfigDict) -> Callable[[int], dict]:
+  """micro-step (0-based) -> the step's inputs that may change without recompiling:
+  learning rates and the loss weights of the config's tasks."""
+  lrs = learning_rates_fn(config)
+  weights = {t: float(config.loss_weights[t]) for t in config.tasks}
+  return lambda step: {"lr": lrs(step), "loss_weights": weights}
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], hparams: Mapping[str, Any],
+               *, model: HydraNet,
+               tx: optax.GradientTransformation, freeze_bn: bool, sync_bn: bool,
+               axis_name: str | None = AXIS) -> tuple[TrainState, dict]:
+  """One micro-step on this device's share of the batch: (new state, metrics summed over
+  devices). batch: "image" uint8 (n, H, W, 3), "segm" uint8 (n, H, W), "depth" (n, H, W) m;
+  hparams: from `hyperparams` (learning rates, loss weights)."""
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  images = api.normalize(batch["image"])
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    if freeze_bn:
+      outputs = model.apply(variables, images, train=False)
+      new_stats = state.batch_stats
+    else:
+      outputs, mutated = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                                     rngs={"dropout": rng})
+      new_stats = mutated["batch_stats"]
+    terms = losses.loss_terms(outputs, batch, model.align_corners, axis_name)
+    total, means = losses.combined_loss(terms, hparams["loss_weights"], axis_name)
+    return total, (new_stats, means)
+
+  (total, (new_stats, means)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    # Each device's total is its share of the global loss: the sum is the global gradient.
+    grads, total, means = jax.lax.psum((grads, total, means), axis_name)
+    if not sync_bn and not freeze_bn:
+      new_stats = jax.lax.pmean(new_stats, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates = jax.tree.map(lambda u, g: -hparams["lr"][g] * u, updates, param_groups(updates))
+  params = optax.apply_updates(state.params, updates)
+  ok = jnp.isfinite(total) & (state.nonfinite_step < 0)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  new_state = state.replace(
+      step=state.step + 1, params=keep(params, state.params),
+      batch_stats=keep(new_stats, state.batch_stats), opt_state=keep(opt_state, state.opt_state),
+      nonfinite_step=jnp.where(ok | (state.nonfinite_step >= 0), state.nonfinite_step,
+                               state.step))
+  metrics = {"loss": total, **{f"loss_{t}": m for t, m in means.items()}}
+  return new_state, metrics
+
+
+def _step_key(config: ml_collections.ConfigDict) -> tuple:
+  """The config fields the compiled step depends on (learning rates and loss weights are
+  inputs instead)."""
+  fields = ("num_classes", "tasks", "align_corners", "freeze_bn", "sync_bn", "momentum",
+            "nesterov", "weight_decay", "grad_accum_steps")
+  return tuple((f, tuple(v) if isinstance(v, (list, tuple)) else v)
+               for f, v in ((f, config[f]) for f in fields))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_step(key: tuple, devices: tuple) -> Any:
+  config = ml_collections.ConfigDict(dict(key))
+  step = functools.partial(train_step, model=make_model(config, AXIS), tx=make_optimizer(config),
+                           freeze_bn=config.freeze_bn, sync_bn=config.sync_bn)
+  return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), devices=list(devices),
+                  donate_argnums=(0,))
+
+
+def pmapped_train_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> Any:
+  """`step(replicated_state, device_batch, hparams) -> (state, metrics)`, pmapped over
+  `devices`, state donated; built once per (step-relevant config, devices) and reused."""
+  return _compiled_step(_step_key(config), tuple(devices))
+
+
+def replicate(tree: Any, devices: Sequence[Any]) -> Any:
+  """One copy of `tree` per device, stacked on a leading axis and placed as pmap's outputs
+  are (sharded over `devices`), so the first step does not compile a second variant."""
+  n = len(devices)
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                        jax.sharding.PartitionSpec(AXIS))
+  return jax.tree.map(lambda x: jax.device_put(
+      np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding), tree)
+
+
+def unreplicate(tree: Any) -> Any:
+  """The first device's copy, fetched to host numpy."""
+  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
+
+def _check_finite(rstate: TrainState, ckpt: Any) -> None:
+  """Raise FloatingPointError if any step so far had a non-finite loss (state frozen since)."""
+  bad = int(jax.device_get(rstate.nonfinite_step[0]))
+  if bad >= 0:
+    last = ckpt.latest_step()
+    where = (f"the last good checkpoint is step {last} in {ckpt.directory}" if last is not None
+             else "no checkpoint was written")
+    raise FloatingPointError(
+        f"non-finite loss at step {bad + 1}: training stopped; {where}. Lower the learning "
+        f"rates or check the data (labels, depth units) and restart from the checkpoint.")
+
+
+def _train_pipeline(config: ml_collections.ConfigDict, num_devices: int) -> Any:
+  from hydrajax import sources
+  from hydrajax.data import pipeline
+  return pipeline.train_dataset(
+      sources.build_source(config, "train"), global_batch_size=config.batch_size,
+      crop_size=tuple(config.crop_size), scale_range=tuple(config.scale_range),
+      flip=config.flip, seed=config.seed, num_workers=config.num_workers,
+      num_devices=num_devices)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Train (resuming from WORKDIR/checkpoints if present), evaluate every
+  `eval_every_steps` and at the end, checkpoint. Returns the last validation metrics."""
+  import tqdm
+
+  from hydrajax import checkpoint, evaluate, writer
+
+  if config.distributed:
+    jax.distributed.initialize()
+  devices = jax.local_devices()[:config.num_devices or None]
+  n = len(devices)
+  if config.batch_size % (n * jax.process_count()):
+    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
+                     f"{n * jax.process_count()} devices")
+  primary = jax.process_index() == 0
+  log = writer.MetricWriter(workdir, enabled=primary)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
+                                 config.best_metric, config.best_mode)
+  state = create_train_state(config)
+  data = iter(_train_pipeline(config, n))
+  start = ckpt.latest_step()
+  if start is not None:
+    state = ckpt.restore(start, state, data)
+    print(f"resumed from {ckpt.directory}/{start}")
+  first = int(state.step)
+  step_fn = pmapped_train_step(config, devices)
+  hparams = hyperparams_fn(config)
+  rstate = replicate(state, devices)
+  del state
+  total = config.num_train_steps
+  bar = tqdm.tqdm(total=total, initial=first, disable=not (config.progress_bar and primary),
+                  unit="step", dynamic_ncols=True)
+  pending, result = [], {}
+  tick, tick_step = time.perf_counter(), first
+  for step in range(first + 1, total + 1):
+    batch = next(data)
+    rstate, step_metrics = step_fn(rstate, batch, hparams(step - 1))
+    pending.append(step_metrics)
+    bar.update(1)
+    if step % config.log_every_steps == 0 or step == total:
+      _check_finite(rstate, ckpt)
+      means = {k: float(np.mean([jax.device_get(m[k][0]) for m in pending])) for k in pending[0]}
+      now = time.perf_counter()
+      means["images_per_sec"] = config.batch_size * (step - tick_step) / max(now - tick, 1e-9)
+      means["lr_encoder"] = hparams(step - 1)["lr"]["encoder"]
+      tick, tick_step, pending = now, step, []
+      log.write(step, {f"train/{k}": v for k, v in means.items()})
+      bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{means['images_per_sec']:.1f}")
+    do_eval = step == total or (config.eval_every_steps and step % config.eval_every_steps == 0)
+    do_save = do_eval or step % config.checkpoint_every_steps == 0
+    if not do_save:
+      continue
+    _check_finite(rstate, ckpt)
+    host = unreplicate(rstate)
+    evaluated = None
+    if do_eval:
+      variables = host.variables()
+      if config.align_corners:
+        variables["meta"] = {"align_corners": True}
+      result, _ = evaluate.evaluate(variables, config, devices=devices)
+      evaluated = result
+      log.write(step, {f"val/{k}": v for k, v in result.items()
+                       if isinstance(v, (int, float))})
+      bar.write(f"step {step}: " + ", ".join(
+          f"{k} {result[k]:.4f}" for k in ("miou", "rmse") if k in result))
+    ckpt.save(step, host, data, metrics=evaluated)
+  bar.close()
+  log.close()
+  ckpt.close()
+  return result

@@ -1,0 +1,173 @@
+"""The training step and loop: learning, device-count invariance, exact resume, NaN stop,
+and the NYUD / KITTI configs on fabricated data."""
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from train_testlib import tiny_config
+
+from hydrajax import checkpoint, evaluate, train_lib
+
+
+@pytest.fixture(scope="module")
+def batch():
+  """One global batch (4, 64, 96) from the synthetic pipeline."""
+  config = tiny_config()
+  return jax.tree.map(np.asarray, next(iter(train_lib._train_pipeline(config, None))))
+
+
+def _run_steps(config, batch, num_devices, steps):
+  devices = jax.local_devices()[:num_devices]
+  step_fn = train_lib.pmapped_train_step(config, devices)
+  hparams = train_lib.hyperparams_fn(config)
+  state = train_lib.replicate(train_lib.create_train_state(config), devices)
+  split = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
+  losses = []
+  for i in range(steps):
+    state, m = step_fn(state, split, hparams(i))
+    losses.append(float(m["loss"][0]))
+  return train_lib.unreplicate(state), losses
+
+
+def test_training_steps_reduce_the_loss(batch):
+  _, losses = _run_steps(tiny_config(), batch, 1, 6)
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("num_devices", [2, 4])
+def test_step_on_several_devices_matches_one_device(batch, num_devices):
+  config = tiny_config(warmup_steps=0)  # a non-zero lr at step 0, so params move
+  one, loss_one = _run_steps(config, batch, 1, 1)
+  many, loss_many = _run_steps(config, batch, num_devices, 1)
+  np.testing.assert_allclose(loss_many, loss_one, rtol=1e-5)
+  # The momentum buffer is the raw gradient, summed in another order over devices (and a
+  # rounding-flipped max-pool tie moves a few entries): agreement ~1e-4, hence looser bounds.
+  for name, atol, rtol in (("params", 1e-5, 1e-5), ("batch_stats", 1e-5, 1e-5),
+                           ("opt_state", 2e-4, 1e-3)):
+    flat_one = jax.tree_util.tree_leaves_with_path(getattr(one, name))
+    flat_many = jax.tree.leaves(getattr(many, name))
+    for (path, a), b in zip(flat_one, flat_many):
+      np.testing.assert_allclose(b, a, atol=atol, rtol=rtol,
+                                 err_msg=f"{name}{jax.tree_util.keystr(path)}")
+
+
+class _Killed(Exception):
+  pass
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory):
+  """A run killed right after its step-2 checkpoint (as a crash would leave it)."""
+  workdir = str(tmp_path_factory.mktemp("killed"))
+  original = checkpoint.Checkpointer.save
+
+  def save_then_die(self, step, *args, **kwargs):
+    original(self, step, *args, **kwargs)
+    if step == 2:
+      raise _Killed()
+
+  checkpoint.Checkpointer.save = save_then_die
+  try:
+    with pytest.raises(_Killed):
+      train_lib.train_and_evaluate(tiny_config(), workdir)
+  finally:
+    checkpoint.Checkpointer.save = original
+  return workdir
+
+
+def _final_state(workdir, config):
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = ckpt.latest_step()
+  state = ckpt.restore(step, train_lib.create_train_state(config))
+  ckpt.close()
+  return step, state
+
+
+def test_resumed_run_matches_uninterrupted_run(killed_run, tmp_path):
+  config = tiny_config()
+  straight = str(tmp_path / "straight")
+  train_lib.train_and_evaluate(config, straight)
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(killed_run, resumed)
+  # A save killed mid-write leaves an Orbax temporary directory: it must be ignored.
+  os.makedirs(os.path.join(resumed, "checkpoints", "4.orbax-checkpoint-tmp-1234", "state"))
+  result = train_lib.train_and_evaluate(config, resumed)
+  step_a, a = _final_state(straight, config)
+  step_b, b = _final_state(resumed, config)
+  assert step_a == step_b == 4 and int(b.step) == 4
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(y, x, err_msg=jax.tree_util.keystr(path))
+  assert "miou" in result and "rmse" in result
+  ev = evaluate.run(config, resumed)
+  assert os.path.isfile(os.path.join(resumed, "eval", "samples.png"))
+  assert os.path.isfile(os.path.join(resumed, "eval", "metrics.json"))
+  np.testing.assert_allclose(ev["rmse"], result["rmse"], rtol=1e-6)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(killed_run, tmp_path):
+  workdir = str(tmp_path / "nan")
+  shutil.copytree(killed_run, workdir)
+  config = tiny_config()
+  before = _final_state(workdir, config)[1]
+  config.loss_weights.depth = float("nan")
+  with pytest.raises(FloatingPointError, match="non-finite loss at step 3.*step 2"):
+    train_lib.train_and_evaluate(config, workdir)
+  step, after = _final_state(workdir, config)
+  assert step == 2
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(x, y)
+    assert np.all(np.isfinite(y))
+
+
+def _png(path, array):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(array).save(path)
+
+
+def _fabricate_nyud(root, n=4, h=64, w=96):
+  rng = np.random.default_rng(0)
+  lines = []
+  for i in range(n):
+    name = f"{i:06d}.png"
+    _png(f"{root}/rgb/{name}", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    _png(f"{root}/masks/{name}", rng.choice([0, 5, 39, 255], (h, w)).astype(np.uint8))
+    _png(f"{root}/depth/{name}", rng.integers(0, 40000, (h, w)).astype(np.uint16))
+    lines.append(f"rgb/{name}\tmasks/{name}\tdepth/{name}")
+  for split in ("train", "val"):
+    (root / f"{split}_list_depth.txt").write_text("\n".join(lines) + "\n")
+
+
+def _fabricate_kitti(root, h=64, w=96):
+  from hydrajax.data.kitti import KITTI6_PALETTE
+  rng = np.random.default_rng(1)
+  segm, depth = [], []
+  for i in range(2):
+    _png(f"{root}/img/s{i}.png", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    _png(f"{root}/lab/s{i}.png", KITTI6_PALETTE[rng.integers(0, 7, (h, w))])
+    segm.append(f"img/s{i}.png\tlab/s{i}.png")
+    _png(f"{root}/img/d{i}.png", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    _png(f"{root}/gt/d{i}.png", rng.integers(0, 80 * 256, (h, w)).astype(np.uint16))
+    depth.append(f"img/d{i}.png\tgt/d{i}.png")
+  for split in ("train", "val"):
+    (root / f"kitti6_{split}.txt").write_text("\n".join(segm) + "\n")
+  (root / "eigen_train.txt").write_text("\n".join(depth) + "\n")
+  (root / "eigen_test.txt").write_text("\n".join(depth) + "\n")
+
+
+def test_nyud_and_kitti_configs_train_and_evaluate_on_fabricated_data(tmp_path):
+  from configs import kitti, nyud
+  _fabricate_nyud(tmp_path / "nyud")
+  _fabricate_kitti(tmp_path / "kitti")
+  for name, module in (("nyud", nyud), ("kitti", kitti)):
+    config = module.get_config("runlocal")
+    config.data_dir = str(tmp_path / name)
+    config.eval.max_examples = 4
+    result = train_lib.train_and_evaluate(config, str(tmp_path / f"run_{name}"))
+    assert np.isfinite(result["rmse"]) and 0.0 <= result["miou"] <= 1.0, (name, result)
+    assert result["depth_pixels"] > 0 and result["segm_pixels"] > 0
+    assert os.path.isdir(tmp_path / f"run_{name}" / "checkpoints" / "2")

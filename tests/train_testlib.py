@@ -1,0 +1,28 @@
+"""Shared tiny training setup: one config whose compiled step most tests reuse."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from configs import default, synthetic  # noqa: E402
+
+
+def tiny_config(**overrides):
+  """Synthetic scenes at 64x96, batch 4 on one device, 40 classes (the NYUD head, so the
+  NYUD config test shares this compiled step), 4 steps, checkpoint every 2."""
+  c = default.shrink(synthetic.get_config())
+  c.num_classes = 40
+  c.synthetic.height, c.synthetic.width = 64, 96
+  c.synthetic.num_train, c.synthetic.num_val = 16, 2
+  c.num_train_steps = 4
+  c.checkpoint_every_steps = 2
+  c.keep_checkpoints = 5
+  for k, v in overrides.items():
+    target = c
+    *path, last = k.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = v
+  return c

@@ -1,0 +1,23 @@
+"""Train hydrajax: python train.py --config configs/synthetic.py --workdir runs/demo
+
+Any config field can be overridden: --config.batch_size=16 --config.num_train_steps=2000.
+A run resumes from WORKDIR/checkpoints when restarted with the same WORKDIR.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Training configuration.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and eval output.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  del argv
+  from hydrajax import train_lib
+  train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
