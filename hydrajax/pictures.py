@@ -9,43 +9,19 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-
-def _palette(n: int = 256) -> np.ndarray:
-  """Distinct colours per class id (PASCAL-style bit interleaving); 255 -> black."""
-  pal = np.zeros((n, 3), np.uint8)
-  for i in range(n):
-    c, r, g, b = i + 1, 0, 0, 0
-    for j in range(8):
-      r |= ((c >> 0) & 1) << (7 - j)
-      g |= ((c >> 1) & 1) << (7 - j)
-      b |= ((c >> 2) & 1) << (7 - j)
-      c >>= 3
-    pal[i] = (r, g, b)
-  pal[255] = 0
-  return pal
+from hydrajax import visualize
 
 
 def colorize_segm(labels: np.ndarray) -> np.ndarray:
-  try:
-    from hydrajax.visualize import colorize_segm as shared
-    return np.asarray(shared(labels), np.uint8)
-  except ImportError:
-    return _palette()[np.asarray(labels, np.uint8)]
+  """(H, W) class ids -> RGB uint8 with the generic palette (255 = ignore is black)."""
+  return visualize.colorize_segm(labels, visualize.palette_for(256, "generic"))
 
 
 def colorize_depth(depth: np.ndarray, max_depth: float | None = None) -> np.ndarray:
-  """Metres -> RGB uint8 (near dark, far bright); 0 (invalid) is black."""
-  try:
-    from hydrajax.visualize import colorize_depth as shared
-    return np.asarray(shared(depth, max_depth=max_depth), np.uint8)
-  except ImportError:
-    pass
+  """Metres -> RGB uint8, clipped to [0, max_depth] (default: the largest value)."""
   depth = np.asarray(depth, np.float32)
   top = max_depth or float(depth.max()) or 1.0
-  t = np.clip(depth / top, 0.0, 1.0)
-  rgb = np.stack([t, t ** 0.7 * 0.85, 0.35 * (1.0 - t)], axis=-1)
-  rgb[depth <= 0] = 0.0
-  return (rgb * 255).astype(np.uint8)
+  return visualize.colorize_depth(depth, top)
 
 
 def save_grid(path: str, samples: Sequence[dict], max_depth: float | None = None) -> None:

@@ -158,7 +158,8 @@ def _pool_windows(x: jax.Array, axis: int, window: int, fill) -> list[jax.Array]
   """
   p = window // 2
   n = x.shape[axis]
-  x3 = x.reshape(int(np.prod(x.shape[:axis])), n, -1)
+  # Leading dims may be symbolic (jax.export batch); the trailing ones are static.
+  x3 = x.reshape(-1, n, int(np.prod(x.shape[axis + 1:])))
   xp = jax.lax.optimization_barrier(jnp.pad(x3, ((0, 0), (p, p), (0, 0)), constant_values=fill))
   return [jax.lax.slice_in_dim(xp, k, k + n, axis=1) for k in range(window)]
 
@@ -240,7 +241,8 @@ def _upsample_axis(x: jax.Array, axis: int, factor: int) -> jax.Array:
   s*i + r is a fixed two-tap blend of x[i-1], x[i] or x[i], x[i+1] (edges replicated, which
   is PyTorch's clamping). No matmul, hence no transposes in forward or backward."""
   n = x.shape[axis]
-  x3 = x.reshape(int(np.prod(x.shape[:axis])), n, -1)
+  # Leading dims may be symbolic (jax.export batch); the trailing ones are static.
+  x3 = x.reshape(-1, n, int(np.prod(x.shape[axis + 1:])))
   xp = jnp.concatenate([x3[:, :1], x3, x3[:, -1:]], axis=1)  # xp[j] = x[clamp(j - 1)]
   phases = []
   for r in range(factor):
