@@ -42,7 +42,10 @@ class Checkpointer:
     self.best_metric, self.best_mode = best_metric, best_mode
     policies = [cm.LatestN(n=max(keep, 1))]
     if best_metric:
-      policies.append(cm.BestN(get_metric_fn=lambda m: m[best_metric],
+      # A step whose metric was non-finite (dropped by `_finite_metrics`) or absent ranks
+      # worst: BestN calls this on every kept step's metrics and a KeyError aborts the save.
+      worst = -np.inf if best_mode == "max" else np.inf
+      policies.append(cm.BestN(get_metric_fn=lambda m: m.get(best_metric, worst),
                                reverse=best_mode == "min", n=1,
                                keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
@@ -98,12 +101,21 @@ class Checkpointer:
     has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
     if data_iterator is not None and has_data:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    where = (f"checkpoint {self.directory}/{step} does not match the model and optimizer "
+             f"of this config")
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+      state = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
     except (ValueError, KeyError) as e:
-      raise ValueError(f"checkpoint {self.directory}/{step} does not match the model and "
-                       f"optimizer of this config: {e}") from e
-    return restored["state"]
+      raise ValueError(f"{where}: {e}") from e
+    # Orbax checks the tree structure but returns numpy leaves in the checkpoint's shape,
+    # whatever the target's: a changed head (num_classes) would load without complaint.
+    wrong = [f"{jax.tree_util.keystr(path)} {np.shape(x)} (target {tuple(t.shape)})"
+             for (path, x), t in zip(jax.tree_util.tree_leaves_with_path(state),
+                                     jax.tree.leaves(abstract))
+             if np.shape(x) != tuple(t.shape)]
+    if wrong:
+      raise ValueError(f"{where}: shapes differ: " + ", ".join(wrong[:10]))
+    return state
 
   def close(self) -> None:
     self.manager.close()

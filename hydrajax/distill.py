@@ -86,6 +86,13 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
   if not (weights or workdir):
     raise ValueError("pass --weights TEACHER.npz or --workdir of a teacher run")
   variables, origin = evaluate.load_variables(config, workdir, weights)
+  teacher = api.model_config(variables)
+  if "segm" in teacher["tasks"] and teacher["num_classes"] != config.num_classes:
+    # Its argmax ids would be another label space: ids >= num_classes are silently ignored
+    # by the loss, smaller ones read as the wrong classes.
+    raise ValueError(f"teacher {origin} predicts {teacher['num_classes']} classes but "
+                     f"config.num_classes={config.num_classes} (dataset {config.dataset!r}); "
+                     f"use a teacher trained on these classes, or a depth-only teacher")
   source = sources.build_source(config, "train", with_teacher=False)
   counts = distill(variables, source, out_dir, overwrite=overwrite)
   print(f"teacher {origin}: wrote {counts['segm']} segm and {counts['depth']} depth labels "
