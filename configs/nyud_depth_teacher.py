@@ -2,11 +2,12 @@
 
   python train.py --config configs/nyud_depth_teacher.py --workdir runs/teacher \\
       --config.data_dir=/data/nyud
-  python -m hydrajax.distill --config configs/nyud.py --config.data_dir=/data/nyud \\
-      --weights runs/teacher/teacher.npz --out /data/nyud_teacher
+  python -m hydrajax.distill --config configs/nyud_depth_teacher.py \\
+      --config.data_dir=/data/nyud --workdir runs/teacher --out /data/nyud_teacher
   python train.py --config configs/nyud.py --config.teacher_dir=/data/nyud_teacher ...
 
-(`python -m hydrajax.distill --export` writes the checkpoint as a weights file.)
+The distill step labels this config's training split (NYUD's: the same images) with the
+teacher of runs/teacher's latest checkpoint; `--weights FILE.npz` instead reads a weights file.
 """
 from configs import nyud
 

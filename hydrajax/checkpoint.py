@@ -2,7 +2,8 @@
 
 Layout: WORKDIR/checkpoints/<step>/{state, data, metrics}. Orbax writes each step into a
 temporary directory and renames it when complete, so a run killed at any moment (even
-`kill -9` mid-save) leaves only complete checkpoints; leftovers are removed on restart.
+`kill -9` mid-save) leaves only complete checkpoints; leftovers are ignored on restart and
+removed by the next save.
 Kept: the latest `keep` steps plus the best one by a validation metric.
 """
 from __future__ import annotations
