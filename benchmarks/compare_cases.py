@@ -16,6 +16,9 @@ NUM_CLASSES = 40
 LR = 1e-3
 
 
+LAST_COMPILED = None  # the XLA executable build_jax compiled last (for profile_step.py)
+
+
 def fake_batch(batch: int, h: int, w: int, seed: int = 0) -> dict[str, np.ndarray]:
   """uint8 RGB images, labels 0..39 with ~5% 255, depth in metres with ~10% zeros."""
   rng = np.random.default_rng(seed)
@@ -37,6 +40,7 @@ def _flops(compiled) -> float | None:
 # ----------------------------------------------------------------------------- JAX
 
 def build_jax(kind: str, batch: int, h: int, w: int, dtype: str = "float32"):
+  global LAST_COMPILED
   import jax
   import jax.numpy as jnp
   import optax
@@ -55,6 +59,7 @@ def build_jax(kind: str, batch: int, h: int, w: int, dtype: str = "float32"):
                                     tasks=("segm", "depth"), align_corners=False,
                                     dtype=dtype).compile()
     info = {"compile_s": time.perf_counter() - t0, "flops": _flops(compiled)}
+    LAST_COMPILED = compiled
     jax.block_until_ready(hydrajax.apply(variables, image, dtype=dtype))  # public path
 
     def run():
@@ -83,6 +88,7 @@ def build_jax(kind: str, batch: int, h: int, w: int, dtype: str = "float32"):
   t0 = time.perf_counter()
   compiled = jax.jit(train_step, donate_argnums=(0, 1, 2)).lower(*state, image, labels).compile()
   info = {"compile_s": time.perf_counter() - t0, "flops": _flops(compiled)}
+  LAST_COMPILED = compiled
 
   def run():
     t = time.perf_counter()

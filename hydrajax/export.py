@@ -23,14 +23,13 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hydrajax import api
+from hydrajax import api, weights
 from hydrajax.models import layers
 
 FORMATS = ("stablehlo", "onnx")
@@ -186,21 +185,8 @@ def signature(data: bytes, fmt: str) -> list[tuple[str, str, tuple, str]]:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-  """Write bytes to `path` via a temp file in the same directory and a rename."""
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  """Write bytes to `path` atomically (temp file in the same directory, then a rename)."""
+  weights.write_atomic(path, lambda f: f.write(data))
 
 
 def export(variables: Mapping[str, Any], fmt: str, height: int, width: int, **kwargs) -> bytes:
@@ -237,7 +223,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_args(args.height, args.width, args.batch, args.input_dtype)
     if args.format == "onnx":
       _import_jax2onnx()  # fail before the slow part if it is missing
-    from hydrajax import weights
     variables = weights.load(args.weights)
     kwargs = dict(batch=args.batch, full_resolution=args.full_resolution,
                   input_dtype=args.input_dtype)

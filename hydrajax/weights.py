@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -33,12 +33,19 @@ def save(path: str | os.PathLike, variables: Mapping[str, Any]) -> None:
   meta = {"format": "hydrajax-weights", "version": FORMAT_VERSION, **api.model_config(variables)}
   meta["tasks"] = list(meta["tasks"])
   arrays[_META_ENTRY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+  write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+  """Call `write(file)` on a temp file beside `path`, fsync, then rename it over `path`:
+  readers see the old file or the complete new one, never a half-written one."""
+  path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
   try:
     with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -166,6 +166,12 @@ def train_dataset(source, *, global_batch_size: int, crop_size: int | tuple[int,
         # Batching the MapDataset hands whole batches to workers: the same batches for any
         # num_workers (checkpointed iterator states are still per worker count).
         it = ds.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset(options)
+    return _split_and_prefetch(it, num_devices, num_workers)
+
+
+def _split_and_prefetch(it: grain.IterDataset, num_devices: int | None,
+                        num_workers: int) -> grain.IterDataset:
+    """Batches reshaped per device (if `num_devices`), produced by worker processes."""
     if num_devices:
         it = it.map(_SplitDevices(num_devices))
     if num_workers > 0:
@@ -228,9 +234,4 @@ def eval_dataset(source, *, batch_size: int, pad_to_multiple: int | None = None,
     src = _EvalSource(source, batch_size, pad_to_multiple, getattr(source, "has_normals", False))
     ds = grain.MapDataset.source(src).batch(batch_size, batch_fn=_stack_padded)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2))
-    if num_devices:
-        it = it.map(_SplitDevices(num_devices))
-    if num_workers > 0:
-        _ensure_absl_flags()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return it
+    return _split_and_prefetch(it, num_devices, num_workers)
