@@ -26,86 +26,86 @@ MODALITIES = ("segm", "depth")
 
 
 def _filename(key: str) -> str:
-    return key.replace("/", "__").replace(os.sep, "__") + ".png"
+  return key.replace("/", "__").replace(os.sep, "__") + ".png"
 
 
 def _write_meta(directory: str) -> None:
-    path = os.path.join(directory, "teacher.json")
-    if not os.path.exists(path):
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"format": TEACHER_FORMAT, "depth_divisor": TEACHER_DEPTH_DIVISOR}, f)
-        os.replace(tmp, path)
+  path = os.path.join(directory, "teacher.json")
+  if not os.path.exists(path):
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+      json.dump({"format": TEACHER_FORMAT, "depth_divisor": TEACHER_DEPTH_DIVISOR}, f)
+    os.replace(tmp, path)
 
 
 def write_teacher_labels(directory: str, key: str, segm: np.ndarray | None = None,
                          depth: np.ndarray | None = None) -> None:
-    """Stores a teacher's hard labels for one sample: segm uint8 (H, W), depth float (H, W) metres.
+  """Stores a teacher's hard labels for one sample: segm uint8 (H, W), depth float (H, W) metres.
 
-    Files are written atomically; an existing label for the key is replaced.
-    """
-    _write_meta(directory)
-    if segm is not None:
-        segm = np.asarray(segm)
-        if segm.ndim != 2 or segm.min() < 0 or segm.max() > 255:
-            raise ValueError(f"teacher segm for {key!r} must be (H, W) ids in 0..255, got {segm.shape}")
-        pngio.write_png_atomic(os.path.join(directory, "segm", _filename(key)), segm.astype(np.uint8))
-    if depth is not None:
-        depth = np.asarray(depth, np.float64)
-        if depth.ndim != 2:
-            raise ValueError(f"teacher depth for {key!r} must be (H, W) metres, got {depth.shape}")
-        value = np.clip(np.round(np.nan_to_num(depth) * TEACHER_DEPTH_DIVISOR), 0, 65535).astype(np.uint16)
-        pngio.write_png_atomic(os.path.join(directory, "depth", _filename(key)), value)
+  Files are written atomically; an existing label for the key is replaced.
+  """
+  _write_meta(directory)
+  if segm is not None:
+    segm = np.asarray(segm)
+    if segm.ndim != 2 or segm.min() < 0 or segm.max() > 255:
+      raise ValueError(f"teacher segm for {key!r} must be (H, W) ids in 0..255, got {segm.shape}")
+    pngio.write_png_atomic(os.path.join(directory, "segm", _filename(key)), segm.astype(np.uint8))
+  if depth is not None:
+    depth = np.asarray(depth, np.float64)
+    if depth.ndim != 2:
+      raise ValueError(f"teacher depth for {key!r} must be (H, W) metres, got {depth.shape}")
+    value = np.clip(np.round(np.nan_to_num(depth) * TEACHER_DEPTH_DIVISOR), 0, 65535).astype(np.uint16)
+    pngio.write_png_atomic(os.path.join(directory, "depth", _filename(key)), value)
 
 
 class TeacherLabels:
-    """Wraps a source; where a sample's segm is all 255 or its depth all 0, uses the teacher's.
+  """Wraps a source; where a sample's segm is all 255 or its depth all 0, uses the teacher's.
 
-    Only a fully ignored modality is replaced: real annotations always win. Samples with no
-    teacher file keep the ignored modality (count them with `missing(source)` first if that
-    matters). The wrapped source must have `key(i)`.
-    """
+  Only a fully ignored modality is replaced: real annotations always win. Samples with no
+  teacher file keep the ignored modality (count them with `missing(source)` first if that
+  matters). The wrapped source must have `key(i)`.
+  """
 
-    def __init__(self, source, directory: str):
-        meta_path = os.path.join(directory, "teacher.json")
-        if not os.path.isfile(meta_path):
-            raise FileNotFoundError(f"not a teacher label directory (no teacher.json): {directory}")
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if meta.get("format") != TEACHER_FORMAT:
-            raise ValueError(f"{meta_path}: unsupported teacher format {meta.get('format')}")
-        self.source, self.directory = source, directory
-        self.depth_divisor = float(meta["depth_divisor"])
-        self.has_normals = getattr(source, "has_normals", False)
-        self.num_classes = getattr(source, "num_classes", None)
-        self.available = {}
-        for modality in MODALITIES:
-            sub = os.path.join(directory, modality)
-            names = os.listdir(sub) if os.path.isdir(sub) else []
-            self.available[modality] = {n for n in names if n.endswith(".png")}
+  def __init__(self, source, directory: str):
+    meta_path = os.path.join(directory, "teacher.json")
+    if not os.path.isfile(meta_path):
+      raise FileNotFoundError(f"not a teacher label directory (no teacher.json): {directory}")
+    with open(meta_path) as f:
+      meta = json.load(f)
+    if meta.get("format") != TEACHER_FORMAT:
+      raise ValueError(f"{meta_path}: unsupported teacher format {meta.get('format')}")
+    self.source, self.directory = source, directory
+    self.depth_divisor = float(meta["depth_divisor"])
+    self.has_normals = getattr(source, "has_normals", False)
+    self.num_classes = getattr(source, "num_classes", None)
+    self.available = {}
+    for modality in MODALITIES:
+      sub = os.path.join(directory, modality)
+      names = os.listdir(sub) if os.path.isdir(sub) else []
+      self.available[modality] = {n for n in names if n.endswith(".png")}
 
-    def __len__(self) -> int:
-        return len(self.source)
+  def __len__(self) -> int:
+    return len(self.source)
 
-    def key(self, index: int) -> str:
-        return self.source.key(index)
+  def key(self, index: int) -> str:
+    return self.source.key(index)
 
-    def missing(self) -> dict[str, int]:
-        """Teacher files expected but absent, per modality (reads every sample: slow, for checks)."""
-        counts = dict.fromkeys(MODALITIES, 0)
-        for i in range(len(self.source)):
-            sample, name = self.source[i], _filename(self.source.key(i))
-            counts["segm"] += bool((sample["segm"] == 255).all() and name not in self.available["segm"])
-            counts["depth"] += bool((sample["depth"] == 0).all() and name not in self.available["depth"])
-        return counts
+  def missing(self) -> dict[str, int]:
+    """Teacher files expected but absent, per modality (reads every sample: slow, for checks)."""
+    counts = dict.fromkeys(MODALITIES, 0)
+    for i in range(len(self.source)):
+      sample, name = self.source[i], _filename(self.source.key(i))
+      counts["segm"] += bool((sample["segm"] == 255).all() and name not in self.available["segm"])
+      counts["depth"] += bool((sample["depth"] == 0).all() and name not in self.available["depth"])
+    return counts
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        sample = dict(self.source[index])
-        name = _filename(self.source.key(index))
-        hw = sample["image"].shape[:2]
-        if (sample["segm"] == 255).all() and name in self.available["segm"]:
-            sample["segm"] = pngio.read_label(os.path.join(self.directory, "segm", name), hw)
-        if (sample["depth"] == 0).all() and name in self.available["depth"]:
-            sample["depth"] = pngio.read_depth(os.path.join(self.directory, "depth", name), self.depth_divisor, hw)
-        return sample
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    sample = dict(self.source[index])
+    name = _filename(self.source.key(index))
+    hw = sample["image"].shape[:2]
+    if (sample["segm"] == 255).all() and name in self.available["segm"]:
+      sample["segm"] = pngio.read_label(os.path.join(self.directory, "segm", name), hw)
+    if (sample["depth"] == 0).all() and name in self.available["depth"]:
+      sample["depth"] = pngio.read_depth(os.path.join(self.directory, "depth", name), self.depth_divisor, hw)
+    return sample
