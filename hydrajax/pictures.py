@@ -3,13 +3,12 @@ true depth | predicted depth. Uses hydrajax.visualize's colourings when present 
 project's shared palette), else a small built-in palette and a grey-to-yellow depth ramp."""
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-from hydrajax import visualize
+from hydrajax import visualize, weights
 
 
 def colorize_segm(labels: np.ndarray) -> np.ndarray:
@@ -26,7 +25,6 @@ def colorize_depth(depth: np.ndarray, max_depth: float | None = None) -> np.ndar
 
 def _title_row(titles: Sequence[str], widths: Sequence[int], gap: int) -> np.ndarray:
   """A white strip with each column's title, sized to the cells."""
-  from PIL import ImageDraw, ImageFont
   size = int(np.clip(min(widths) // 9, 10, 28))
   try:
     font = ImageFont.load_default(size=size)
@@ -45,8 +43,6 @@ def save_grid(path: str, samples: Sequence[dict], max_depth: float | None = None
   """Write a PNG grid of `samples` (dicts from hydrajax.evaluate) atomically, one row per
   example under a row of column titles; depth colours span 0..max_depth (default: the
   largest true depth of all rows), given in the title."""
-  from hydrajax import weights
-
   gap = 4
   rows, titles = [], []
   top = max_depth or max([float(np.max(s.get("depth", 0))) for s in samples] + [1e-3])
