@@ -12,6 +12,7 @@ with `--config.teacher_dir=OUT` then reads them back, filling only the missing p
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import ml_collections
@@ -107,16 +108,24 @@ def main(argv):
   run(f.config, f.out, f.weights, f.workdir, f.overwrite)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The `hydrajax-distill` console script (also `python -m hydrajax.distill`)."""
   from absl import app, flags
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", "configs/synthetic.py",
+  config_flags.DEFINE_config_file("config", None,
                                   "Config of the STUDENT's dataset (which samples to label).")
   flags.DEFINE_string("weights", "", "Teacher weights .npz.")
   flags.DEFINE_string("workdir", "", "Or: a teacher training run (its latest checkpoint); "
                       "--config must then describe the teacher's model (tasks, classes).")
   flags.DEFINE_string("out", None, "Teacher label directory to write.")
   flags.DEFINE_bool("overwrite", False, "Relabel samples that already have a label.")
-  flags.mark_flags_as_required(["out"])
+  flags.mark_flags_as_required(["config", "out"])
+  for name in ("config", "weights", "workdir", "out", "overwrite"):
+    # --help lists the flags of the script being run; as a console script that is a wrapper.
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -1,12 +1,6 @@
 """Shared tiny training setup: one config whose compiled step most tests reuse."""
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
-
-from configs import default, synthetic  # noqa: E402
+# `configs` is installed with the package (pyproject.toml), like hydrajax itself.
+from configs import default, synthetic
 
 
 def tiny_config(**overrides):
