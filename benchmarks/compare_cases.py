@@ -76,7 +76,7 @@ def build_jax(kind: str, batch: int, h: int, w: int, dtype: str = "float32"):
       out, new_state = model.apply({"params": p, "batch_stats": batch_stats},
                                    hydrajax.normalize(image, dtype), train=True,
                                    mutable=["batch_stats"])
-      total, _ = losses.combined_loss(losses.loss_terms(out, labels))
+      total, _ = losses.combined_loss(losses.loss_terms(out, labels), {"segm": 0.5, "depth": 0.5})
       return total, new_state["batch_stats"]
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)

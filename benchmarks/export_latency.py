@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 import hydrajax
-from hydrajax import export
+from hydrajax import atomic, export
 
 
 def time_calls(fn, runs: int, warmup: int = 2) -> dict[str, float]:
@@ -75,7 +75,7 @@ def main() -> None:
                        "cpu_count": os.cpu_count(), "machine": platform.machine(),
                        "jax": jax.__version__, "onnxruntime": ort.__version__,
                        "load_average_at_end": os.getloadavg()}
-  export.write_atomic(args.out, (json.dumps(results, indent=2) + "\n").encode())
+  atomic.write_bytes_atomic(args.out, (json.dumps(results, indent=2) + "\n").encode())
   print(json.dumps(results, indent=2))
 
 

@@ -183,7 +183,7 @@ def _to_flax(value: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _expected_shapes(num_classes: int, tasks: tuple[str, ...]) -> dict[tuple[str, ...], tuple]:
-  model = HydraNet(num_classes=max(num_classes, 1), tasks=tasks)
+  model = HydraNet(num_classes=num_classes, tasks=tasks)
   tree = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   flat = traverse_util.flatten_dict({"params": tree["params"],
                                      "batch_stats": tree["batch_stats"]})

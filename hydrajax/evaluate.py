@@ -16,12 +16,13 @@ import json
 import os
 from typing import Any, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hydrajax import api, metrics, sources
+from hydrajax import api, atomic, metrics, sources
 
 AXIS = "batch"
 
@@ -44,7 +45,9 @@ def eval_step(variables: Any, batch: dict, protocol: dict, *, num_classes: int, 
   batch: "image" uint8 (n, H, W, 3), labels (n, H, W), "mask" (n,) bool, "hw" (n, 2);
   protocol: from `eval_params`.
   """
-  model = api.HydraNet(num_classes=max(num_classes, 1), tasks=tasks, align_corners=align_corners)
+  chex.assert_rank([batch["image"], batch["mask"], batch["hw"]], [4, 1, 2])
+  model = api.model_from_config(
+      {"num_classes": num_classes, "tasks": tasks, "align_corners": align_corners})
   raw = model.apply(variables, api.normalize(batch["image"]), train=False)
   label_hw = batch["image"].shape[1:3]
   out = api.postprocess(raw, label_hw, align_corners)
@@ -175,11 +178,7 @@ def format_table(result: dict) -> str:
 
 
 def write_json_atomic(path: str, data: Any) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2)
-  os.replace(tmp, path)
+  atomic.write_bytes_atomic(path, json.dumps(data, indent=2).encode())
 
 
 def load_variables(config: ml_collections.ConfigDict, workdir: str, weights: str = "",

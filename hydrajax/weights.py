@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from hydrajax import api
+from hydrajax import api, atomic
 
 _META_ENTRY = "__meta__"
 FORMAT_VERSION = 1
@@ -33,26 +32,7 @@ def save(path: str | os.PathLike, variables: Mapping[str, Any]) -> None:
   meta = {"format": "hydrajax-weights", "version": FORMAT_VERSION, **api.model_config(variables)}
   meta["tasks"] = list(meta["tasks"])
   arrays[_META_ENTRY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-  write_atomic(path, lambda f: np.savez(f, **arrays))
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
-  """Call `write(file)` on a temp file beside `path`, fsync, then rename it over `path`:
-  readers see the old file or the complete new one, never a half-written one."""
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  atomic.write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def load(path: str | os.PathLike) -> dict:
@@ -80,7 +60,7 @@ def check(variables: Mapping[str, Any], what: str = "variables") -> None:
   """Raise ValueError listing missing, unexpected and mis-shaped keys, comparing
   `variables` with the tree of the architecture it claims (classes, tasks)."""
   cfg = api.model_config(variables)
-  model = api.HydraNet(num_classes=max(cfg["num_classes"], 1), tasks=cfg["tasks"])
+  model = api.model_from_config(cfg)
   expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   want = flatten_shapes({"params": expected["params"], "batch_stats": expected["batch_stats"]})
   have = flatten_shapes({"params": variables["params"], "batch_stats": variables["batch_stats"]})

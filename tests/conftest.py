@@ -1,12 +1,14 @@
 """Test setup: 4 fake CPU devices for the multi-device paths, shared small fixtures."""
 import os
 
-# Must happen before jax is imported anywhere in the test session.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import chex  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Before any JAX computation in the session (chex raises if the backend already exists).
+chex.set_n_cpu_devices(4)
 
 import hydrajax  # noqa: E402
 

@@ -6,8 +6,8 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests import fabricate
 from tests.train_testlib import tiny_config
 
 from hydrajax import checkpoint, evaluate, train_lib
@@ -23,12 +23,12 @@ def batch():
 def _run_steps(config, batch, num_devices, steps):
   devices = jax.local_devices()[:num_devices]
   step_fn = train_lib.pmapped_train_step(config, devices)
-  hparams = train_lib.hyperparams_fn(config)
+  loss_weights = train_lib.task_loss_weights(config)
   state = train_lib.replicate(train_lib.create_train_state(config), devices)
   split = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
   losses = []
   for i in range(steps):
-    state, m = step_fn(state, split, hparams(i))
+    state, m = step_fn(state, split, loss_weights)
     losses.append(float(m["loss"][0]))
   return train_lib.unreplicate(state), losses
 
@@ -149,45 +149,10 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(killed_run, t
     assert np.all(np.isfinite(y))
 
 
-def _png(path, array):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(array).save(path)
-
-
-def _fabricate_nyud(root, n=4, h=64, w=96):
-  rng = np.random.default_rng(0)
-  lines = []
-  for i in range(n):
-    name = f"{i:06d}.png"
-    _png(f"{root}/rgb/{name}", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-    _png(f"{root}/masks/{name}", rng.choice([0, 5, 39, 255], (h, w)).astype(np.uint8))
-    _png(f"{root}/depth/{name}", rng.integers(0, 40000, (h, w)).astype(np.uint16))
-    lines.append(f"rgb/{name}\tmasks/{name}\tdepth/{name}")
-  for split in ("train", "val"):
-    (root / f"{split}_list_depth.txt").write_text("\n".join(lines) + "\n")
-
-
-def _fabricate_kitti(root, h=64, w=96):
-  from hydrajax.data.kitti import KITTI6_PALETTE
-  rng = np.random.default_rng(1)
-  segm, depth = [], []
-  for i in range(2):
-    _png(f"{root}/img/s{i}.png", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-    _png(f"{root}/lab/s{i}.png", KITTI6_PALETTE[rng.integers(0, 7, (h, w))])
-    segm.append(f"img/s{i}.png\tlab/s{i}.png")
-    _png(f"{root}/img/d{i}.png", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-    _png(f"{root}/gt/d{i}.png", rng.integers(0, 80 * 256, (h, w)).astype(np.uint16))
-    depth.append(f"img/d{i}.png\tgt/d{i}.png")
-  for split in ("train", "val"):
-    (root / f"kitti6_{split}.txt").write_text("\n".join(segm) + "\n")
-  (root / "eigen_train.txt").write_text("\n".join(depth) + "\n")
-  (root / "eigen_test.txt").write_text("\n".join(depth) + "\n")
-
-
 def test_nyud_and_kitti_configs_train_and_evaluate_on_fabricated_data(tmp_path):
   from configs import kitti, nyud
-  _fabricate_nyud(tmp_path / "nyud")
-  _fabricate_kitti(tmp_path / "kitti")
+  fabricate.nyud(tmp_path / "nyud")
+  fabricate.kitti(tmp_path / "kitti")
   for name, module in (("nyud", nyud), ("kitti", kitti)):
     config = module.get_config("runlocal")
     config.data_dir = str(tmp_path / name)
