@@ -12,7 +12,8 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   # --- data ---------------------------------------------------------------------------
-  c.dataset = "synthetic"        # "synthetic" | "nyud" | "kitti" (see hydrajax/sources.py)
+  c.dataset = "synthetic"        # "synthetic" | "nyud" | "nyud_raw" | "kitti" |
+                                 # "kitti_semantics" (see hydrajax/sources.py)
   c.data_dir = ""                # dataset root (unused by "synthetic")
   c.teacher_dir = ""             # labels written by `python -m hydrajax.distill` ("" = none)
   c.crop_size = (96, 128)        # training crop (H, W); smaller scaled images are padded

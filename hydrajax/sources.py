@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-DATASETS = ("synthetic", "nyud", "kitti")
+DATASETS = ("synthetic", "nyud", "nyud_raw", "kitti", "kitti_semantics")
 
 
 def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
@@ -21,6 +21,9 @@ def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
   if config.dataset == "kitti":
     from hydrajax.data.kitti import KITTI6_CLASSES
     return tuple(KITTI6_CLASSES)
+  if config.dataset == "kitti_semantics":
+    from hydrajax.data.kitti import CITYSCAPES_CLASSES
+    return tuple(CITYSCAPES_CLASSES)
   return None
 
 
@@ -43,8 +46,15 @@ def build_source(config: ml_collections.ConfigDict, split: str, *,
     from hydrajax.data.nyud import NYUDv2
     _need_data_dir(config)
     source = NYUDv2(config.data_dir, split)
+  elif config.dataset == "nyud_raw":
+    return _nyud_raw(config, split, with_teacher)
   elif config.dataset == "kitti":
     return _kitti(config, split, with_teacher)
+  elif config.dataset == "kitti_semantics":
+    from hydrajax.data.kitti import KittiSemantics
+    _need_data_dir(config)
+    name = config.kitti.semantics_train if split == "train" else config.kitti.semantics_val
+    source = KittiSemantics(config.data_dir, _path(config, name) if name else None)
   else:
     raise ValueError(f"config.dataset must be one of {DATASETS}, got {config.dataset!r}")
   return _with_teacher(config, source) if with_teacher and split == "train" else source
@@ -55,6 +65,30 @@ def _with_teacher(config: ml_collections.ConfigDict, source: Any) -> Any:
     return source
   from hydrajax.data.teacher import TeacherLabels
   return TeacherLabels(source, config.teacher_dir)
+
+
+def _nyud_raw(config: ml_collections.ConfigDict, split: str, with_teacher: bool) -> Any:
+  """The paper's NYUD training set: the 795 labelled frames mixed with TFDS `nyu_depth_v2`'s
+  depth-only raw frames (their segmentation from `teacher_dir`, where given), drawn with
+  `config.nyud_raw.{labelled,raw}_weight`. Validation: the 654 labelled test frames."""
+  from hydrajax.data import pipeline
+  from hydrajax.data.nyud import NYUDv2
+  from hydrajax.data.nyud_raw import NYUDv2Raw
+  _need_data_dir(config)
+  labelled = NYUDv2(config.data_dir, split)
+  if split == "val":
+    return labelled
+  r = config.nyud_raw
+  raw = NYUDv2Raw(r.tfds_split, data_dir=r.tfds_dir or None)
+  parts = [labelled, raw]
+  if with_teacher:
+    parts = [_with_teacher(config, p) for p in parts]
+  return pipeline.Mixture(parts, (r.labelled_weight, r.raw_weight))
+
+
+def _path(config: ml_collections.ConfigDict, name: str) -> str:
+  import os
+  return os.path.join(config.data_dir, name)
 
 
 def _kitti(config: ml_collections.ConfigDict, split: str, with_teacher: bool) -> Any:
