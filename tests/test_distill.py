@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.test_train import _fabricate_kitti
+from tests import fabricate
 
 import hydrajax
 from hydrajax import distill, sources
@@ -38,7 +38,7 @@ def _names(keys):
 @pytest.fixture(scope="module")
 def kitti_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("kitti")
-  _fabricate_kitti(root)
+  fabricate.kitti(root)
   return root
 
 
