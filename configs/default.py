@@ -35,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_from = ""               # weights .npz (hydrajax.load) to start from; keys whose
                                  # shape differs (e.g. another class count) stay fresh
   c.init_seed = 0                # seed of the fresh (PyTorch-style) initialisation
+  c.dtype = "float32"            # compute dtype of the network ("float64" needs
+                                 # jax_enable_x64: the exactness tests use it)
 
   # --- optimisation -------------------------------------------------------------------
   c.batch_size = 8               # global batch per optimizer micro-step (all devices)

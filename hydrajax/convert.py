@@ -175,9 +175,9 @@ def official_key(path: tuple[str, ...]) -> str:
   raise KeyError(path)
 
 
-def _to_flax(value: np.ndarray) -> np.ndarray:
+def _to_flax(value: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
   """OIHW conv weight -> HWIO (depthwise (C,1,k,k) -> (k,k,1,C)); vectors unchanged."""
-  value = np.asarray(value, np.float32)
+  value = np.asarray(value, dtype)
   return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
 
 
@@ -191,9 +191,11 @@ def _expected_shapes(num_classes: int, tasks: tuple[str, ...]) -> dict[tuple[str
 
 
 def map_official(sd: Mapping[str, np.ndarray], num_classes: int, tasks: tuple[str, ...],
-                 encoder_only: bool = False, source: str = "checkpoint") -> dict:
-  """Official-key state dict -> flat {Flax path: array}; raises ConversionError naming every
-  missing, unexpected and mis-shaped key. `encoder_only` maps just params/encoder."""
+                 encoder_only: bool = False, source: str = "checkpoint",
+                 dtype: Any = np.float32) -> dict:
+  """Official-key state dict -> flat {Flax path: array of `dtype`}; raises ConversionError
+  naming every missing, unexpected and mis-shaped key. `encoder_only` maps just
+  params/encoder. (dtype float64 serves the float64 parity tests.)"""
   expected = dict(_expected_shapes(num_classes, tuple(tasks)))
   if encoder_only:
     expected = {p: s for p, s in expected.items() if p[1] == "encoder"}
@@ -204,7 +206,7 @@ def map_official(sd: Mapping[str, np.ndarray], num_classes: int, tasks: tuple[st
       missing.append(key)
       continue
     used.add(key)
-    value = _to_flax(sd[key])
+    value = _to_flax(sd[key], dtype)
     if value.shape != shape:
       wrong.append(f"{key}: expected {_torch_shape(shape)}, got {tuple(np.shape(sd[key]))}")
       continue

@@ -52,7 +52,8 @@ class TrainState:
 def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None) -> HydraNet:
   bn_axis = axis_name if config.sync_bn and not config.freeze_bn else None
   return HydraNet(num_classes=max(config.num_classes, 1), tasks=tuple(config.tasks),
-                  align_corners=config.align_corners, bn_axis_name=bn_axis)
+                  align_corners=config.align_corners, bn_axis_name=bn_axis,
+                  dtype=jnp.dtype(config.dtype))
 
 
 def learning_rate_fn(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
@@ -198,7 +199,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], hparams: Mappi
 def _step_key(config: ml_collections.ConfigDict) -> tuple:
   """The config fields the compiled step depends on (learning rates and loss weights are
   inputs instead)."""
-  fields = ("num_classes", "tasks", "align_corners", "freeze_bn", "sync_bn", "momentum",
+  fields = ("num_classes", "tasks", "align_corners", "dtype", "freeze_bn", "sync_bn", "momentum",
             "nesterov", "weight_decay", "grad_accum_steps")
   return tuple((f, tuple(v) if isinstance(v, (list, tuple)) else v)
                for f, v in ((f, config[f]) for f in fields))

@@ -63,6 +63,7 @@ class HydraNet(nn.Module):
     y = self.decoder(feats)
     out = {}
     for task in self.tasks:
-      o = self.heads[task](y).astype(jnp.float32)
+      # Outputs at least float32 (bfloat16 compute returns float32; float64 stays float64).
+      o = self.heads[task](y).astype(jnp.promote_types(self.dtype, jnp.float32))
       out[task] = o[..., 0] if task == "depth" else o
     return out
