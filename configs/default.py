@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.scale_range = (0.5, 2.0)     # random rescale factor range (depth divided by the factor)
   c.flip = True                  # random horizontal mirror
   c.num_workers = 0              # Grain worker processes for training data (0 = in process)
+  c.prefetch_to_device = 2       # batches copied to the devices ahead of the step (0 = none)
   c.synthetic = ml_collections.ConfigDict()
   c.synthetic.num_train = 2000   # procedurally generated training scenes
   c.synthetic.num_val = 64       # held-out scenes (a different seed: never seen in training)

@@ -104,9 +104,13 @@ def evaluate(variables: dict, config: ml_collections.ConfigDict, source: Any = N
   ds = pipeline.eval_dataset(source, batch_size=batch_size,
                              num_devices=len(parallel.local(devices)),
                              pad_to_multiple=config.eval.pad_to_multiple or None)
-  for batch in ds:
-    batch = _pad_like_other_processes(batch)
-    sums, preds = step(replicated, batch, protocol)
+  batches = (_pad_like_other_processes(b) for b in ds)
+  shapes = set()
+  for batch, on_devices in parallel.prefetch(batches, devices, config.prefetch_to_device):
+    if batch["image"].shape not in shapes:
+      shapes.add(batch["image"].shape)
+      parallel.compile_everywhere(step, replicated, on_devices, protocol, name="eval_step")
+    sums, preds = step(replicated, on_devices, protocol)
     acc.add(jax.tree.map(lambda x: x[0], sums))
     if len(samples) < num_samples:
       samples += _pictures(batch, preds, num_samples - len(samples))
@@ -235,6 +239,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, weights: str = "",
   from hydrajax import pictures
 
   parallel.initialize(config)
+  parallel.check_same_config(config, workdir)
   variables, origin = load_variables(config, workdir, weights, which)
   result, samples = evaluate(variables, config, devices=parallel.devices(config.num_devices),
                              num_samples=config.eval.num_samples)

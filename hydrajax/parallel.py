@@ -9,10 +9,14 @@ process only. Pmap outputs are per-process arrays over the local devices, which 
 """
 from __future__ import annotations
 
+import collections
+import copy
+import itertools
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -21,6 +25,8 @@ AXIS = "batch"
 
 # Config fields allowed to differ between the processes of one run.
 _PER_PROCESS_FIELDS = ("process_id",)
+_BARRIER_TIMEOUT_S = 1800  # compile time may differ this much between processes
+_barrier_ids = itertools.count()
 
 
 def initialize(config: ml_collections.ConfigDict) -> None:
@@ -73,23 +79,101 @@ def check_batch(batch_size: int, devices_: Sequence[Any], what: str = "config.ba
   n, p = len(devices_), jax.process_count()
   if batch_size <= 0 or batch_size % n:
     raise ValueError(f"{what}={batch_size} is not divisible by the {n} devices "
-                     f"({p} processes x {n // p} devices): use a multiple of {n}")
+                     f"({p} process{'es' if p > 1 else ''} x {n // p} devices): use a "
+                     f"multiple of {n}")
+
+
+def _local_sharding(devices_: Sequence[Any]) -> jax.sharding.NamedSharding:
+  """Leading axis split over this process's devices of `devices_`: where pmap keeps its
+  per-device inputs and outputs."""
+  mesh = jax.sharding.Mesh(np.array(local(devices_)), (AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
 
 
 def replicate(tree: Any, devices_: Sequence[Any]) -> Any:
   """One copy of `tree` per local device of `devices_`, stacked on a leading axis and placed
   as pmap's outputs are (sharded over this process's devices), so the first step does not
   compile a second variant."""
-  mine = local(devices_)
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(mine), (AXIS,)),
-                                        jax.sharding.PartitionSpec(AXIS))
+  n, sharding = len(local(devices_)), _local_sharding(devices_)
   return jax.tree.map(lambda x: jax.device_put(
-      np.broadcast_to(np.asarray(x), (len(mine),) + np.shape(x)), sharding), tree)
+      np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding), tree)
 
 
 def unreplicate(tree: Any) -> Any:
   """The first local device's copy, fetched to host numpy."""
   return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
+
+def prefetch(batches: Iterable[dict], devices_: Sequence[Any], size: int
+             ) -> Iterator[tuple[dict, dict]]:
+  """(host batch, the same batch on this process's devices), with `size` further batches
+  already on their way (device_put is asynchronous, so the copies overlap the step)."""
+  sharding = _local_sharding(devices_)
+  queue = collections.deque()
+  for batch in batches:
+    queue.append((batch, jax.device_put(batch, sharding)))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+class DevicePrefetch(grain.DatasetIterator):
+  """A Grain iterator's (devices, per-device, ...) batches, placed on this process's devices
+  `size` steps ahead of the one handed out.
+
+  `get_state()` is the position after the last batch handed out, not after the last one
+  read ahead, so a checkpoint resumes with the first batch still queued: none is lost or
+  repeated. `set_state` empties the queue.
+  """
+
+  def __init__(self, parent: grain.DatasetIterator, devices_: Sequence[Any], size: int):
+    super().__init__(parent)
+    self._sharding, self._size = _local_sharding(devices_), size
+    self._queue = collections.deque()  # (parent's state before the batch, device batch)
+
+  def __next__(self) -> dict:
+    while len(self._queue) <= self._size:
+      state = copy.deepcopy(self._parent.get_state())
+      try:
+        batch = next(self._parent)
+      except StopIteration:
+        break
+      self._queue.append((state, jax.device_put(batch, self._sharding)))
+    if not self._queue:
+      raise StopIteration
+    return self._queue.popleft()[1]
+
+  def get_state(self) -> dict:
+    return copy.deepcopy(self._queue[0][0]) if self._queue else self._parent.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self._queue.clear()
+    self._parent.set_state(state)
+
+
+def barrier(name: str) -> None:
+  """Wait until every process gets here (through the coordination service, not a device
+  collective, so any delay up to 30 minutes is fine). Every process must call the same
+  barriers in the same order."""
+  if jax.process_count() == 1:
+    return
+  # jax 0.10 has no public barrier; this is the client Orbax's barriers use.
+  from jax._src import distributed
+
+  distributed.global_state.client.wait_at_barrier(
+      f"hydrajax/{name}/{next(_barrier_ids)}", _BARRIER_TIMEOUT_S * 1000)
+
+
+def compile_everywhere(fn: Any, *args: Any, name: str) -> None:
+  """Compile pmapped `fn` for `args` (the call `fn(*args)` then reuses it) and wait for
+  every process. On CPU, gloo gives up on a peer that reaches a collective more than 30 s
+  after the others, and compiling takes different times on different machines (or on a
+  loaded one): without this a run can fail at its first step."""
+  if jax.process_count() == 1:
+    return
+  fn.lower(*args).compile()
+  barrier(name)
 
 
 def allgather_bytes(data: bytes) -> list[bytes]:

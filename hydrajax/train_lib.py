@@ -259,7 +259,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
                                  config.best_metric, config.best_mode)
   state = create_train_state(config)
-  data = iter(_train_pipeline(config, len(parallel.local(devices))))
+  # The next batches are copied to the devices while the step runs; the iterator's state
+  # stays that of the batches consumed (exact resume).
+  data = parallel.DevicePrefetch(iter(_train_pipeline(config, len(parallel.local(devices)))),
+                                 devices, config.prefetch_to_device)
   start = ckpt.latest_step()
   if start is not None:
     state = ckpt.restore(start, state, data)
@@ -277,6 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tick, tick_step = time.perf_counter(), first
   for step in range(first + 1, total + 1):
     batch = next(data)
+    if step == first + 1:
+      parallel.compile_everywhere(step_fn, rstate, batch, hparams(step - 1), name="train_step")
     rstate, step_metrics = step_fn(rstate, batch, hparams(step - 1))
     pending.append(step_metrics)
     bar.update(1)

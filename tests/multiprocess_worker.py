@@ -3,9 +3,10 @@
   python -m tests.multiprocess_worker MODE PROCESS_ID NUM_PROCESSES PORT WORKDIR [JSON]
 
 MODE: "train" (train_and_evaluate, then evaluate.run; process 0 writes WORKDIR/result.json),
-"kill2" (the same, stopped by an exception right after the step-2 checkpoint), "config" (only
-the start-up config check; process 1 has another lr_decoder), "die" (process 1 exits at once
-after joining; process 0 then waits in collectives). JSON: tiny_config overrides.
+"kill2" (the same, stopped by SystemExit(7) right after the step-2 checkpoint), "check" (the
+start-up config check with another lr_decoder on process 1, printing its error; then process
+1 exits at once and process 0 keeps calling collectives, which must end in an error).
+JSON: tiny_config overrides.
 """
 import json
 import os
@@ -22,20 +23,19 @@ def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str
   config.distributed = True
   config.coordinator_address = f"127.0.0.1:{port}"
   config.num_processes, config.process_id = num_processes, process_id
-  if mode == "die":
+  if mode == "check":
     config.heartbeat_timeout = 5
-    parallel.initialize(config)
-    parallel.allgather_bytes(b"joined")
-    if process_id == 1:
-      os._exit(3)
-    for _ in range(10_000):  # collectives with a dead peer: must not hang
-      parallel.allgather_bytes(b"waiting")
-    return
-  if mode == "config":
     if process_id == 1:
       config.lr_decoder *= 2
     parallel.initialize(config)
-    parallel.check_same_config(config, workdir)
+    try:
+      parallel.check_same_config(config, workdir)
+    except ValueError as e:
+      print(f"ValueError: {e}", flush=True)
+    if process_id == 1:
+      os._exit(3)  # dies without a word: process 0 must not wait for it forever
+    for _ in range(100_000):
+      parallel.allgather_bytes(b"waiting")
     return
   if mode == "kill2":
     original = checkpoint.Checkpointer.save
