@@ -5,6 +5,7 @@ architecture expects, so a wrong or truncated file fails with the offending keys
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -80,9 +81,7 @@ def check(variables: Mapping[str, Any], what: str = "variables") -> None:
   """Raise ValueError listing missing, unexpected and mis-shaped keys, comparing
   `variables` with the tree of the architecture it claims (classes, tasks)."""
   cfg = api.model_config(variables)
-  model = api.HydraNet(num_classes=max(cfg["num_classes"], 1), tasks=cfg["tasks"])
-  expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-  want = flatten_shapes({"params": expected["params"], "batch_stats": expected["batch_stats"]})
+  want = expected_shapes(cfg["num_classes"], cfg["tasks"])
   have = flatten_shapes({"params": variables["params"], "batch_stats": variables["batch_stats"]})
   missing = sorted(set(want) - set(have))
   unexpected = sorted(set(have) - set(want))
@@ -96,6 +95,15 @@ def check(variables: Mapping[str, Any], what: str = "variables") -> None:
         lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) +
                      (" ..." if len(keys) > 20 else ""))
     raise ValueError("\n".join(lines))
+
+
+@functools.lru_cache(maxsize=16)
+def expected_shapes(num_classes: int, tasks: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+  """{"params/..." or "batch_stats/...": shape} of the architecture; traced once per
+  (classes, tasks), since tracing the model takes seconds on a small CPU."""
+  model = api.HydraNet(num_classes=max(num_classes, 1), tasks=tuple(tasks))
+  tree = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  return flatten_shapes({"params": tree["params"], "batch_stats": tree["batch_stats"]})
 
 
 def flatten_shapes(tree: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
