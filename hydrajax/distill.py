@@ -81,8 +81,9 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
         workdir: str = "", overwrite: bool = False) -> dict[str, int]:
   """Load the teacher (weights file, or WORKDIR's latest checkpoint under `config`) and
   label the training split of `config`'s dataset."""
-  from hydrajax import evaluate
+  from hydrajax import config_check, evaluate
 
+  config = config_check.validate(config, "distill")
   if not (weights or workdir):
     raise ValueError("pass --weights TEACHER.npz or --workdir of a teacher run")
   variables, origin = evaluate.load_variables(config, workdir, weights)
@@ -103,8 +104,11 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
 def main(argv):
   del argv
   from absl import flags
+
+  from hydrajax import config_check
   f = flags.FLAGS
-  run(f.config, f.out, f.weights, f.workdir, f.overwrite)
+  with config_check.exit_on_bad_input():
+    run(f.config, f.out, f.weights, f.workdir, f.overwrite)
 
 
 if __name__ == "__main__":
