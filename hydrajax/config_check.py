@@ -14,7 +14,6 @@ bad input (no traceback) and exits with status 2.
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import os
 import sys
@@ -77,24 +76,23 @@ class _Checker:
       return _MISSING
     return value
 
-  def flag(self, name: str) -> Any:
+  def typed(self, name: str, kind: type, expected: str) -> Any:
     value = self.get(name)
-    if value is not _MISSING and not isinstance(value, bool):
-      self.fail(name, value, "True or False")
+    if value is not _MISSING and not isinstance(value, kind):
+      self.fail(name, value, expected)
       return _MISSING
     return value
+
+  def flag(self, name: str) -> Any:
+    return self.typed(name, bool, "True or False")
+
+  def text(self, name: str) -> Any:
+    return self.typed(name, str, "a string")
 
   def choice(self, name: str, choices: Sequence[str]) -> Any:
     value = self.get(name)
     if value is not _MISSING and value not in choices:
       self.fail(name, value, "one of " + ", ".join(repr(c) for c in choices))
-      return _MISSING
-    return value
-
-  def text(self, name: str) -> Any:
-    value = self.get(name)
-    if value is not _MISSING and not isinstance(value, str):
-      self.fail(name, value, "a string")
       return _MISSING
     return value
 
@@ -340,11 +338,5 @@ def exit_on_bad_input() -> Iterator[None]:
   try:
     yield
   except (ValueError, OSError, FloatingPointError) as e:
-    message = str(e)
-  else:
-    return
-  # The error's frames are gone now: collect what they held (e.g. data worker processes)
-  # while the interpreter is whole, so no teardown tracebacks follow the message.
-  gc.collect()
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

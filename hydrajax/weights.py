@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import tempfile
+import zipfile
 from typing import Any, Callable, Mapping
 
 import jax
@@ -19,6 +20,7 @@ from flax import traverse_util
 from hydrajax import api
 
 _META_ENTRY = "__meta__"
+_CONVERT_HINT = " (PyTorch checkpoints: convert with `python -m hydrajax.convert SRC DST.npz`)"
 FORMAT_VERSION = 1
 
 
@@ -61,13 +63,17 @@ def load(path: str | os.PathLike) -> dict:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"weights file not found: {path}")
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"{path} is not a hydrajax weights file (.npz): not a zip archive (a "
+                     f"truncated file?){_CONVERT_HINT}")
   try:
     with np.load(path, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
   except Exception as e:  # zipfile.BadZipFile, ValueError, OSError ...
     raise ValueError(f"{path} is not a hydrajax weights file (.npz): {e}") from e
   if _META_ENTRY not in arrays:
-    raise ValueError(f"{path} has no '{_META_ENTRY}' entry: not a hydrajax weights file")
+    raise ValueError(f"{path} has no '{_META_ENTRY}' entry: not a hydrajax weights "
+                     f"file{_CONVERT_HINT}")
   meta = json.loads(arrays.pop(_META_ENTRY).tobytes().decode())
   tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in arrays.items()})
   variables = {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})}
@@ -88,13 +94,11 @@ def check(variables: Mapping[str, Any], what: str = "variables") -> None:
   wrong = sorted(f"{k}: expected {want[k]}, got {have[k]}"
                  for k in set(want) & set(have) if want[k] != have[k])
   if missing or unexpected or wrong:
-    lines = [f"{what} does not match the {cfg['tasks']} model with "
-             f"{cfg['num_classes']} classes:"]
-    for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-      if keys:
-        lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) +
-                     (" ..." if len(keys) > 20 else ""))
-    raise ValueError("\n".join(lines))
+    parts = [f"{title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else "")
+             for title, keys in (("missing", missing), ("unexpected", unexpected),
+                                 ("wrong shape", wrong)) if keys]
+    raise ValueError(f"{what} does not match the {cfg['tasks']} model with "
+                     f"{cfg['num_classes']} classes: " + "; ".join(parts))
 
 
 @functools.lru_cache(maxsize=16)

@@ -12,23 +12,17 @@ import pytest
 from PIL import Image
 
 from tests.test_data_bad import _corrupt, _layout
-from tests.train_testlib import ROOT, tiny_config
+from tests.train_testlib import ROOT, set_fields, tiny_config
 
 from hydrajax import config_check, train_lib
 from hydrajax.data import BadSampleError
 
 
-def loose_config(**overrides):
+def loose_config(overrides: dict | None = None):
   """tiny_config with fields set to anything (no ConfigDict type checks), as a hand-written
   config file can hold."""
   c = ml_collections.ConfigDict(tiny_config().to_dict(), type_safe=False)
-  for name, value in overrides.items():
-    *parents, leaf = name.split("__")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return set_fields(c, overrides or {})
 
 
 @pytest.fixture
@@ -43,7 +37,7 @@ BAD_FIELDS = [
     # The issue's rows.
     ({"batch_size": 0}, "config.batch_size=0: expected an int > 0"),
     ({"lr_encoder": -1.0}, "config.lr_encoder=-1.0: expected a number >= 0"),
-    ({"num_classes": 3, "synthetic__seed": 0}, "config.num_classes=3: expected at least 7"),
+    ({"num_classes": 3, "synthetic.seed": 0}, "config.num_classes=3: expected at least 7"),
     # Types, ranges, names, combinations found by trying.
     ({"batch_size": "8"}, "config.batch_size='8': expected an int > 0"),
     ({"batch_size": 6, "num_devices": 4}, "config.batch_size=6: expected a multiple of 4"),
@@ -52,7 +46,7 @@ BAD_FIELDS = [
     ({"tasks": ("segm", "edges")}, "config.tasks=('segm', 'edges'): expected distinct names"),
     ({"tasks": ("(depth,)",)}, "expected distinct names from segm, depth, normals"),
     ({"schedule": "cosine"}, "config.schedule='cosine': expected one of 'poly'"),
-    ({"eval__crop": "garg2"}, "config.eval.crop='garg2': expected one of 'none', 'garg'"),
+    ({"eval.crop": "garg2"}, "config.eval.crop='garg2': expected one of 'none', 'garg'"),
     ({"best_metric": "loss"}, "config.best_metric='loss': expected a metric evaluation reports"),
     ({"tasks": ("segm",), "best_metric": "rmse"}, "config.best_metric='rmse'"),
     ({"best_mode": "min"}, "config.best_mode='min': expected 'max': miou is better when higher"),
@@ -65,10 +59,10 @@ BAD_FIELDS = [
     ({"checkpoint_every_steps": 0}, "config.checkpoint_every_steps=0: expected an int >= 1"),
     ({"num_workers": -1}, "config.num_workers=-1: expected an int >= 0"),
     ({"flip": "yes"}, "config.flip='yes': expected True or False"),
-    ({"loss_weights__segm": 0.0, "loss_weights__depth": 0.0}, "a positive weight for at least"),
-    ({"synthetic__height": 0}, "config.synthetic.height=0: expected an int > 0"),
-    ({"eval__min_depth": 0.0}, "config.eval.min_depth=0.0: expected a number > 0"),
-    ({"eval__batch_size": 0}, "config.eval.batch_size=0: expected an int >= 1"),
+    ({"loss_weights.segm": 0.0, "loss_weights.depth": 0.0}, "a positive weight for at least"),
+    ({"synthetic.height": 0}, "config.synthetic.height=0: expected an int > 0"),
+    ({"eval.min_depth": 0.0}, "config.eval.min_depth=0.0: expected a number > 0"),
+    ({"eval.batch_size": 0}, "config.eval.batch_size=0: expected an int >= 1"),
     ({"dataset": "nyud"}, "config.data_dir='': expected the nyud directory"),
     ({"dataset": "nyud", "data_dir": "/no/such/dir"}, "expected an existing directory"),
     ({"init_from": "/no/such/weights.npz"}, "config.init_from='/no/such/weights.npz'"),
@@ -83,7 +77,7 @@ def test_bad_field_stops_training_before_anything_is_built(overrides, message, n
                                                            tmp_path):
   workdir = tmp_path / "run"
   with pytest.raises(config_check.ConfigError) as err:
-    train_lib.train_and_evaluate(loose_config(**overrides), str(workdir))
+    train_lib.train_and_evaluate(loose_config(overrides), str(workdir))
   assert message in str(err.value)
   assert "\n" not in str(err.value)
   assert not workdir.exists()
@@ -91,20 +85,21 @@ def test_bad_field_stops_training_before_anything_is_built(overrides, message, n
 
 def test_teacher_dir_without_teacher_labels_is_named(nothing_loaded, tmp_path):
   with pytest.raises(config_check.ConfigError, match="config.teacher_dir=.*distill"):
-    train_lib.train_and_evaluate(loose_config(teacher_dir=str(tmp_path)), str(tmp_path / "r"))
+    train_lib.train_and_evaluate(loose_config({"teacher_dir": str(tmp_path)}),
+                                 str(tmp_path / "r"))
 
 
 def test_every_bad_field_is_named_in_one_error():
   with pytest.raises(config_check.ConfigError) as err:
-    config_check.validate(loose_config(batch_size=0, lr_decoder=-2.0, eval__crop="x"))
+    config_check.validate(loose_config({"batch_size": 0, "lr_decoder": -2.0, "eval.crop": "x"}))
   message = str(err.value)
   assert all(f in message for f in ("batch_size=0", "lr_decoder=-2.0", "eval.crop='x'"))
 
 
 @pytest.mark.parametrize("crop", [64, (64,)])
 def test_one_number_for_an_hw_pair_means_a_square(crop):
-  config = config_check.validate(loose_config(crop_size=crop, tasks=("depth", "segm"),
-                                              step_boundaries=0.5))
+  config = config_check.validate(loose_config({"crop_size": crop, "tasks": ("depth", "segm"),
+                                               "step_boundaries": 0.5}))
   assert config.crop_size == (64, 64)
   assert config.tasks == ("segm", "depth") and config.step_boundaries == (0.5,)
   batch = next(iter(train_lib._train_pipeline(config, None)))
@@ -129,19 +124,17 @@ def _bad_labels(root):
   Image.fromarray(mask).save(os.path.join(root, "masks", "000002.png"))
 
 
-def _nyud_config(root, **overrides):
+def _nyud_config(root, overrides=None):
   from configs import nyud
   config = nyud.get_config("runlocal")
   config.data_dir = str(root)
   config.batch_size = 6
-  for k, v in overrides.items():
-    config[k] = v
-  return config
+  return set_fields(config, overrides or {})
 
 
 def test_labels_outside_the_classes_stop_training_naming_the_file(tmp_path):
   _bad_labels(str(tmp_path))
-  config = config_check.validate(_nyud_config(tmp_path, num_workers=0))
+  config = config_check.validate(_nyud_config(tmp_path, {"num_workers": 0}))
   with pytest.raises(BadSampleError) as err:
     next(iter(train_lib._train_pipeline(config, None)))  # what train_and_evaluate reads
   message = str(err.value)

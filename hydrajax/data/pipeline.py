@@ -176,38 +176,8 @@ def _split_and_prefetch(it: grain.IterDataset, num_devices: int | None,
     it = it.map(_SplitDevices(num_devices))
   if num_workers > 0:
     _ensure_absl_flags()
-    it = _CloseOnError(it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers)))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return it
-
-
-class _CloseOnError(grain.IterDataset):
-  """Stops the worker processes as soon as one raises, then re-raises its error.
-
-  A worker's error (e.g. a BadSampleError naming the file) reaches the caller once. Left
-  open, the workers' iterators would be torn down by the garbage collector, possibly at
-  interpreter exit, printing secondary tracebacks that bury the real one.
-  """
-
-  def __iter__(self) -> grain.DatasetIterator:
-    return _CloseOnErrorIterator(self._parent.__iter__())
-
-
-class _CloseOnErrorIterator(grain.DatasetIterator):
-
-  def __next__(self):
-    try:
-      return next(self._parent)
-    except StopIteration:
-      raise
-    except Exception:
-      self._parent.close()
-      raise
-
-  def get_state(self) -> dict:
-    return self._parent.get_state()
-
-  def set_state(self, state: dict) -> None:
-    self._parent.set_state(state)
 
 
 class _EvalSource:
