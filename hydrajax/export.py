@@ -222,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError("--platforms applies to --format stablehlo only")
     if os.path.isdir(args.out):
       raise ValueError(f"--out {args.out} is a directory; give the file to write")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+      raise ValueError(f"--out {args.out}: {parent} is a file, not a directory")
     _check_args(args.height, args.width, args.batch, args.input_dtype)
     if args.format == "onnx":
       _import_jax2onnx()  # fail before the slow part if it is missing

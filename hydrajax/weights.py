@@ -74,7 +74,14 @@ def load(path: str | os.PathLike) -> dict:
   if _META_ENTRY not in arrays:
     raise ValueError(f"{path} has no '{_META_ENTRY}' entry: not a hydrajax weights "
                      f"file{_CONVERT_HINT}")
-  meta = json.loads(arrays.pop(_META_ENTRY).tobytes().decode())
+  try:
+    meta = json.loads(arrays.pop(_META_ENTRY).tobytes().decode())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not JSON ({e}): a damaged "
+                     f"weights file") from e
+  if not isinstance(meta, dict):
+    raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not a JSON object: a damaged "
+                     f"weights file")
   tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in arrays.items()})
   variables = {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})}
   if meta.get("align_corners"):
