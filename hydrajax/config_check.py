@@ -21,11 +21,17 @@ from typing import Any, Iterator, Sequence
 
 import ml_collections
 
-DATASET_CLASSES = {"synthetic": 7, "nyud": 40, "kitti": 6}  # KITTI-6 (see hydrajax/data)
+from hydrajax.data.kitti import KITTI6_CLASSES
+from hydrajax.data.nyud import NYUD_NUM_CLASSES
+from hydrajax.data.synthetic import SYNTHETIC_CLASSES
+from hydrajax.metrics import CROPS
+from hydrajax.models import TASKS
+
+# The classes of each dataset of hydrajax.sources (KITTI: the KITTI-6 labels).
+DATASET_CLASSES = {"synthetic": len(SYNTHETIC_CLASSES), "nyud": NYUD_NUM_CLASSES,
+                   "kitti": len(KITTI6_CLASSES)}
 DATASET_NORMALS = {"synthetic": True, "kitti": False}  # NYUD: if its lists have normals
-TASKS = ("segm", "depth", "normals")
-SCHEDULES = ("poly", "step", "constant")
-CROPS = ("none", "garg", "eigen", "eigen_nyu")  # hydrajax.metrics.CROPS
+SCHEDULES = ("poly", "step", "constant")  # hydrajax.train_lib.learning_rate_fn
 # What evaluation reports per task, and which direction is better.
 METRICS_MAX = {"segm": ("miou", "pixel_acc", "mean_acc"), "depth": ("delta1", "delta2", "delta3")}
 METRICS_MIN = {"segm": (), "depth": ("rmse", "rmse_log", "abs_rel", "sq_rel")}
@@ -265,7 +271,7 @@ def _check_eval(c: _Checker) -> None:
   max_depth = c.number("eval.max_depth", low=0)
   if min_depth is not _MISSING and max_depth not in (_MISSING, 0) and max_depth <= min_depth:
     c.fail("eval.max_depth", max_depth, f"0 (no cap) or more than eval.min_depth={min_depth}")
-  c.choice("eval.crop", CROPS)
+  c.choice("eval.crop", tuple(CROPS))
   c.number("eval.num_samples", low=0, integer=True)
   c.number("eval.max_examples", low=0, integer=True)
 

@@ -296,10 +296,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--seed", type=int, default=0,
                       help="backbones only: seed of the fresh decoder and heads")
   args = parser.parse_args(argv)
+  tasks = tuple(t for t in args.tasks.split(",") if t)
+  if not tasks or not set(tasks) <= set(TASKS) or len(set(tasks)) != len(tasks):
+    parser.error(f"--tasks {args.tasks!r}: expected distinct names from {','.join(TASKS)}")
+  if "segm" in tasks and args.num_classes < 1:
+    parser.error(f"--num-classes {args.num_classes}: expected at least 1 with the segm task")
   try:
     variables, info = convert(args.src, layout=args.layout, num_classes=args.num_classes,
-                              tasks=tuple(t for t in args.tasks.split(",") if t),
-                              seed=args.seed)
+                              tasks=tasks, seed=args.seed)
     weights.save(args.dst, variables)
   except (OSError, ValueError, torch_pickle.UnsafeCheckpointError) as e:
     print(f"error: {one_line(str(e), args.src)}", file=sys.stderr)

@@ -54,22 +54,25 @@ def build_source(config: ml_collections.ConfigDict, split: str, *,
 
 
 def _checked(config: ml_collections.ConfigDict, source: Any) -> Any:
-  """`source` with its labels checked against the config (see CheckLabels); raises
-  ValueError if the config wants normals the data does not have."""
+  """`source` with errors naming files and labels checked against the config (see
+  CheckedSource); raises ValueError if the config wants normals the data does not have."""
   if "normals" in config.tasks and not getattr(source, "has_normals", False):
     raise ValueError(f"config.tasks={tuple(config.tasks)} includes 'normals', but the "
                      f"{config.dataset!r} data in {config.data_dir or '(generated)'} has no "
                      f"surface normals (NYUD: a 4th column in the list files)")
-  return CheckLabels(source, config.num_classes) if "segm" in config.tasks else source
+  return CheckedSource(source, config.num_classes if "segm" in config.tasks else None)
 
 
-class CheckLabels:
-  """A source whose samples' segmentation labels must lie in [0, num_classes) or be the
-  ignore value 255; otherwise reading the sample raises BadSampleError naming its files
-  and the labels found (a mismatch of data and config, which the loss would silently
-  ignore). One comparison per pixel on uint8: cheap next to decoding the PNG."""
+class CheckedSource:
+  """A source whose read errors name the sample's files, and whose segmentation labels
+  must lie in [0, num_classes) or be the ignore value 255 (unless num_classes is None).
 
-  def __init__(self, source: Any, num_classes: int):
+  Both raise BadSampleError: a label outside the classes is a mismatch of data and config
+  that the loss would silently ignore. The check is one comparison per uint8 pixel, cheap
+  next to decoding the PNG.
+  """
+
+  def __init__(self, source: Any, num_classes: int | None):
     self.source, self.num_classes = source, num_classes
     self.has_normals = getattr(source, "has_normals", False)
 
@@ -82,7 +85,15 @@ class CheckLabels:
   def __getitem__(self, index: int) -> dict:
     from hydrajax.data import pngio, transforms
 
-    sample = self.source[index]
+    try:
+      sample = self.source[index]
+    except (IndexError, pngio.BadSampleError):  # the end of the source; already named
+      raise
+    except Exception as e:  # noqa: BLE001 - any failure to read a sample: say which one
+      raise pngio.BadSampleError(f"{describe(self.source, index)}: cannot read the sample "
+                                 f"({type(e).__name__}: {e})") from e
+    if self.num_classes is None:
+      return sample
     segm = np.asarray(sample["segm"])
     bad = (segm >= self.num_classes) & (segm != transforms.IGNORE_SEGM)
     if bad.any():

@@ -186,3 +186,15 @@ def test_reader_errors_are_format_errors(good_files, tmp_path):
   src.write_bytes(good_files["legacy"][:1000])
   with pytest.raises(torch_pickle.CheckpointFormatError, match="cut.ckpt.*truncated"):
     torch_pickle.load(src)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--tasks", "segm,edges"], "--tasks 'segm,edges': expected distinct names"),
+    (["--num-classes", "0"], "--num-classes 0: expected at least 1"),
+    (["--layout", "caffe"], "invalid choice: 'caffe'"),
+])
+def test_bad_options_exit_2_before_reading(tmp_path, capsys, argv, words):
+  with pytest.raises(SystemExit) as exit_:
+    convert.main([str(tmp_path / "never-read.pth"), str(tmp_path / "out.npz")] + argv)
+  assert exit_.value.code == 2 and words in capsys.readouterr().err
+  assert not (tmp_path / "out.npz").exists()

@@ -168,3 +168,16 @@ def test_command_line_worker_error_is_the_underlying_error_once(tmp_path):
   last = err.strip().splitlines()[-1]
   assert last.startswith("error: ") and ("rgb/000001.png" in last or "masks/000003.png" in last)
   assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_unexpected_read_error_names_the_sample_files(tmp_path, monkeypatch):
+  from hydrajax.data import pngio
+  _layout(str(tmp_path))
+
+  def broken(path, divisor, shape):
+    raise RuntimeError("decoder crashed")
+  monkeypatch.setattr(pngio, "read_depth", broken)
+  config = config_check.validate(_nyud_config(tmp_path, {"num_workers": 0}))
+  with pytest.raises(BadSampleError, match=r"depth/0000\d\d.png: cannot read the sample "
+                                           r"\(RuntimeError: decoder crashed\)"):
+    next(iter(train_lib._train_pipeline(config, None)))
