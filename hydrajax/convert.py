@@ -71,7 +71,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       continue
     if not isinstance(value, np.ndarray):
       raise ConversionError(f"{path}: entry '{key}' is a {type(value).__name__}, not a tensor")
-    if value.dtype.kind in "fc" and not np.isfinite(value).all():
+    if value.dtype.kind not in "biu" and not np.isfinite(value).all():  # float, bfloat16
       # The legacy format has no checksum: damaged bytes show up, at best, as NaN or Inf.
       bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
       raise ConversionError(f"{path}: tensor '{key}' has {bad} non-finite value(s) (NaN or "
