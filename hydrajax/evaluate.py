@@ -233,14 +233,31 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str, weights: str
   return variables, f"{workdir}/checkpoints/{step} ({which})"
 
 
+def check_model_matches_config(variables: dict, config: ml_collections.ConfigDict,
+                               origin: str) -> None:
+  """Raise ValueError naming both when the weights' classes or tasks differ from the
+  config's: their scores would be computed against labels of another meaning."""
+  model = api.model_config(variables)
+  wanted = {"num_classes": config.num_classes if "segm" in config.tasks else 0,
+            "tasks": tuple(config.tasks)}
+  if (model["num_classes"], model["tasks"]) != (wanted["num_classes"], wanted["tasks"]):
+    raise ValueError(
+        f"{origin} is a model with {model['num_classes']} classes and tasks "
+        f"{','.join(model['tasks'])}, but the config has num_classes={config.num_classes} and "
+        f"tasks {','.join(config.tasks)} (dataset {config.dataset!r}): use weights trained "
+        f"for this config, or set --config.num_classes / --config.tasks to match them")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, weights: str = "",
         which: str = "latest") -> dict:
   """Evaluate and write WORKDIR/eval/metrics.json and WORKDIR/eval/samples.png."""
-  from hydrajax import pictures
+  from hydrajax import config_check, pictures
 
+  config = config_check.validate(config, "evaluate")
   parallel.initialize(config)
   parallel.check_same_config(config, workdir)
   variables, origin = load_variables(config, workdir, weights, which)
+  check_model_matches_config(variables, config, origin)
   result, samples = evaluate(variables, config, devices=parallel.devices(config.num_devices),
                              num_samples=config.eval.num_samples)
   result["weights"] = origin

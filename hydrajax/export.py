@@ -220,6 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.platforms is not None and args.format != "stablehlo":
       raise ValueError("--platforms applies to --format stablehlo only")
+    if os.path.isdir(args.out):
+      raise ValueError(f"--out {args.out} is a directory; give the file to write")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+      raise ValueError(f"--out {args.out}: {parent} is a file, not a directory")
     _check_args(args.height, args.width, args.batch, args.input_dtype)
     if args.format == "onnx":
       _import_jax2onnx()  # fail before the slow part if it is missing
@@ -230,10 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       kwargs["platforms"] = [s.strip() for s in args.platforms.split(",") if s.strip()]
     data = export(variables, args.format, args.height, args.width, **kwargs)
     rows = signature(data, args.format)
-  except (ValueError, FileNotFoundError, ImportError) as e:
+    write_atomic(args.out, data)
+  except (ValueError, OSError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  write_atomic(args.out, data)
   print(f"wrote {args.out} ({args.format}, {len(data) / 1e6:.1f} MB)")
   for kind, name, shape, dtype in rows:
     print(f"  {kind:6s} {name:8s} {dtype:8s} ({', '.join(shape)})")

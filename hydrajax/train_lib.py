@@ -249,8 +249,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   `eval_every_steps` and at the end, checkpoint. Returns the last validation metrics."""
   import tqdm
 
-  from hydrajax import checkpoint, evaluate, writer
+  from hydrajax import checkpoint, config_check, evaluate, writer
 
+  config = config_check.validate(config, "train")
   parallel.initialize(config)
   parallel.check_same_config(config, workdir)
   devices = parallel.devices(config.num_devices)
