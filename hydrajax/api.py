@@ -107,7 +107,7 @@ def postprocess(outputs: Mapping[str, jax.Array], size: tuple[int, int],
   return out
 
 
-def _apply_impl(variables, image, *, num_classes, tasks, align_corners, dtype, impl):
+def _apply_impl(variables, image, *, num_classes, tasks, align_corners, dtype, impl="auto"):
   global TRACE_COUNT
   TRACE_COUNT += 1
   model = HydraNet(num_classes=max(num_classes, 1), tasks=tasks, align_corners=align_corners,

@@ -14,13 +14,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from hydrajax.api import IMAGENET_MEAN, IMAGENET_STD
 from hydrajax.models.hydranet import HEAD_NAMES
 from hydrajax.models.mobilenet_v2 import MOBILENET_V2_SETTINGS
 from hydrajax.models.refinenet import CRP_STAGES
 
 BN_EPS = 1e-5  # mobilenet_v2.batch_norm
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IR_VERSION = 8  # ONNX IR of opset 18: loads in onnxruntime >= 1.14
 
 
@@ -98,13 +97,13 @@ def _conv_bn(g: GraphBuilder, x: str, params: Mapping, stats: Mapping, stride: i
   return g.relu6(y) if act else y
 
 
-def encoder(g: GraphBuilder, x: str, params: Mapping, stats: Mapping
-            ) -> list[tuple[str, int, tuple[int, int]]]:
-  """NCHW normalised image -> [(l3..l8 value, channels, (h, w))] as MobileNetV2Encoder."""
+def encoder(g: GraphBuilder, x: str, image_size: tuple[int, int], params: Mapping,
+            stats: Mapping) -> list[tuple[str, tuple[int, int]]]:
+  """NCHW normalised image -> [(value, (h, w)) of l3..l8], as MobileNetV2Encoder."""
   def size_after(hw, s):  # PyTorch conv, kernel 3, padding 1
     return tuple((d + 2 - 3) // s + 1 for d in hw)
 
-  hw = g.image_size
+  hw = image_size
   x = _conv_bn(g, x, params["layer1"], stats["layer1"], stride=2, hint="layer1")
   hw, cin = size_after(hw, 2), 32
   feats = []
@@ -121,7 +120,7 @@ def encoder(g: GraphBuilder, x: str, params: Mapping, stats: Mapping
       x = g.op("Add", [y, x]) if cin == c and stride == 1 else y
       cin = c
     if idx >= 1:
-      feats.append((x, c, hw))
+      feats.append((x, hw))
   return feats
 
 
@@ -136,7 +135,7 @@ def _crp(g: GraphBuilder, x: str, params: Mapping, depthwise: bool) -> str:
 
 def decoder(g: GraphBuilder, feats: list, params: Mapping, align_corners: bool) -> str:
   """As RefineNetDecoder: l3..l8 -> 256-channel NCHW map at stride 4."""
-  (l3, _, s3), (l4, _, s4), (l5, _, _), (l6, _, s6), (l7, _, _), (l8, _, _) = feats
+  (l3, s3), (l4, s4), (l5, _), (l6, s6), (l7, _), (l8, _) = feats
   conv = lambda name, v: g.conv(v, params[name]["kernel"], None, hint=name)
   add = lambda *vs: g.op("Sum", list(vs)) if len(vs) > 2 else g.op("Add", list(vs))
   x = g.relu6(add(conv("conv8", l8), conv("conv7", l7)))
@@ -154,7 +153,8 @@ def decoder(g: GraphBuilder, feats: list, params: Mapping, align_corners: bool) 
 
 def head(g: GraphBuilder, x: str, params: Mapping, name: str) -> str:
   """depthwise 1x1 -> ReLU6 -> 3x3 conv with bias, as hydranet.Head."""
-  x = g.relu6(g.conv(x, params[f"pre_{name}"]["kernel"], None, depthwise=True, hint=f"pre_{name}"))
+  pre = f"pre_{name}"
+  x = g.relu6(g.conv(x, params[pre]["kernel"], None, depthwise=True, hint=pre))
   return g.conv(x, params[name]["kernel"], params[name]["bias"], hint=name)
 
 
@@ -166,7 +166,6 @@ def build_model(variables: Mapping[str, Any], cfg: Mapping[str, Any], height: in
   import onnx
   from onnx import TensorProto, helper
   g = GraphBuilder()
-  g.image_size = (height, width)
   params, stats = variables["params"], variables["batch_stats"]
   n = "N" if batch is None else int(batch)
   align = bool(cfg["align_corners"])
@@ -178,10 +177,9 @@ def build_model(variables: Mapping[str, Any], cfg: Mapping[str, Any], height: in
   mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1) * np.float32(255)
   std = np.asarray(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1) * np.float32(255)
   x = g.op("Div", [g.op("Sub", [x, g.const(mean, "mean")]), g.const(std, "std")])
-  feats = encoder(g, x, params["encoder"], stats["encoder"])
+  feats = encoder(g, x, (height, width), params["encoder"], stats["encoder"])
   y = decoder(g, feats, params["decoder"], align)
-  qh, qw = feats[0][2]
-  size = (height, width) if full_resolution else (qh, qw)
+  size = (height, width) if full_resolution else feats[0][1]  # l3: stride 4
 
   nchw = {}
   for task in cfg["tasks"]:
@@ -192,9 +190,9 @@ def build_model(variables: Mapping[str, Any], cfg: Mapping[str, Any], height: in
     norm = g.op("Max", [g.op("ReduceL2", [nchw["normals"], g.scalar([1], np.int64)],
                                  keepdims=1), g.scalar(1e-12)])
     nchw["normals"] = g.op("Div", [nchw["normals"], norm])
+  names = [*nchw, "labels"] if full_resolution and "segm" in nchw else list(nchw)
   out_values = []
-  for key in [k for k in output_order if k in nchw or (k == "labels" and full_resolution
-                                                         and "segm" in nchw)]:
+  for key in [k for k in output_order if k in names]:
     if key == "labels":  # first maximum on ties, as jnp.argmax
       labels = g.op("ArgMax", [nchw["segm"]], axis=1, keepdims=0, select_last_index=0)
       g.op("Cast", [labels], key, to=TensorProto.INT32)
