@@ -8,6 +8,7 @@ in float32 their difference depends on the machine's summation order; in float64
 import functools
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,8 @@ import pytest
 import hydrajax
 from hydrajax import export
 from hydrajax.models import HydraNet, layers
+from hydrajax.models.hydranet import Head
+from hydrajax.models.refinenet import CRPBlock
 
 F64 = jnp.float64
 
@@ -126,18 +129,6 @@ def test_whole_model_forms_agree_forward_and_gradients(small_model):
   assert _tree_rel(g_nat, g_cpu) < 1e-4
 
 
-def _grad_fn(impl):
-  model = HydraNet(num_classes=3, impl=impl)
-
-  def step(variables, image):
-    def loss(params):
-      out, _ = model.apply({**variables, "params": params}, image, train=True,
-                           mutable=["batch_stats"])
-      return jnp.sum(out["segm"] ** 2) + jnp.sum(out["depth"])
-    return jax.grad(loss)(variables["params"])
-  return step
-
-
 GROUPED = re.compile(r"feature_group_count = ([0-9]+)")
 
 
@@ -145,17 +136,33 @@ def _grouped_convs(text):
   return [int(n) for n in GROUPED.findall(text) if int(n) > 1]
 
 
+class _CRPAndHead(nn.Module):
+  """Where the cpu form's optimization barriers live: 1x1 and head backward, the pool."""
+
+  @nn.compact
+  def __call__(self, x):
+    return Head(3, "segm", impl="auto")(CRPBlock(impl="auto")(x))
+
+
 def test_auto_lowers_to_native_on_cuda_tpu_and_to_rewrites_on_cpu(small_model):
   variables, image = small_model
   variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), variables)
   image = jnp.asarray(image, jnp.float32)
-  traced = jax.jit(_grad_fn("auto")).trace(variables, image)  # traced once, lowered 3 times
+  model = HydraNet(num_classes=3, impl="auto")
+  forward = jax.jit(model.apply).trace(variables, image)  # traced once, lowered per platform
+  x = jnp.ones((1, 8, 8, 64))
+  head = _CRPAndHead()
+  params = head.init(jax.random.key(0), x)
+  backward = jax.jit(jax.grad(lambda p, x: jnp.sum(head.apply(p, x) ** 2))).trace(params, x)
   for platform in ("cuda", "tpu"):
-    text = traced.lower(lowering_platforms=(platform,)).as_text()
-    assert len(_grouped_convs(text)) >= 17, platform  # 17 depthwise 3x3, forward and backward
-    assert "optimization_barrier" not in text, platform
-  text = traced.lower(lowering_platforms=("cpu",)).as_text()
-  assert _grouped_convs(text) == []
+    text = forward.lower(lowering_platforms=(platform,)).as_text()
+    assert len(_grouped_convs(text)) == 17, platform  # the encoder's 17 depthwise 3x3
+    assert "dot_general" not in text, platform  # 1x1 and head convs are convolutions
+    text = backward.lower(lowering_platforms=(platform,)).as_text()
+    assert "optimization_barrier" not in text and "convolution" in text, platform
+  text = forward.lower(lowering_platforms=("cpu",)).as_text()
+  assert _grouped_convs(text) == [] and "dot_general" in text
+  text = backward.lower(lowering_platforms=("cpu",)).as_text()
   assert "optimization_barrier" in text  # the cpu pool and 1x1 backward
 
 

@@ -3,9 +3,9 @@
 - "cpu": rewrites for XLA:CPU: 1x1 convs as einsum with a hand-written backward, depthwise
   convs as shifted multiply-adds, the CRP max-pool as two 1-D pools, optimization barriers
   where XLA:CPU otherwise fuses badly (see REFERENCE.md, "Speed on a CPU").
-- "native": XLA's own forms, for GPU/TPU (and for ONNX, whose runtimes have native Conv):
-  `lax.conv_general_dilated` for every conv (feature_group_count = C for depthwise), the
-  separable max-pool with its deterministic int8-argmax gradient but no barriers.
+- "native": XLA's own forms, for GPU/TPU: `lax.conv_general_dilated` for every conv
+  (feature_group_count = C for depthwise), the separable max-pool with its deterministic
+  int8-argmax gradient but no barriers.
 - "auto" (default): both are traced, and `jax.lax.platform_dependent` keeps "cpu" when the
   program is lowered for CPU and "native" for CUDA/ROCm/TPU (a multi-platform export keeps
   both and the runtime picks).
