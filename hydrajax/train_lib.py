@@ -49,11 +49,26 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16", "float64")
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """config.dtype as a jnp dtype; bfloat16 computes in bf16 with float32 parameters, BatchNorm
+  statistics and outputs (HydraNet casts at each layer and returns float32)."""
+  name = str(config.get("dtype", "float32"))
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"config.dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+  if name == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("config.dtype='float64' needs 64-bit JAX (jax.enable_x64 / "
+                     "JAX_ENABLE_X64=1); it serves exactness tests, not training")
+  return jnp.dtype(name)
+
+
 def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None) -> HydraNet:
   bn_axis = axis_name if config.sync_bn and not config.freeze_bn else None
   return HydraNet(num_classes=max(config.num_classes, 1), tasks=tuple(config.tasks),
                   align_corners=config.align_corners, bn_axis_name=bn_axis,
-                  dtype=jnp.dtype(config.dtype))
+                  dtype=compute_dtype(config))
 
 
 def learning_rate_fn(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
@@ -199,8 +214,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], hparams: Mappi
 def _step_key(config: ml_collections.ConfigDict) -> tuple:
   """The config fields the compiled step depends on (learning rates and loss weights are
   inputs instead)."""
-  fields = ("num_classes", "tasks", "align_corners", "dtype", "freeze_bn", "sync_bn", "momentum",
-            "nesterov", "weight_decay", "grad_accum_steps")
+  fields = ("num_classes", "tasks", "align_corners", "freeze_bn", "sync_bn", "momentum",
+            "nesterov", "weight_decay", "grad_accum_steps", "dtype")
   return tuple((f, tuple(v) if isinstance(v, (list, tuple)) else v)
                for f, v in ((f, config[f]) for f in fields))
 
