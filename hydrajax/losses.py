@@ -19,8 +19,8 @@ BERHU_FRACTION = 0.2
 SumCount = tuple[jax.Array, jax.Array]
 
 
-def _f32(x: jax.Array) -> jax.Array:
-  """At least float32 (bfloat16 predictions are summed in float32; float64 stays float64)."""
+def _at_least_f32(x: jax.Array) -> jax.Array:
+  """bfloat16 / float16 -> float32; float32 and float64 stay (float64 serves exactness tests)."""
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
@@ -30,7 +30,7 @@ def cross_entropy_terms(logits: jax.Array, labels: jax.Array,
   outside [0, C) are ignored. Returns (sum over valid pixels, number of valid pixels)."""
   chex.assert_rank([logits, labels], [4, 3])
   chex.assert_equal_shape_prefix([logits, labels], 3)
-  logits = _f32(logits)
+  logits = _at_least_f32(logits)
   labels = labels.astype(jnp.int32)
   valid = (labels != ignore_label) & (labels >= 0) & (labels < logits.shape[-1])
   safe = jnp.where(valid, labels, 0)
@@ -54,7 +54,7 @@ def berhu_terms(pred: jax.Array, target: jax.Array, c: jax.Array | None = None) 
   Returns (sum over valid pixels, number of valid pixels), a correct masked mean's pieces
   (the authors' DenseTorch divides by all pixels instead)."""
   chex.assert_equal_shape([pred, target])
-  pred, target = _f32(pred), _f32(target)
+  pred, target = _at_least_f32(pred), _at_least_f32(target)
   if c is None:
     c = berhu_threshold(pred, target)
   valid = target > 0
@@ -70,7 +70,7 @@ def normals_terms(pred: jax.Array, target: jax.Array) -> SumCount:
   """1 - cosine(pred, target) over pixels whose target normal is non-zero. (N, H, W, 3)."""
   chex.assert_equal_shape([pred, target])
   chex.assert_axis_dimension(target, -1, 3)
-  pred, target = _f32(pred), _f32(target)
+  pred, target = _at_least_f32(pred), _at_least_f32(target)
   tnorm = jnp.linalg.norm(target, axis=-1)
   valid = tnorm > 0
   pnorm = jnp.sqrt(jnp.sum(pred ** 2, axis=-1) + 1e-12)

@@ -1,7 +1,11 @@
 """Test setup: 4 fake CPU devices for the multi-device paths, shared small fixtures."""
 import os
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# HYDRAJAX_TEST_PLATFORM runs the tests elsewhere: e.g. "cuda", or "default" for JAX's own
+# choice (benchmarks/accelerator_check.py runs the parity tests on the GPU that way).
+_platform = os.environ.get("HYDRAJAX_TEST_PLATFORM", "cpu")
+if _platform != "default":
+  os.environ.setdefault("JAX_PLATFORMS", _platform)
 
 import chex  # noqa: E402
 import jax  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import default
-from hydrajax import sources
+from hydrajax import config_check, sources
 from hydrajax.data import teacher
 from tests import fabricate
 
@@ -50,6 +50,7 @@ def test_every_dataset_has_a_config():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_builds_its_sources_on_fabricated_data(name, tmp_path):
   config = _config(name, tmp_path)
+  config_check.validate(config, "train")  # the checks train.py runs first
   with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
     for split in ("train", "val"):
       source = sources.build_source(config, split)
