@@ -1,6 +1,10 @@
 """Shared tiny training setup: one config whose compiled step most tests reuse."""
+import os
+
 # `configs` is installed with the package (pyproject.toml), like hydrajax itself.
 from configs import default, synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout (a cwd)
 
 
 def tiny_config(**overrides):
