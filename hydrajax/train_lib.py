@@ -179,8 +179,11 @@ def initial_variables(config: ml_collections.ConfigDict) -> dict:
 
 
 def create_train_state(config: ml_collections.ConfigDict) -> TrainState:
-  """The state at step 0 (host arrays, one copy)."""
+  """The state at step 0 (host arrays, one copy). Parameters are float32, or float64 for a
+  float64 run (config.dtype; the exactness tests), so nothing rounds to float32 there."""
   variables = initial_variables(config)
+  if compute_dtype(config) == jnp.float64:
+    variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), variables)
   tx = make_optimizer(config)
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                     batch_stats=variables["batch_stats"],
