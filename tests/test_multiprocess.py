@@ -17,9 +17,11 @@ from tests.train_testlib import ROOT, tiny_config
 from hydrajax import checkpoint, evaluate, train_lib
 
 # 4 devices in all, one example each; 5 validation examples: the second global eval batch
-# of 4 holds 3 masked padding examples.
+# of 4 holds 3 masked padding examples. float64 (with 64-bit JAX): over 4 steps at these
+# learning rates float32 reordering grows to ~1e-4 of the loss, too close to a wrong
+# reduction; in float64 it stays ~1e-12.
 OVERRIDES = {"num_devices": 0, "synthetic.num_val": 5, "eval.batch_size": 4,
-             "eval.max_examples": 0}
+             "eval.max_examples": 0, "dtype": "float64"}
 TIMEOUT = 900  # seconds per launch: compiling on a loaded 2-core machine is slow; a hang is not
 
 
@@ -32,7 +34,7 @@ def _free_port() -> int:
 def _launch(mode: str, workdir: str, cache: str) -> list[tuple[int, str]]:
   """Runs tests/multiprocess_worker.py as processes 0 and 1: [(return code, output)]."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
+             JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1", JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
   port = _free_port()
   procs = [subprocess.Popen(
@@ -108,14 +110,15 @@ def one_process_runs(tmp_path_factory):
   losses and parameters (the floor any other reduction order, e.g. gloo's, may reach)."""
   config = tiny_config(**OVERRIDES)
   plain = str(tmp_path_factory.mktemp("one_process"))
-  result = train_lib.train_and_evaluate(config, plain)
   original = train_lib._train_pipeline
   mirrored = str(tmp_path_factory.mktemp("one_process_mirrored"))
-  train_lib._train_pipeline = lambda c, n: original(c, n).map(_ReverseDevices())
-  try:
-    train_lib.train_and_evaluate(config, mirrored)
-  finally:
-    train_lib._train_pipeline = original
+  with jax.enable_x64(True):
+    result = train_lib.train_and_evaluate(config, plain)
+    train_lib._train_pipeline = lambda c, n: original(c, n).map(_ReverseDevices())
+    try:
+      train_lib.train_and_evaluate(config, mirrored)
+    finally:
+      train_lib._train_pipeline = original
   return config, plain, mirrored, result
 
 
@@ -123,20 +126,22 @@ def test_two_processes_train_the_one_process_model(two_process_run, one_process_
   config, plain, mirrored, _ = one_process_runs
   one, two, floor = _losses(plain), _losses(two_process_run), _losses(mirrored)
   assert sorted(one) == sorted(two) == list(range(1, config.num_train_steps + 1))
-  # Step 1: the same global batch through the same initial params; float32 reordering of
-  # 4-term sums moves the loss by ~1e-7 relative, a one-process reduction by ~1e-3.
+  # Step 1: the same global batch through the same initial params (a reduction over one
+  # process only is ~1e-3 off).
   np.testing.assert_allclose(two[1], one[1], rtol=1e-5)
   for step in one:
     # Steps 3-4 come from the resumed launch: a wrong data position or state gives another
-    # batch's loss (~1e-2 away). 1e-6 relative: a few float32 ulps of a loss near 5.
-    bound = 2 * abs(floor[step] - one[step]) + 1e-6 * abs(one[step])
+    # batch's loss (~1e-2 away). 1e-10 relative: float64 reordering (~1e-16) grown over 4
+    # steps (x1e3 in the float32 runs) stays far below it.
+    bound = 2 * abs(floor[step] - one[step]) + 1e-10 * abs(one[step])
     assert abs(two[step] - one[step]) <= bound, (step, one[step], two[step], floor[step])
-  a, b, m = (_final_state(w, config) for w in (plain, two_process_run, mirrored))
+  with jax.enable_x64(True):
+    a, b, m = (_final_state(w, config) for w in (plain, two_process_run, mirrored))
   for name in ("params", "batch_stats", "opt_state"):
     reorder = _max_abs_diff(getattr(a, name), getattr(m, name))
     diff = _max_abs_diff(getattr(a, name), getattr(b, name))
-    assert diff <= 2 * reorder + 1e-7, (name, diff, reorder)  # 1e-7: float32 ulp near 1
-  assert _max_abs_diff(a.params, m.params) < 1e-4  # the floor itself stays small
+    assert diff <= 2 * reorder + 1e-10, (name, diff, reorder)  # as for the losses
+  assert _max_abs_diff(a.params, m.params) < 1e-8  # the floor itself stays small
 
 
 def test_two_processes_evaluate_the_whole_set_as_one_process(two_process_run, one_process_runs):
@@ -145,8 +150,9 @@ def test_two_processes_evaluate_the_whole_set_as_one_process(two_process_run, on
   config, _, _, one_result = one_process_runs
   with open(os.path.join(two_process_run, "eval", "metrics.json")) as f:
     two = json.load(f)
-  variables, _ = evaluate.load_variables(config, two_process_run)
-  one, _ = evaluate.evaluate(variables, config)
+  with jax.enable_x64(True):
+    variables, _ = evaluate.load_variables(config, two_process_run)
+    one, _ = evaluate.evaluate(variables, config)
   assert two["num_examples"] == one["num_examples"] == 5
   # Every valid pixel of the 5 examples counted once, not half (one process's share) or
   # with the padding examples.
