@@ -60,13 +60,15 @@ def build_source(config: ml_collections.ConfigDict, split: str, *,
     raise ValueError(f"config.dataset must be one of {DATASETS}, got {config.dataset!r}")
   if with_teacher and split == "train":
     source = _with_teacher(config, source)
-  return _checked(config, source)
+  return _checked(config, source, split)
 
 
-def _checked(config: ml_collections.ConfigDict, source: Any) -> Any:
+def _checked(config: ml_collections.ConfigDict, source: Any, split: str) -> Any:
   """`source` with errors naming files and labels checked against the config (see
-  CheckedSource); raises ValueError if the config wants normals the data does not have."""
-  if "normals" in config.tasks and not getattr(source, "has_normals", False):
+  CheckedSource); raises ValueError if training wants normals the data does not have
+  (evaluation does not score normals)."""
+  if (split == "train" and "normals" in config.tasks
+      and not getattr(source, "has_normals", False)):
     raise ValueError(f"config.tasks={tuple(config.tasks)} includes 'normals', but the "
                      f"{config.dataset!r} data in {config.data_dir or '(generated)'} has no "
                      f"surface normals (NYUD: a 4th column in the list files)")
@@ -181,10 +183,10 @@ def _kitti(config: ml_collections.ConfigDict, split: str, with_teacher: bool) ->
   if not parts:
     raise ValueError(f"config.kitti lists no {split} file (segm_{split} / depth_{split})")
   if split == "val":
-    return _checked(config, Concat(parts))
+    return _checked(config, Concat(parts), split)
   if with_teacher:
     parts = [_with_teacher(config, p) for p in parts]
-  parts = [_checked(config, p) for p in parts]
+  parts = [_checked(config, p, split) for p in parts]
   weights = (k.segm_weight, k.depth_weight) if len(parts) == 2 else None
   return parts[0] if len(parts) == 1 else pipeline.Mixture(parts, weights)
 

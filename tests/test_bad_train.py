@@ -189,3 +189,14 @@ def test_unexpected_read_error_names_the_sample_files(tmp_path, monkeypatch):
   with pytest.raises(BadSampleError, match=r"depth/0000\d\d.png: cannot read the sample "
                                            r"\(RuntimeError: decoder crashed\)"):
     next(iter(train_lib._train_pipeline(config, None)))
+
+
+def test_normals_task_on_data_without_normals_is_refused_for_training(tmp_path):
+  from hydrajax import sources
+  _layout(str(tmp_path))  # list files without a normals column
+  (tmp_path / "val_list_depth.txt").write_text((tmp_path / "train_list_depth.txt").read_text())
+  config = config_check.validate(
+      _nyud_config(tmp_path, {"tasks": ("segm", "depth", "normals")}))
+  with pytest.raises(ValueError, match="includes 'normals'.*has no surface normals"):
+    sources.build_source(config, "train")
+  assert len(sources.build_source(config, "val")) == 6  # evaluation does not score normals
