@@ -22,7 +22,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 WORKLOADS = {  # name -> (kind, batch, height, width)
     "infer_1x480x640": ("infer", 1, 480, 640),
@@ -47,7 +46,7 @@ def _rss_mb() -> float:
 
 def _serve(variant: str, workload: str) -> None:
   """Worker: read commands on stdin ("setup", "time N", "quit"), answer JSON lines."""
-  from benchmarks import compare_cases as cases
+  import compare_cases as cases  # this script's directory is sys.path[0]
   kind, batch, h, w = WORKLOADS[workload]
   base_rss = _rss_mb()
   runner = None
@@ -69,10 +68,9 @@ def _serve(variant: str, workload: str) -> None:
 class Worker:
   def __init__(self, variant: str, workload: str):
     self.variant = variant
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     self.proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--serve", variant, workload],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
   def ask(self, cmd: str) -> dict:
     self.proc.stdin.write(cmd + "\n")

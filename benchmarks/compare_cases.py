@@ -1,10 +1,14 @@
-"""The workloads of benchmarks/compare.py: one builder per (framework, inference/training).
+"""The workloads of benchmarks/compare.py and accelerator_check.py: one builder per
+(framework, inference/training).
 
 Each `build_*` returns (run, info): `run()` executes one inference or training step and
 returns its wall time in seconds (synchronised); info holds the compile time and, for JAX,
-XLA's FLOP count. Same network, same losses, same optimiser in both frameworks:
-CE (ignore 255) + berHu (valid = depth > 0, c = 0.2 max error, masked mean), weights 0.5,
-outputs upsampled to the label size, SGD momentum 0.9, BatchNorm in train mode.
+XLA's FLOP count. JAX inference is `hydrajax.apply`; JAX training is the real
+`train_lib.train_step`, pmapped as training runs it. PyTorch runs the authors' network
+(tests/torch_reference.py OfficialNet, channels_last, 2 threads) with the same losses and
+optimiser: CE (ignore 255) + berHu (valid = depth > 0, c = 0.2 max error, masked mean),
+weights 0.5, outputs upsampled to the label size, SGD momentum 0.9 with weight decay 1e-5,
+encoder lr 1e-3 and decoder lr 1e-2, BatchNorm in train mode.
 """
 from __future__ import annotations
 
@@ -39,62 +43,106 @@ def _flops(compiled) -> float | None:
 
 # ----------------------------------------------------------------------------- JAX
 
-def build_jax(kind: str, batch: int, h: int, w: int, dtype: str = "float32"):
+def impls_available() -> list[str | None]:
+  """HydraNet's layer implementations to time: "cpu" and "native" once the model has an
+  `impl` field (issue 18), else [None] (its one form). Read from the dataclass fields, so
+  the benchmarks run before and after that switch exists."""
+  import dataclasses
+
+  from hydrajax.models import HydraNet
+  return ["cpu", "native"] if "impl" in {f.name for f in dataclasses.fields(HydraNet)} else [None]
+
+
+def _with_impl(model, impl: str | None):
+  return model if impl is None else model.clone(impl=impl)
+
+
+def build_apply(batch: int, h: int, w: int, dtype: str = "float32", impl: str | None = None):
+  """Times `hydrajax.apply` (with `impl=` if given) on a fixed input; its program (normalise,
+  network, upsample to the image) is also compiled once apart, for the compile time and
+  FLOPs. Returns (run, info)."""
   global LAST_COMPILED
   import jax
   import jax.numpy as jnp
-  import optax
 
   import hydrajax
-  from hydrajax import api, losses
-  from hydrajax.models import HydraNet
+  from hydrajax import api
 
-  dtype = jnp.dtype(dtype)
-  data = fake_batch(batch, h, w)
+  dt = jnp.dtype(dtype)
   variables = hydrajax.init(0, num_classes=NUM_CLASSES)
-  if kind == "infer":
-    image = jnp.asarray(data["image"])
-    t0 = time.perf_counter()
-    compiled = api._apply_jit.lower(variables, image, num_classes=NUM_CLASSES,
-                                    tasks=("segm", "depth"), align_corners=False,
-                                    dtype=dtype).compile()
-    info = {"compile_s": time.perf_counter() - t0, "flops": _flops(compiled)}
-    LAST_COMPILED = compiled
-    jax.block_until_ready(hydrajax.apply(variables, image, dtype=dtype))  # public path
-
-    def run():
-      t = time.perf_counter()
-      jax.block_until_ready(hydrajax.apply(variables, image, dtype=dtype))
-      return time.perf_counter() - t
-    return run, info
-
-  model = HydraNet(num_classes=NUM_CLASSES, dtype=dtype)
-  tx = optax.sgd(LR, momentum=0.9)
-
-  def train_step(params, batch_stats, opt_state, image, labels):
-    def loss_fn(p):
-      out, new_state = model.apply({"params": p, "batch_stats": batch_stats},
-                                   hydrajax.normalize(image, dtype), train=True,
-                                   mutable=["batch_stats"])
-      total, _ = losses.combined_loss(losses.loss_terms(out, labels))
-      return total, new_state["batch_stats"]
-    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_stats, opt_state, loss
-
-  state = [variables["params"], variables["batch_stats"], tx.init(variables["params"])]
-  image = jnp.asarray(data["image"])
-  labels = {"segm": jnp.asarray(data["segm"]), "depth": jnp.asarray(data["depth"])}
+  image = jnp.asarray(fake_batch(batch, h, w)["image"])
+  model = _with_impl(hydrajax.model_from_variables(variables, dt), impl)
+  program = lambda v, x: api.postprocess(model.apply(v, api.normalize(x, dt), train=False),
+                                         x.shape[1:3])
   t0 = time.perf_counter()
-  compiled = jax.jit(train_step, donate_argnums=(0, 1, 2)).lower(*state, image, labels).compile()
+  compiled = jax.jit(program).lower(variables, image).compile()
   info = {"compile_s": time.perf_counter() - t0, "flops": _flops(compiled)}
   LAST_COMPILED = compiled
+  kw = {} if impl is None else {"impl": impl}
+  jax.block_until_ready(hydrajax.apply(variables, image, dtype=dt, **kw))  # warm the public path
 
   def run():
     t = time.perf_counter()
-    *new, loss = compiled(*state, image, labels)
-    loss.block_until_ready()
-    state[:] = new
+    jax.block_until_ready(hydrajax.apply(variables, image, dtype=dt, **kw))
+    return time.perf_counter() - t
+  return run, info
+
+
+def train_lib_config(batch: int, h: int, w: int, dtype: str = "float32"):
+  """configs/default.py for a benchmark step: 40 classes, segm + depth, one device."""
+  from configs import default
+  c = default.get_config()
+  c.num_classes, c.batch_size, c.crop_size = NUM_CLASSES, batch, (h, w)
+  c.num_devices, c.dtype, c.warmup_steps = 1, dtype, 0
+  return c
+
+
+def build_train_lib_step(batch: int, h: int, w: int, dtype: str = "float32",
+                         impl: str | None = None):
+  """The real training step, `train_lib.train_step` pmapped on one device as training runs
+  it (losses, BatchNorm over the batch, weight decay, momentum, two learning rates), with a
+  device-resident batch. Returns (step, state, batch, loss_weights, config): `step(state,
+  batch, loss_weights) -> (state, metrics)` donates `state`."""
+  import functools
+
+  import jax
+
+  from hydrajax import train_lib
+
+  config = train_lib_config(batch, h, w, dtype)
+  devices = jax.local_devices()[:1]
+  if impl is None:
+    step = train_lib.pmapped_train_step(config, devices)
+  else:
+    model = _with_impl(train_lib.make_model(config, train_lib.AXIS), impl)
+    step = jax.pmap(functools.partial(
+        train_lib.train_step, model=model, tx=train_lib.make_optimizer(config),
+        freeze_bn=config.freeze_bn, sync_bn=config.sync_bn),
+        axis_name=train_lib.AXIS, in_axes=(0, 0, None), devices=devices, donate_argnums=(0,))
+  state = train_lib.replicate(train_lib.create_train_state(config), devices)
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(devices, (train_lib.AXIS,)),
+                                        jax.sharding.PartitionSpec(train_lib.AXIS))
+  data = {k: jax.device_put(v[None], sharding) for k, v in fake_batch(batch, h, w).items()}
+  return step, state, data, train_lib.task_loss_weights(config), config
+
+
+def build_jax(kind: str, batch: int, h: int, w: int, dtype: str = "float32",
+              impl: str | None = None):
+  """(run, info) for `hydrajax.apply` inference or the real train_lib training step."""
+  global LAST_COMPILED
+  if kind == "infer":
+    return build_apply(batch, h, w, dtype, impl)
+  step, state, data, hparams, _ = build_train_lib_step(batch, h, w, dtype, impl)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, data, hparams).compile()
+  info = {"compile_s": time.perf_counter() - t0, "flops": _flops(compiled)}
+  LAST_COMPILED = compiled
+  box = [state]
+
+  def run():
+    t = time.perf_counter()
+    box[0], metrics = compiled(box[0], data, hparams)
+    metrics["loss"].block_until_ready()
     return time.perf_counter() - t
   run()
   return run, info
@@ -113,12 +161,14 @@ def berhu_torch(pred, target):
   return torch.where(valid, loss, torch.zeros_like(loss)).sum() / valid.sum().clamp(min=1)
 
 
-def build_torch(kind: str, batch: int, h: int, w: int, compiled: bool = False):
+def build_torch(kind: str, batch: int, h: int, w: int, compiled: bool = False,
+                threads: int = 2):
   import torch
   import torch.nn.functional as F
 
   from tests.torch_reference import OfficialNet
 
+  torch.set_num_threads(threads)
   torch.manual_seed(0)
   data = fake_batch(batch, h, w)
   net = OfficialNet(num_classes=NUM_CLASSES, tasks=("segm", "depth"))
@@ -156,7 +206,12 @@ def build_torch(kind: str, batch: int, h: int, w: int, compiled: bool = False):
   if compiled:
     raise ValueError("torch.compile is benchmarked for inference only")
   net.train()
-  opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9)
+  # train_lib's optimiser: weight decay 1e-5 added to the gradient, momentum 0.9, encoder
+  # (`layer*`) at lr 1e-3 and everything else at 1e-2 (configs/default.py).
+  enc = [p for n, p in net.named_parameters() if n.startswith("layer")]
+  dec = [p for n, p in net.named_parameters() if not n.startswith("layer")]
+  opt = torch.optim.SGD([{"params": enc, "lr": LR}, {"params": dec, "lr": 10 * LR}],
+                        momentum=0.9, weight_decay=1e-5)
   labels = torch.from_numpy(data["segm"]).long()
   depth = torch.from_numpy(data["depth"])
 

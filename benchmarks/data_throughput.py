@@ -12,16 +12,13 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from hydrajax.data import NYUDv2, SyntheticScenes, train_dataset  # noqa: E402
+from hydrajax.data import NYUDv2, SyntheticScenes, train_dataset
 
 
 def fabricate_nyud(root: str, n: int, height: int = 480, width: int = 640) -> None:

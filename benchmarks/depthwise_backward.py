@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hydrajax.models import layers  # noqa: E402
+from hydrajax.models import layers
 
 SHAPES = [(4, 64, 64, 144), (4, 128, 128, 32), (4, 32, 32, 192), (4, 16, 16, 576)]
 

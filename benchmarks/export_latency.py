@@ -101,7 +101,7 @@ def worker(variant: str, path: str, height: int, width: int, runs: int, threads:
 def make_artifacts(args: argparse.Namespace, folder: str) -> dict[str, float]:
   """Write the weights and the exports into `folder`; returns export seconds by file."""
   import hydrajax
-  from hydrajax import export
+  from hydrajax import atomic, export
   variables = hydrajax.load(args.weights) if args.weights else hydrajax.init(0, num_classes=40)
   hydrajax.save(os.path.join(folder, ARTIFACTS["hydrajax_apply"]), variables)
   seconds = {}
@@ -110,7 +110,7 @@ def make_artifacts(args: argparse.Namespace, folder: str) -> dict[str, float]:
     t0 = time.perf_counter()
     data = export.export(variables, fmt, args.height, args.width, full_resolution=full)
     seconds[name] = time.perf_counter() - t0
-    export.write_atomic(os.path.join(folder, name), data)
+    atomic.write_bytes_atomic(os.path.join(folder, name), data)
   return seconds
 
 
@@ -187,8 +187,8 @@ def main(argv=None) -> int:
                  "machine": platform.machine(),
                  **{pkg: version(pkg) for pkg in ("jax", "onnxruntime", "torch")},
                  "load_average_at_end": os.getloadavg()}}
-  from hydrajax import export
-  export.write_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
+  from hydrajax import atomic
+  atomic.write_bytes_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
   for variant, stats in result["variants"].items():
     print(f"{variant:20s} median {stats['median_ms']:8.1f} ms  min {stats['min_ms']:8.1f} ms"
           f"  peak RSS {stats['peak_rss_mb']:7.0f} MB"

@@ -15,17 +15,12 @@ import collections
 import glob
 import gzip
 import json
-import os
 import re
-import sys
 import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import compare_cases  # noqa: E402
+import compare_cases  # this script's directory is sys.path[0]
 
 SHAPES = {"train": (4, 256, 256), "infer": (1, 480, 640)}
 SKIP = ("$", "Thunk", "Pjit", "Slinky", "Common", "Parse", "end:", "Handle", "Allocate",

@@ -4,10 +4,11 @@
     out = hydrajax.apply(variables, image)   # image: (H, W, 3) uint8
     out["segm"].argmax(-1), out["depth"]       # labels, metres
 """
-from hydrajax.api import apply, init, model_config, model_from_variables, normalize
+from hydrajax.api import (apply, init, model_config, model_from_config, model_from_variables,
+                          normalize)
 from hydrajax.models import HydraNet
 from hydrajax.weights import load, save
 
 __version__ = "0.1.0"
-__all__ = ["HydraNet", "apply", "init", "load", "model_config", "model_from_variables",
-           "normalize", "save"]
+__all__ = ["HydraNet", "apply", "init", "load", "model_config", "model_from_config",
+           "model_from_variables", "normalize", "save"]

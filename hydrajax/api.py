@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from hydrajax.models import HEAD_NAMES, TASKS, HydraNet
-from hydrajax.models import layers
+from hydrajax.models import HEAD_NAMES, TASKS, HydraNet, layers
+from hydrajax.models.hydranet import task_channels, upsample_outputs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,12 +83,20 @@ def model_config(variables: Mapping[str, Any]) -> dict:
           "align_corners": bool(meta.get("align_corners", False))}
 
 
+def model_from_config(cfg: Mapping[str, Any], dtype: Any = jnp.float32,
+                      bn_axis_name: str | None = None, impl: str = "auto") -> HydraNet:
+  """The HydraNet an architecture describes: `cfg` has num_classes (0 without "segm"),
+  tasks and align_corners -- a `model_config` dict or a training config (`impl`: see
+  HydraNet)."""
+  return HydraNet(num_classes=int(cfg["num_classes"]), tasks=tuple(cfg["tasks"]),
+                  align_corners=bool(cfg["align_corners"]), dtype=dtype,
+                  bn_axis_name=bn_axis_name, impl=impl)
+
+
 def model_from_variables(variables: Mapping[str, Any], dtype: Any = jnp.float32,
                          impl: str = "auto") -> HydraNet:
   """The HydraNet whose parameters `variables` holds (`impl`: see HydraNet)."""
-  cfg = model_config(variables)
-  return HydraNet(num_classes=max(cfg["num_classes"], 1), tasks=cfg["tasks"],
-                  align_corners=cfg["align_corners"], dtype=dtype, impl=impl)
+  return model_from_config(model_config(variables), dtype, impl=impl)
 
 
 def postprocess(outputs: Mapping[str, jax.Array], size: tuple[int, int],
@@ -95,12 +104,9 @@ def postprocess(outputs: Mapping[str, jax.Array], size: tuple[int, int],
   """Raw 1/4-resolution outputs -> image-resolution predictions: segm logits, depth in metres
   (abs, as the official notebooks do), normals as unit vectors."""
   out = {}
-  for task, value in outputs.items():
+  for task, value in upsample_outputs(outputs, size, align_corners).items():
     if task == "depth":
-      value = layers.resize_bilinear(value[..., None], size, align_corners)[..., 0]
       value = jnp.abs(value)
-    else:
-      value = layers.resize_bilinear(value, size, align_corners)
     if task == "normals":
       value = value / jnp.maximum(jnp.linalg.norm(value, axis=-1, keepdims=True), 1e-12)
     out[task] = value.astype(jnp.float32)
@@ -110,10 +116,17 @@ def postprocess(outputs: Mapping[str, jax.Array], size: tuple[int, int],
 def _apply_impl(variables, image, *, num_classes, tasks, align_corners, dtype, impl="auto"):
   global TRACE_COUNT
   TRACE_COUNT += 1
-  model = HydraNet(num_classes=max(num_classes, 1), tasks=tasks, align_corners=align_corners,
-                   dtype=dtype, impl=impl)
+  model = model_from_config(
+      {"num_classes": num_classes, "tasks": tasks, "align_corners": align_corners}, dtype,
+      impl=impl)
   raw = model.apply(variables, normalize(image, dtype), train=False)
-  return postprocess(raw, image.shape[1:3], align_corners)
+  out = postprocess(raw, image.shape[1:3], align_corners)
+  nhw = image.shape[:3]
+  chex.assert_shape([out[t] for t in tasks],
+                    [nhw if t == "depth" else nhw + (task_channels(t, num_classes),)
+                     for t in tasks])
+  chex.assert_type([out[t] for t in tasks], jnp.float32)
+  return out
 
 
 _apply_jit = jax.jit(_apply_impl,

@@ -12,6 +12,8 @@ with `--config.teacher_dir=OUT` then reads them back, filling only the missing p
 """
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -40,8 +42,6 @@ def distill(variables: dict, source: Any, out_dir: str, *, overwrite: bool = Fal
   """Write teacher labels for the modalities each sample of `source` lacks and the teacher
   predicts. Samples already labelled in `out_dir` are skipped unless `overwrite`.
   Returns counts {"segm": n, "depth": n, "samples": n}."""
-  import os
-
   import tqdm
 
   from hydrajax.data import teacher
@@ -81,10 +81,13 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
         workdir: str = "", overwrite: bool = False) -> dict[str, int]:
   """Load the teacher (weights file, or WORKDIR's latest checkpoint under `config`) and
   label the training split of `config`'s dataset."""
-  from hydrajax import evaluate
+  from hydrajax import config_check, evaluate
 
+  config = config_check.validate(config, "distill")
   if not (weights or workdir):
     raise ValueError("pass --weights TEACHER.npz or --workdir of a teacher run")
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise NotADirectoryError(f"--out {out_dir} is a file; give a directory for the labels")
   variables, origin = evaluate.load_variables(config, workdir, weights)
   teacher = api.model_config(variables)
   if "segm" in teacher["tasks"] and teacher["num_classes"] != config.num_classes:
@@ -103,20 +106,31 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
 def main(argv):
   del argv
   from absl import flags
+
+  from hydrajax import config_check
   f = flags.FLAGS
-  run(f.config, f.out, f.weights, f.workdir, f.overwrite)
+  with config_check.exit_on_bad_input():
+    run(f.config, f.out, f.weights, f.workdir, f.overwrite)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The `hydrajax-distill` console script (also `python -m hydrajax.distill`)."""
   from absl import app, flags
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", "configs/synthetic.py",
+  config_flags.DEFINE_config_file("config", None,
                                   "Config of the STUDENT's dataset (which samples to label).")
   flags.DEFINE_string("weights", "", "Teacher weights .npz.")
   flags.DEFINE_string("workdir", "", "Or: a teacher training run (its latest checkpoint); "
                       "--config must then describe the teacher's model (tasks, classes).")
   flags.DEFINE_string("out", None, "Teacher label directory to write.")
   flags.DEFINE_bool("overwrite", False, "Relabel samples that already have a label.")
-  flags.mark_flags_as_required(["out"])
+  flags.mark_flags_as_required(["config", "out"])
+  for name in ("config", "weights", "workdir", "out", "overwrite"):
+    # --help lists the flags of the script being run; as a console script that is a wrapper.
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -27,8 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hydrajax import api, weights
-from hydrajax.models import layers
+from hydrajax import api, atomic, weights
 
 FORMATS = ("stablehlo", "onnx")
 INPUT_DTYPES = ("uint8", "float32")
@@ -52,14 +51,6 @@ def inference_fn(variables: Mapping[str, Any], *, full_resolution: bool = False
     raw = model.apply(net_vars, api.normalize(image), train=False)
     first = next(iter(raw.values()))
     size = image.shape[1:3] if full_resolution else first.shape[1:3]
-    if full_resolution and "depth" in raw:
-      # As api.postprocess does, but adding the channel axis by a reshape with -1: jax2onnx
-      # lowers postprocess's `depth[..., None]` (broadcast_in_dim) under a symbolic batch
-      # into a Reshape that takes N from the wrong tensor (onnxruntime fails for N > 1).
-      h, w = raw["depth"].shape[1:3]
-      depth = layers.resize_bilinear(raw["depth"].reshape(-1, h, w, 1), size,
-                                     cfg["align_corners"])
-      raw = {**raw, "depth": depth.reshape(-1, *size)}
     # At the raw size postprocess does not resize: it only takes |depth| and unit normals.
     out = api.postprocess(raw, size, cfg["align_corners"])
     if full_resolution and "segm" in out:
@@ -155,11 +146,6 @@ def signature(data: bytes, fmt: str) -> list[tuple[str, str, tuple, str]]:
   return rows
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-  """Write bytes to `path` atomically (temp file in the same directory, then a rename)."""
-  weights.write_atomic(path, lambda f: f.write(data))
-
-
 def export(variables: Mapping[str, Any], fmt: str, height: int, width: int, **kwargs) -> bytes:
   """Dispatch to export_stablehlo / export_onnx by format name."""
   if fmt == "stablehlo":
@@ -191,6 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.platforms is not None and args.format != "stablehlo":
       raise ValueError("--platforms applies to --format stablehlo only")
+    if os.path.isdir(args.out):
+      raise ValueError(f"--out {args.out} is a directory; give the file to write")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+      raise ValueError(f"--out {args.out}: {parent} is a file, not a directory")
     _check_args(args.height, args.width, args.batch, args.input_dtype)
     if args.format == "onnx":
       _import_onnx()  # fail before the slow part if it is missing
@@ -201,10 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       kwargs["platforms"] = [s.strip() for s in args.platforms.split(",") if s.strip()]
     data = export(variables, args.format, args.height, args.width, **kwargs)
     rows = signature(data, args.format)
-  except (ValueError, FileNotFoundError, ImportError) as e:
+    atomic.write_bytes_atomic(args.out, data)
+  except (ValueError, OSError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  write_atomic(args.out, data)
   print(f"wrote {args.out} ({args.format}, {len(data) / 1e6:.1f} MB)")
   for kind, name, shape, dtype in rows:
     print(f"  {kind:6s} {name:8s} {dtype:8s} ({', '.join(shape)})")

@@ -7,23 +7,30 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import chex
 import jax
 import jax.numpy as jnp
 
-from hydrajax.models import layers
+from hydrajax.models.hydranet import upsample_outputs
 
 IGNORE_LABEL = 255
 BERHU_FRACTION = 0.2
-DEFAULT_WEIGHTS = {"segm": 0.5, "depth": 0.5, "normals": 0.5}
 
 SumCount = tuple[jax.Array, jax.Array]
+
+
+def _at_least_f32(x: jax.Array) -> jax.Array:
+  """bfloat16 / float16 -> float32; float32 and float64 stay (float64 serves exactness tests)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def cross_entropy_terms(logits: jax.Array, labels: jax.Array,
                         ignore_label: int = IGNORE_LABEL) -> SumCount:
   """Softmax CE. logits (N, H, W, C), labels (N, H, W) int; labels == ignore_label or
   outside [0, C) are ignored. Returns (sum over valid pixels, number of valid pixels)."""
-  logits = logits.astype(jnp.float32)
+  chex.assert_rank([logits, labels], [4, 3])
+  chex.assert_equal_shape_prefix([logits, labels], 3)
+  logits = _at_least_f32(logits)
   labels = labels.astype(jnp.int32)
   valid = (labels != ignore_label) & (labels >= 0) & (labels < logits.shape[-1])
   safe = jnp.where(valid, labels, 0)
@@ -46,8 +53,8 @@ def berhu_terms(pred: jax.Array, target: jax.Array, c: jax.Array | None = None) 
   loss = |e| if |e| <= c else (e^2 + c^2) / (2c). pred, target (N, H, W).
   Returns (sum over valid pixels, number of valid pixels), a correct masked mean's pieces
   (the authors' DenseTorch divides by all pixels instead)."""
-  pred = pred.astype(jnp.float32)
-  target = target.astype(jnp.float32)
+  chex.assert_equal_shape([pred, target])
+  pred, target = _at_least_f32(pred), _at_least_f32(target)
   if c is None:
     c = berhu_threshold(pred, target)
   valid = target > 0
@@ -61,25 +68,14 @@ def berhu_terms(pred: jax.Array, target: jax.Array, c: jax.Array | None = None) 
 
 def normals_terms(pred: jax.Array, target: jax.Array) -> SumCount:
   """1 - cosine(pred, target) over pixels whose target normal is non-zero. (N, H, W, 3)."""
-  pred = pred.astype(jnp.float32)
-  target = target.astype(jnp.float32)
+  chex.assert_equal_shape([pred, target])
+  chex.assert_axis_dimension(target, -1, 3)
+  pred, target = _at_least_f32(pred), _at_least_f32(target)
   tnorm = jnp.linalg.norm(target, axis=-1)
   valid = tnorm > 0
   pnorm = jnp.sqrt(jnp.sum(pred ** 2, axis=-1) + 1e-12)
   cos = jnp.sum(pred * target, axis=-1) / (pnorm * jnp.where(valid, tnorm, 1.0))
   return jnp.where(valid, 1.0 - cos, 0.0).sum(), valid.sum().astype(jnp.float32)
-
-
-def upsample_outputs(outputs: Mapping[str, jax.Array], size: tuple[int, int],
-                     align_corners: bool = False) -> dict[str, jax.Array]:
-  """Raw 1/4-resolution outputs -> label resolution (bilinear), depth keeps (N, H, W)."""
-  out = {}
-  for task, value in outputs.items():
-    if task == "depth":
-      out[task] = layers.resize_bilinear(value[..., None], size, align_corners)[..., 0]
-    else:
-      out[task] = layers.resize_bilinear(value, size, align_corners)
-  return out
 
 
 def loss_terms(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
@@ -91,6 +87,7 @@ def loss_terms(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
   over all devices, so the result equals one device on the global batch.
   """
   label = batch["segm"] if "segm" in batch else batch["depth"]
+  chex.assert_rank(label, 3)
   up = upsample_outputs(outputs, label.shape[1:3], align_corners)
   terms = {}
   if "segm" in up:
@@ -105,7 +102,7 @@ def loss_terms(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
   return terms
 
 
-def combined_loss(terms: Mapping[str, SumCount], weights: Mapping[str, float] | None = None,
+def combined_loss(terms: Mapping[str, SumCount], weights: Mapping[str, float],
                   axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted sum of masked task means: sum_t w_t * sum_t / max(count_t, 1).
 
@@ -113,7 +110,6 @@ def combined_loss(terms: Mapping[str, SumCount], weights: Mapping[str, float] | 
   share: summing totals (and gradients) over devices gives the global-batch loss.
   Returns (total, {task: this device's share of the task's mean}).
   """
-  weights = DEFAULT_WEIGHTS if weights is None else weights
   total = jnp.zeros((), jnp.float32)
   means = {}
   for task, (s, n) in terms.items():

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from hydrajax import visualize, weights
+from hydrajax import atomic, visualize
 
 
 def colorize_segm(labels: np.ndarray) -> np.ndarray:
@@ -63,4 +63,4 @@ def save_grid(path: str, samples: Sequence[dict], max_depth: float | None = None
   rows = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255)
           for r in rows]
   grid = np.concatenate(rows, axis=0)
-  weights.write_atomic(path, lambda f: Image.fromarray(grid).save(f, format="PNG"))
+  atomic.write_atomic(path, lambda f: Image.fromarray(grid).save(f, format="PNG"))

@@ -22,10 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from hydrajax import api, video, visualize, weights
-
-DEFAULT_MAX_DEPTH = {"nyud": 8.0, "kitti": 80.0, "generic": 10.0}  # metres, display clip
-
+from hydrajax import api, atomic, video, visualize, weights
 
 @dataclasses.dataclass
 class PredictReport:
@@ -37,6 +34,8 @@ class PredictReport:
 def load_image(path: str | os.PathLike) -> np.ndarray:
   """Read a PNG/JPEG/... file as (H, W, 3) RGB uint8; errors name the file."""
   path = os.fspath(path)
+  if os.path.isdir(path):
+    raise ValueError(f"{path}: a directory, not an image file")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such file")
   try:
@@ -46,46 +45,10 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     raise ValueError(f"{path}: not a readable image ({e})") from e
 
 
-def display_settings(variables: Mapping[str, Any], palette: str = "auto",
-                     max_depth: float | None = None) -> tuple[np.ndarray, float]:
-  """(palette array, depth clip in metres) for a model: NYUD colours and 8 m for 40 classes,
-  KITTI colours and 80 m for 6, a generic palette and 10 m otherwise, unless overridden."""
-  num_classes = api.model_config(variables)["num_classes"]
-  name = palette if palette != "auto" else {40: "nyud", 6: "kitti"}.get(num_classes, "generic")
-  colours = visualize.palette_for(max(num_classes, 1), name)
-  return colours, float(max_depth if max_depth is not None else DEFAULT_MAX_DEPTH[name])
-
-
-def render(image: np.ndarray, outputs: Mapping[str, np.ndarray], palette: np.ndarray,
-           max_depth: float) -> dict[str, np.ndarray]:
-  """Image-resolution outputs of `hydrajax.apply` -> images to save, keyed by file suffix:
-  "vis" (side by side), "segm" (label ids), "depth" (uint16 mm), "normals" (RGB)."""
-  panels, files = [image], {}
-  if "segm" in outputs:
-    labels = np.asarray(outputs["segm"]).argmax(-1)
-    files["segm"] = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
-    panels.append(visualize.colorize_segm(labels, palette))
-  if "depth" in outputs:
-    depth = np.asarray(outputs["depth"], np.float64)
-    files["depth"] = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
-    panels.append(visualize.colorize_depth(depth, max_depth))
-  if "normals" in outputs:
-    files["normals"] = visualize.colorize_normals(outputs["normals"])
-    panels.append(files["normals"])
-  files["vis"] = visualize.side_by_side(*panels)
-  return files
-
-
 def _write_png(path: str, array: np.ndarray) -> None:
-  """Write a PNG atomically (temp file + rename); uint16 2-D arrays as 16-bit grey."""
+  """Write a PNG atomically; uint16 2-D arrays as 16-bit grey."""
   img = Image.fromarray(np.ascontiguousarray(array))  # uint16 (H, W) -> mode "I;16"
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  atomic.write_atomic(path, lambda f: img.save(f, format="PNG"))
 
 
 def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLike],
@@ -98,7 +61,8 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
   """
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  colours, clip = display_settings(variables, palette, max_depth)
+  colours, clip = visualize.display_settings(api.model_config(variables)["num_classes"],
+                                             palette, max_depth)
   report, used_stems = PredictReport(), set()
   paths = [os.fspath(p) for p in paths]
   for path in tqdm(paths, desc="predict", unit="image", disable=not progress):
@@ -110,7 +74,7 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
     outputs = {k: np.asarray(v) for k, v in api.apply(variables, image).items()}
     stem = _unique_stem(os.path.splitext(os.path.basename(path))[0], used_stems)
     written = []
-    for suffix, array in render(image, outputs, colours, clip).items():
+    for suffix, array in visualize.render(image, outputs, colours, clip).items():
       target = os.path.join(out_dir, f"{stem}_{suffix}.png")
       _write_png(target, array)
       written.append(target)
@@ -161,12 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("error: no input images given", file=sys.stderr)
     return 2
   try:
+    if args.max_depth is not None and not 0 < args.max_depth < float("inf"):
+      raise ValueError(f"--max-depth must be a positive number of metres, got {args.max_depth}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+      raise ValueError(f"--out {args.out} is a file; give a directory for the predictions")
     variables = weights.load(args.weights)
+    report = predict_files(variables, args.images, args.out, palette=args.palette,
+                           max_depth=args.max_depth, progress=not args.no_progress)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  report = predict_files(variables, args.images, args.out, palette=args.palette,
-                         max_depth=args.max_depth, progress=not args.no_progress)
   print(f"wrote predictions for {len(report.written)} image(s) to {args.out}")
   for path, message in report.failed.items():
     print(f"failed: {message}", file=sys.stderr)

@@ -1,11 +1,17 @@
 """Training: the train state, the optimizer, one pmapped step, and the loop.
 
-One pure `train_step(state, batch, hparams) -> (state, metrics)` is pmapped once over
-the local devices (axis "batch"). Each device sees its share of the global batch; the loss
+One pure `train_step(state, batch, loss_weights) -> (state, metrics)` is pmapped once over
+the devices of every process (axis "batch"; hydrajax.parallel). Each device sees its share
+of the global batch; the loss
 is built from (sum, count) pieces whose counts are summed over devices (hydrajax.losses),
 gradients are summed with psum, and BatchNorm statistics are taken over the global batch
 (`sync_bn`), so N devices give the parameters one device gives on the same global batch.
 Images travel as uint8 and are normalised on device.
+
+The optimizer is optax's: two SGD chains (encoder / everything else) under
+`optax.multi_transform`, each with its learning-rate schedule, whose update count lives in
+`opt_state`; `optax.MultiSteps` accumulates micro-batches. The loss weights stay an input of
+the step (they are not optimizer state): changing them, e.g. in a sweep, never recompiles.
 """
 from __future__ import annotations
 
@@ -14,8 +20,8 @@ import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+import chex
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,35 +30,56 @@ import optax
 from flax import traverse_util
 
 import hydrajax
-from hydrajax import api, losses, weights
+from hydrajax import api, losses, parallel, weights
 from hydrajax.models import HydraNet
-
-AXIS = "batch"
+from hydrajax.parallel import AXIS, replicate, unreplicate  # noqa: F401 (public here too)
 
 
 @flax.struct.dataclass
 class TrainState:
   """Everything a run needs to continue exactly: saved whole in checkpoints.
 
-  step: micro-steps (batches) done; rng: raw key data (uint32), folded with the step;
-  nonfinite_step: -1, or the first step whose loss was not finite (the state then stops
-  changing, so it always holds the last good parameters).
+  step: micro-steps (batches) done; opt_state: the optimizer's, including the schedules'
+  update counts; nonfinite_step: -1, or the first step whose loss was not finite (the state
+  then stops changing, so it always holds the last good parameters).
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
-  rng: jax.Array
   nonfinite_step: jax.Array
 
   def variables(self) -> dict:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
+  def apply_gradients(self, grads: Any, tx: optax.GradientTransformation,
+                      batch_stats: Any) -> TrainState:
+    """One micro-step: `tx` turns `grads` into this step's update (zero while MultiSteps
+    accumulates) and the new BatchNorm statistics replace the old. `tx` is an argument,
+    not a field, so the state stays plain arrays: same tree for every config, checkpointable."""
+    updates, opt_state = tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float64")
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """config.dtype as a jnp dtype; bfloat16 computes in bf16 with float32 parameters, BatchNorm
+  statistics and outputs (HydraNet casts at each layer and returns float32)."""
+  name = str(config.get("dtype", "float32"))
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"config.dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+  if name == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("config.dtype='float64' needs 64-bit JAX (jax.enable_x64 / "
+                     "JAX_ENABLE_X64=1); it serves exactness tests, not training")
+  return jnp.dtype(name)
+
 
 def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None) -> HydraNet:
   bn_axis = axis_name if config.sync_bn and not config.freeze_bn else None
-  return HydraNet(num_classes=max(config.num_classes, 1), tasks=tuple(config.tasks),
-                  align_corners=config.align_corners, bn_axis_name=bn_axis)
+  return api.model_from_config(config, dtype=compute_dtype(config), bn_axis_name=bn_axis)
 
 
 def learning_rate_fn(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
@@ -61,7 +88,7 @@ def learning_rate_fn(config: ml_collections.ConfigDict, peak: float) -> optax.Sc
   total = max(config.num_train_steps // config.grad_accum_steps, 1)
   decay_steps = max(total - config.warmup_steps, 1)
   if config.schedule == "poly":
-    main = optax.polynomial_schedule(peak, 0.0, config.poly_power, decay_steps)
+    main = functools.partial(_poly, peak=peak, power=config.poly_power, steps=decay_steps)
   elif config.schedule == "step":
     bounds = {int(f * decay_steps): config.step_factor for f in config.step_boundaries}
     main = optax.piecewise_constant_schedule(peak, bounds)
@@ -76,6 +103,14 @@ def learning_rate_fn(config: ml_collections.ConfigDict, peak: float) -> optax.Sc
   return optax.join_schedules([warmup, main], [config.warmup_steps])
 
 
+def _poly(count: jax.Array, *, peak: float, power: float, steps: int) -> jax.Array:
+  """peak * (1 - count / steps) ** power, 0 from `steps` on. (optax.polynomial_schedule is
+  NaN at its end under jit on CPU: XLA turns count / steps into count * (1 / steps), 1 minus
+  that is slightly negative, and its fractional power is NaN; hence the clamp.)"""
+  frac = 1.0 - jnp.minimum(count, steps) / steps
+  return peak * jnp.maximum(frac, 0.0) ** power
+
+
 def param_groups(params: Any) -> Any:
   """'encoder' for the params/encoder subtree, 'decoder' for everything else."""
   flat = traverse_util.flatten_dict(params)
@@ -83,25 +118,35 @@ def param_groups(params: Any) -> Any:
       {k: ("encoder" if k[0] == "encoder" else "decoder") for k in flat})
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """SGD direction: L2 weight decay added to the gradient (as PyTorch's SGD does), then
-  momentum, optionally accumulated over `grad_accum_steps` micro-steps (optax.MultiSteps).
+def make_optimizer(config: ml_collections.ConfigDict,
+                   accumulator_dtype: Any = jnp.float32) -> optax.GradientTransformation:
+  """PyTorch's SGD per parameter group (`param_groups`): L2 weight decay added to the
+  gradient, momentum, then -lr from the group's schedule (`learning_rate_fn` of lr_encoder /
+  lr_decoder; its update count is in the optimizer state).
 
-  The learning rate is applied in `train_step` (-lr_encoder for the encoder subtree,
-  -lr_decoder elsewhere), with values computed on the host by `learning_rates_fn`: the same
-  result as `optax.multi_transform` of two `optax.sgd`s, but the schedule and the rates are
-  inputs of the compiled step, so changing them never recompiles.
+  With grad_accum_steps = K, `optax.MultiSteps` averages K micro-step gradients and makes one
+  update (the schedules count updates). The average of K masked means equals the mean over
+  the K batches together when each batch has as many valid pixels (always for depth-free
+  segmentation without ignored pixels; otherwise it weights batches equally, like any
+  accumulation of per-batch means). `accumulator_dtype`: the gradient sum's (params' dtype).
   """
-  tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                   optax.trace(decay=config.momentum, nesterov=config.nesterov))
+  def sgd(peak: float) -> optax.GradientTransformation:
+    return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                       optax.sgd(learning_rate_fn(config, peak), momentum=config.momentum,
+                                 nesterov=config.nesterov))
+
+  tx = optax.multi_transform(
+      {"encoder": sgd(config.lr_encoder), "decoder": sgd(config.lr_decoder)}, param_groups)
   if config.grad_accum_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
+    tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps,
+                          accumulator_dtype=accumulator_dtype)
   return tx
 
 
 def learning_rates_fn(config: ml_collections.ConfigDict) -> Callable[[int], dict]:
-  """micro-step (0-based) -> {"encoder", "decoder"} learning rates; with gradient
-  accumulation the update made at micro-step s uses the schedule at update s // k."""
+  """micro-step (0-based) -> {"encoder", "decoder"} learning rates the optimizer applies at
+  that micro-step's update (for logging: the same schedules, evaluated on the host; with
+  gradient accumulation the update made at micro-step s is update s // k)."""
   enc = learning_rate_fn(config, config.lr_encoder)
   dec = learning_rate_fn(config, config.lr_decoder)
   k = config.grad_accum_steps
@@ -113,7 +158,7 @@ def initial_variables(config: ml_collections.ConfigDict) -> dict:
 
   Raises ValueError naming the file if nothing matches (a file of another architecture).
   """
-  variables = hydrajax.init(config.init_seed, num_classes=max(config.num_classes, 1),
+  variables = hydrajax.init(config.init_seed, num_classes=config.num_classes,
                             tasks=tuple(config.tasks), align_corners=config.align_corners)
   variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   if not config.init_from:
@@ -134,32 +179,32 @@ def initial_variables(config: ml_collections.ConfigDict) -> dict:
 
 
 def create_train_state(config: ml_collections.ConfigDict) -> TrainState:
-  """The state at step 0 (host arrays, one copy)."""
+  """The state at step 0 (host arrays, one copy). Parameters are float32, or float64 for a
+  float64 run (config.dtype; the exactness tests), so nothing rounds to float32 there."""
   variables = initial_variables(config)
+  if compute_dtype(config) == jnp.float64:
+    variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), variables)
   tx = make_optimizer(config)
-  rng = jax.random.key_data(jax.random.key(config.seed))
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                     batch_stats=variables["batch_stats"],
-                    opt_state=tx.init(variables["params"]), rng=rng,
+                    opt_state=tx.init(variables["params"]),
                     nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
-def hyperparams_fn(config: ml_collections.ConfigDict) -> Callable[[int], dict]:
-  """micro-step (0-based) -> the step's inputs that may change without recompiling:
-  learning rates and the loss weights of the config's tasks."""
-  lrs = learning_rates_fn(config)
-  weights = {t: float(config.loss_weights[t]) for t in config.tasks}
-  return lambda step: {"lr": lrs(step), "loss_weights": weights}
+def task_loss_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """{task: weight} of the config's tasks: the step's `loss_weights` input."""
+  return {t: float(config.loss_weights[t]) for t in config.tasks}
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], hparams: Mapping[str, Any],
-               *, model: HydraNet,
+def train_step(state: TrainState, batch: Mapping[str, jax.Array],
+               loss_weights: Mapping[str, Any], *, model: HydraNet,
                tx: optax.GradientTransformation, freeze_bn: bool, sync_bn: bool,
                axis_name: str | None = AXIS) -> tuple[TrainState, dict]:
   """One micro-step on this device's share of the batch: (new state, metrics summed over
   devices). batch: "image" uint8 (n, H, W, 3), "segm" uint8 (n, H, W), "depth" (n, H, W) m;
-  hparams: from `hyperparams` (learning rates, loss weights)."""
-  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  loss_weights: {task: weight} (`task_loss_weights`)."""
+  chex.assert_rank(batch["image"], 4)
+  chex.assert_type(batch["image"], jnp.uint8)
   images = api.normalize(batch["image"])
 
   def loss_fn(params):
@@ -168,11 +213,10 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], hparams: Mappi
       outputs = model.apply(variables, images, train=False)
       new_stats = state.batch_stats
     else:
-      outputs, mutated = model.apply(variables, images, train=True, mutable=["batch_stats"],
-                                     rngs={"dropout": rng})
+      outputs, mutated = model.apply(variables, images, train=True, mutable=["batch_stats"])
       new_stats = mutated["batch_stats"]
     terms = losses.loss_terms(outputs, batch, model.align_corners, axis_name)
-    total, means = losses.combined_loss(terms, hparams["loss_weights"], axis_name)
+    total, means = losses.combined_loss(terms, loss_weights, axis_name)
     return total, (new_stats, means)
 
   (total, (new_stats, means)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -181,25 +225,30 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], hparams: Mappi
     grads, total, means = jax.lax.psum((grads, total, means), axis_name)
     if not sync_bn and not freeze_bn:
       new_stats = jax.lax.pmean(new_stats, axis_name)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  updates = jax.tree.map(lambda u, g: -hparams["lr"][g] * u, updates, param_groups(updates))
-  params = optax.apply_updates(state.params, updates)
+  updated = state.apply_gradients(grads, tx, new_stats)
+  # A non-finite loss freezes the state (but not the step count) for good: it then always
+  # holds the last good parameters, and the host raises at its next check.
   ok = jnp.isfinite(total) & (state.nonfinite_step < 0)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-  new_state = state.replace(
-      step=state.step + 1, params=keep(params, state.params),
-      batch_stats=keep(new_stats, state.batch_stats), opt_state=keep(opt_state, state.opt_state),
+  new_state = updated.replace(
+      params=keep(updated.params, state.params),
+      batch_stats=keep(updated.batch_stats, state.batch_stats),
+      opt_state=keep(updated.opt_state, state.opt_state),
       nonfinite_step=jnp.where(ok | (state.nonfinite_step >= 0), state.nonfinite_step,
                                state.step))
+  # The state keeps its tree, shapes and dtypes (no silent promotion, e.g. to float64).
+  chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
   metrics = {"loss": total, **{f"loss_{t}": m for t, m in means.items()}}
   return new_state, metrics
 
 
 def _step_key(config: ml_collections.ConfigDict) -> tuple:
-  """The config fields the compiled step depends on (learning rates and loss weights are
-  inputs instead)."""
+  """The config fields the compiled step depends on (the loss weights are an input instead;
+  the learning-rate schedules are part of the optimizer)."""
   fields = ("num_classes", "tasks", "align_corners", "freeze_bn", "sync_bn", "momentum",
-            "nesterov", "weight_decay", "grad_accum_steps")
+            "nesterov", "weight_decay", "grad_accum_steps", "dtype", "lr_encoder", "lr_decoder",
+            "schedule", "poly_power", "step_boundaries", "step_factor", "warmup_steps",
+            "num_train_steps")
   return tuple((f, tuple(v) if isinstance(v, (list, tuple)) else v)
                for f, v in ((f, config[f]) for f in fields))
 
@@ -214,24 +263,10 @@ def _compiled_step(key: tuple, devices: tuple) -> Any:
 
 
 def pmapped_train_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> Any:
-  """`step(replicated_state, device_batch, hparams) -> (state, metrics)`, pmapped over
-  `devices`, state donated; built once per (step-relevant config, devices) and reused."""
+  """`step(replicated_state, device_batch, loss_weights) -> (state, metrics)`, pmapped over
+  `devices` (those of every process: `parallel.devices`), state donated; built once per
+  (step-relevant config, devices) and reused. Each process passes its own rows."""
   return _compiled_step(_step_key(config), tuple(devices))
-
-
-def replicate(tree: Any, devices: Sequence[Any]) -> Any:
-  """One copy of `tree` per device, stacked on a leading axis and placed as pmap's outputs
-  are (sharded over `devices`), so the first step does not compile a second variant."""
-  n = len(devices)
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                        jax.sharding.PartitionSpec(AXIS))
-  return jax.tree.map(lambda x: jax.device_put(
-      np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding), tree)
-
-
-def unreplicate(tree: Any) -> Any:
-  """The first device's copy, fetched to host numpy."""
-  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
 
 def _check_finite(rstate: TrainState, ckpt: Any) -> None:
@@ -246,7 +281,8 @@ def _check_finite(rstate: TrainState, ckpt: Any) -> None:
         f"rates or check the data (labels, depth units) and restart from the checkpoint.")
 
 
-def _train_pipeline(config: ml_collections.ConfigDict, num_devices: int) -> Any:
+def _train_pipeline(config: ml_collections.ConfigDict, num_devices: int | None) -> Any:
+  """This process's rows of the global batches, split over its `num_devices` devices."""
   from hydrajax import sources
   from hydrajax.data import pipeline
   return pipeline.train_dataset(
@@ -261,28 +297,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   `eval_every_steps` and at the end, checkpoint. Returns the last validation metrics."""
   import tqdm
 
-  from hydrajax import checkpoint, evaluate, writer
+  from hydrajax import checkpoint, config_check, evaluate, writer
 
-  if config.distributed:
-    jax.distributed.initialize()
-  devices = jax.local_devices()[:config.num_devices or None]
-  n = len(devices)
-  if config.batch_size % (n * jax.process_count()):
-    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
-                     f"{n * jax.process_count()} devices")
-  primary = jax.process_index() == 0
+  config = config_check.validate(config, "train")
+  parallel.initialize(config)
+  parallel.check_same_config(config, workdir)
+  devices = parallel.devices(config.num_devices)
+  parallel.check_batch(config.batch_size, devices)
+  primary = parallel.is_primary()
   log = writer.MetricWriter(workdir, enabled=primary)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
                                  config.best_metric, config.best_mode)
   state = create_train_state(config)
-  data = iter(_train_pipeline(config, n))
+  # The next batches are copied to the devices while the step runs; the iterator's state
+  # stays that of the batches consumed (exact resume).
+  data = parallel.DevicePrefetch(iter(_train_pipeline(config, len(parallel.local(devices)))),
+                                 devices, config.prefetch_to_device)
   start = ckpt.latest_step()
   if start is not None:
     state = ckpt.restore(start, state, data)
-    print(f"resumed from {ckpt.directory}/{start}")
+    if primary:
+      print(f"resumed from {ckpt.directory}/{start}")
   first = int(state.step)
   step_fn = pmapped_train_step(config, devices)
-  hparams = hyperparams_fn(config)
+  loss_weights, lrs = task_loss_weights(config), learning_rates_fn(config)
   rstate = replicate(state, devices)
   del state
   total = config.num_train_steps
@@ -292,7 +330,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tick, tick_step = time.perf_counter(), first
   for step in range(first + 1, total + 1):
     batch = next(data)
-    rstate, step_metrics = step_fn(rstate, batch, hparams(step - 1))
+    if step == first + 1:
+      parallel.compile_everywhere(step_fn, rstate, batch, loss_weights, name="train_step")
+    rstate, step_metrics = step_fn(rstate, batch, loss_weights)
     pending.append(step_metrics)
     bar.update(1)
     if step % config.log_every_steps == 0 or step == total:
@@ -300,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       means = {k: float(np.mean([jax.device_get(m[k][0]) for m in pending])) for k in pending[0]}
       now = time.perf_counter()
       means["images_per_sec"] = config.batch_size * (step - tick_step) / max(now - tick, 1e-9)
-      means["lr_encoder"] = hparams(step - 1)["lr"]["encoder"]
+      means["lr_encoder"] = lrs(step - 1)["encoder"]
       tick, tick_step, pending = now, step, []
       log.write(step, {f"train/{k}": v for k, v in means.items()})
       bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{means['images_per_sec']:.1f}")

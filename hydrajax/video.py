@@ -6,7 +6,7 @@
 Frames are decoded with imageio's FFMPEG plugin (imageio-ffmpeg ships the ffmpeg binary),
 grouped into batches of `batch_size` (the last batch is padded by repeating its last frame,
 so one compiled shape serves the whole video), run through `hydrajax.apply`, rendered as
-input | segmentation | depth [| normals] (`predict.render`), and encoded as H.264 at the
+input | segmentation | depth [| normals] (`visualize.render`), and encoded as H.264 at the
 input's frame rate. The output is written to a temp file beside OUT and renamed at the end.
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ import dataclasses
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -24,7 +23,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from hydrajax import api
+from hydrajax import api, atomic, visualize
 
 DEFAULT_BATCH = 4
 
@@ -110,7 +109,6 @@ def process_video(variables: Mapping[str, Any], src: str | os.PathLike, dst: str
   """
   import imageio.v2 as imageio_v2
   import imageio.v3 as iio
-  from hydrajax import predict  # the renderer shared with image prediction
 
   src, dst = os.fspath(src), os.fspath(dst)
   if not os.path.isfile(src):
@@ -124,33 +122,25 @@ def process_video(variables: Mapping[str, Any], src: str | os.PathLike, dst: str
   total = int(round(total)) if math.isfinite(total) and total > 0 else None
   if max_frames is not None:
     total = min(total or max_frames, max_frames)
-  colours, clip = predict.display_settings(variables, palette, max_depth)
+  colours, clip = visualize.display_settings(api.model_config(variables)["num_classes"],
+                                             palette, max_depth)
 
   frames = iio.imiter(src, plugin="FFMPEG")
   if max_frames is not None:
     frames = (f for i, f in zip(range(max_frames), frames))
-  directory = os.path.dirname(os.path.abspath(dst))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(dst)[1] or ".mp4",
-                             dir=directory)
-  os.close(fd)
   timing, count, start = [], 0, time.perf_counter()
-  try:
+  with atomic.atomic_path(dst, suffix=os.path.splitext(dst)[1] or ".mp4") as tmp:
     writer = imageio_v2.get_writer(tmp, format="FFMPEG", fps=fps_in, codec="libx264",
                                    macro_block_size=2)
     with writer, tqdm(total=total, desc="video", unit="frame", disable=not progress) as bar:
       for frame, outputs in predict_stream(variables, frames, batch_size=batch_size,
                                            timing=timing):
-        writer.append_data(_even(predict.render(frame, outputs, colours, clip)["vis"]))
+        writer.append_data(_even(visualize.render(frame, outputs, colours, clip)["vis"]))
         count += 1
         bar.update(1)
         bar.set_postfix(fps=f"{count / (time.perf_counter() - start):.1f}")
     if count == 0:
       raise ValueError(f"{src}: no frames decoded")
-    os.replace(tmp, dst)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
   steady = timing[1:] or timing
   return VideoReport(count, time.perf_counter() - start, sum(n for n, _ in steady),
                      sum(t for _, t in steady))

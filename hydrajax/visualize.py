@@ -1,13 +1,13 @@
 """Turn predictions into pictures: colour-coded labels, colour-mapped depth, normals, and
-side-by-side panels. Pure numpy (no matplotlib), uint8 RGB out; shared by predict, evaluate
-and video code.
+side-by-side panels, and the files `predict` / `video` write per image. Pure numpy (no
+matplotlib), uint8 RGB out.
 
     panel = side_by_side(image, colorize_segm(labels, palette_for(40)),
                          colorize_depth(depth, max_depth=8.0))
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -29,11 +29,12 @@ def voc_colormap(n: int = 256) -> np.ndarray:
 # The authors' NYUD notebook colours label l with CMAP[l + 1] of the VOC map (255 wraps to
 # black), so class i's colour is row i + 1: identical to the published cmap_nyud.npy.
 NYUD_PALETTE = voc_colormap(41)[1:]
-# Authors' cmap_kitti.npy: sky, building, road, sidewalk, vegetation, car (void -> black).
-KITTI_PALETTE = np.array([[128, 128, 128], [128, 0, 0], [128, 64, 128], [0, 0, 192],
-                          [128, 128, 0], [64, 0, 128]], np.uint8)
-KITTI_CLASSES = ("sky", "building", "road", "sidewalk", "vegetation", "car")
-PALETTES = {"nyud": NYUD_PALETTE, "kitti": KITTI_PALETTE}
+# The authors' cmap_kitti.npy: sky, building, road, sidewalk, vegetation, car, void (black).
+# Also the colour code of KITTI-6 label files (hydrajax.data.kitti decodes with it).
+KITTI6_PALETTE = np.array([[128, 128, 128], [128, 0, 0], [128, 64, 128], [0, 0, 192],
+                           [128, 128, 0], [64, 0, 128], [0, 0, 0]], np.uint8)
+PALETTES = {"nyud": NYUD_PALETTE, "kitti": KITTI6_PALETTE[:6]}
+DEFAULT_MAX_DEPTH = {"nyud": 8.0, "kitti": 80.0, "generic": 10.0}  # metres, display clip
 
 # Plasma-like colour map: matplotlib's `plasma` sampled at 0, 1/8, ..., 1, interpolated
 # linearly in RGB (dark blue-violet for near, yellow for far).
@@ -124,3 +125,33 @@ def side_by_side(*images: np.ndarray, gap: int = 4, background: int = 255) -> np
     canvas[:p.shape[0], x:x + p.shape[1]] = p
     x += p.shape[1] + gap
   return canvas
+
+
+def display_settings(num_classes: int, palette: str = "auto",
+                     max_depth: float | None = None) -> tuple[np.ndarray, float]:
+  """(palette array, depth clip in metres) for a model with `num_classes` (0: depth only):
+  NYUD colours and 8 m for 40 classes, KITTI colours and 80 m for 6, a generic palette and
+  10 m otherwise, unless overridden."""
+  name = palette if palette != "auto" else {40: "nyud", 6: "kitti"}.get(num_classes, "generic")
+  colours = palette_for(max(num_classes, 1), name)
+  return colours, float(max_depth if max_depth is not None else DEFAULT_MAX_DEPTH[name])
+
+
+def render(image: np.ndarray, outputs: Mapping[str, np.ndarray], palette: np.ndarray,
+           max_depth: float) -> dict[str, np.ndarray]:
+  """Image-resolution outputs of `hydrajax.apply` -> images to save, keyed by file suffix:
+  "vis" (side by side), "segm" (label ids), "depth" (uint16 mm), "normals" (RGB)."""
+  panels, files = [image], {}
+  if "segm" in outputs:
+    labels = np.asarray(outputs["segm"]).argmax(-1)
+    files["segm"] = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
+    panels.append(colorize_segm(labels, palette))
+  if "depth" in outputs:
+    depth = np.asarray(outputs["depth"], np.float64)
+    files["depth"] = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
+    panels.append(colorize_depth(depth, max_depth))
+  if "normals" in outputs:
+    files["normals"] = colorize_normals(outputs["normals"])
+    panels.append(files["normals"])
+  files["vis"] = side_by_side(*panels)
+  return files

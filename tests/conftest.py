@@ -1,12 +1,18 @@
 """Test setup: 4 fake CPU devices for the multi-device paths, shared small fixtures."""
 import os
 
-# Must happen before jax is imported anywhere in the test session.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# HYDRAJAX_TEST_PLATFORM runs the tests elsewhere: e.g. "cuda", or "default" for JAX's own
+# choice (benchmarks/accelerator_check.py runs the parity tests on the GPU that way).
+_platform = os.environ.get("HYDRAJAX_TEST_PLATFORM", "cpu")
+if _platform != "default":
+  os.environ.setdefault("JAX_PLATFORMS", _platform)
 
+import chex  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Before any JAX computation in the session (chex raises if the backend already exists).
+chex.set_n_cpu_devices(4)
 
 import hydrajax  # noqa: E402
 

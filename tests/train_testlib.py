@@ -1,12 +1,10 @@
 """Shared tiny training setup: one config whose compiled step most tests reuse."""
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+# `configs` is installed with the package (pyproject.toml), like hydrajax itself.
+from configs import default, synthetic
 
-from configs import default, synthetic  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout (a cwd)
 
 
 def tiny_config(**overrides):
@@ -19,10 +17,15 @@ def tiny_config(**overrides):
   c.num_train_steps = 4
   c.checkpoint_every_steps = 2
   c.keep_checkpoints = 5
+  return set_fields(c, overrides)
+
+
+def set_fields(config, overrides: dict):
+  """Sets {"a.b": value} fields of `config` in place; returns it."""
   for k, v in overrides.items():
-    target = c
+    target = config
     *path, last = k.split(".")
     for p in path:
       target = target[p]
     target[last] = v
-  return c
+  return config

@@ -16,12 +16,9 @@ import os
 import numpy as np
 
 from hydrajax.data import pngio
+from hydrajax.visualize import KITTI6_PALETTE  # RGB, row i = class i; the last row (void) -> 255
 
-# KITTI-6 palette (RGB), row i = class i; the last row (void) maps to 255.
 KITTI6_CLASSES = ("sky", "building", "road", "sidewalk", "vegetation", "car")
-KITTI6_PALETTE = np.array(
-    [[128, 128, 128], [128, 0, 0], [128, 64, 128], [0, 0, 192], [128, 128, 0], [64, 0, 128], [0, 0, 0]], np.uint8
-)
 
 CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
@@ -86,6 +83,10 @@ class _KittiList:
   def key(self, index: int) -> str:
     """The rgb path relative to root without extension, e.g. "2011_09_26_drive_0002_sync/.../0000000069"."""
     return os.path.splitext(os.path.relpath(self.rows[index][0], self.root))[0]
+
+  def files(self, index: int) -> list[str]:
+    """The files sample `index` is read from (image and label, if annotated)."""
+    return [p for p in self.rows[index] if p]
 
   def _image(self, index: int):
     if not 0 <= index < len(self.rows):

@@ -7,11 +7,12 @@ wrongly shaped file, so a bad frame is found at once and `skip_bad` can recognis
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
+
+from hydrajax import atomic
 
 
 class BadSampleError(ValueError):
@@ -98,15 +99,5 @@ def write_png_atomic(path: str, array: np.ndarray) -> None:
 
   uint16 (H, W) arrays are written as 16-bit grey, uint8 as L or RGB.
   """
-  directory = os.path.dirname(path) or "."
-  os.makedirs(directory, exist_ok=True)
-  image = Image.fromarray(array.astype(np.uint16) if array.dtype == np.uint16 else array)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".png.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      image.save(f, format="PNG")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  image = Image.fromarray(np.ascontiguousarray(array))  # uint16 (H, W) -> mode "I;16"
+  atomic.write_atomic(path, lambda f: image.save(f, format="PNG"))

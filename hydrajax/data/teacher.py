@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from hydrajax import atomic
 from hydrajax.data import pngio
 
 TEACHER_FORMAT = 1
@@ -32,11 +33,8 @@ def _filename(key: str) -> str:
 def _write_meta(directory: str) -> None:
   path = os.path.join(directory, "teacher.json")
   if not os.path.exists(path):
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-      json.dump({"format": TEACHER_FORMAT, "depth_divisor": TEACHER_DEPTH_DIVISOR}, f)
-    os.replace(tmp, path)
+    meta = {"format": TEACHER_FORMAT, "depth_divisor": TEACHER_DEPTH_DIVISOR}
+    atomic.write_bytes_atomic(path, json.dumps(meta).encode())
 
 
 def write_teacher_labels(directory: str, key: str, segm: np.ndarray | None = None,
@@ -90,6 +88,13 @@ class TeacherLabels:
 
   def key(self, index: int) -> str:
     return self.source.key(index)
+
+  def files(self, index: int) -> list[str]:
+    """The wrapped sample's files plus the teacher's label files for it."""
+    name = _filename(self.source.key(index))
+    own = self.source.files(index) if hasattr(self.source, "files") else []
+    return own + [os.path.join(self.directory, m, name) for m in MODALITIES
+                  if name in self.available[m]]
 
   def missing(self) -> dict[str, int]:
     """Teacher files expected but absent, per modality (reads every sample: slow, for checks)."""

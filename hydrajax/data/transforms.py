@@ -60,14 +60,6 @@ def scale(sample: Sample, factor: float) -> Sample:
   return out
 
 
-def random_scale(sample: Sample, rng: np.random.Generator, scale_range=(0.5, 2.0)) -> Sample:
-  """Scales by a factor drawn uniformly from `scale_range`."""
-  lo, hi = scale_range
-  if lo == hi == 1.0:
-    return sample
-  return scale(sample, float(rng.uniform(lo, hi)))
-
-
 def pad_to(sample: Sample, height: int, width: int) -> Sample:
   """Pads bottom/right up to at least (height, width) with the ignore values of PAD_VALUES."""
   h, w = sample["image"].shape[:2]
@@ -166,8 +158,8 @@ class TrainTransform:
   def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample | None:
     if sample is None:  # a bad sample skipped upstream
       return None
-    # Same draws and result as random_scale then random_crop, without resampling the
-    # whole zoomed image (up to 4x the pixels at scale 2).
+    # Same draws and result as `scale` by a uniform factor then random_crop, without
+    # resampling the whole zoomed image (up to 4x the pixels at scale 2).
     lo, hi = self.scale_range
     factor = 1.0 if lo == hi == 1.0 else float(rng.uniform(lo, hi))
     h, w = sample["image"].shape[:2]

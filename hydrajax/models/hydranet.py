@@ -2,7 +2,7 @@
 per task (Nekrasov et al., ICRA 2019)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -58,6 +58,8 @@ class HydraNet(nn.Module):
     unknown = set(self.tasks) - set(TASKS)
     if unknown or not self.tasks:
       raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tuple(self.tasks)}")
+    if "segm" in self.tasks and self.num_classes < 1:
+      raise ValueError(f"num_classes must be >= 1 with a 'segm' task, got {self.num_classes}")
     layers.check_impl(self.impl)
     kw = dict(dtype=self.dtype, impl=self.impl)
     self.encoder = MobileNetV2Encoder(bn_axis_name=self.bn_axis_name, **kw)
@@ -70,6 +72,24 @@ class HydraNet(nn.Module):
     y = self.decoder(feats)
     out = {}
     for task in self.tasks:
-      o = self.heads[task](y).astype(jnp.float32)
+      # Outputs at least float32 (bfloat16 compute returns float32; float64 stays float64).
+      o = self.heads[task](y).astype(jnp.promote_types(self.dtype, jnp.float32))
       out[task] = o[..., 0] if task == "depth" else o
     return out
+
+
+def upsample_outputs(outputs: Mapping[str, jax.Array], size: tuple[int, int],
+                     align_corners: bool = False) -> dict[str, jax.Array]:
+  """Raw outputs (N, h, w[, C]) -> (N, H, W[, C]) at `size` (bilinear): the one resize to
+  image / label size, used by the losses, `hydrajax.apply` and the exported graph."""
+  out = {}
+  for task, value in outputs.items():
+    if task == "depth":
+      # The channel axis by a reshape with -1, not `[..., None]`: jax2onnx lowers that
+      # broadcast under a symbolic batch into a Reshape taking N from the wrong tensor.
+      h, w = value.shape[1:3]
+      up = layers.resize_bilinear(value.reshape(-1, h, w, 1), size, align_corners)
+      out[task] = up.reshape(-1, *size)
+    else:
+      out[task] = layers.resize_bilinear(value, size, align_corners)
+  return out

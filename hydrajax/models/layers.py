@@ -270,7 +270,8 @@ def max_pool_5x5(x: jax.Array, impl: str = "auto") -> jax.Array:
 @functools.lru_cache(maxsize=256)
 def _interp_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
   """(n_out, n_in) matrix of 1-D linear interpolation weights, PyTorch conventions."""
-  m = np.zeros((n_out, n_in), np.float32)
+  # float64 weights, cast to the input's dtype by the caller (exact in float64 runs).
+  m = np.zeros((n_out, n_in), np.float64)
   if align_corners:
     scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
     src = np.arange(n_out, dtype=np.float64) * scale
@@ -279,7 +280,7 @@ def _interp_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
     src = np.maximum(src, 0.0)
   i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
   i1 = np.minimum(i0 + 1, n_in - 1)
-  w1 = (src - i0).astype(np.float32)
+  w1 = src - i0
   rows = np.arange(n_out)
   np.add.at(m, (rows, i0), 1.0 - w1)
   np.add.at(m, (rows, i1), w1)
