@@ -168,6 +168,26 @@ def test_onnx_graph_is_native_nchw_and_passes_full_check(onnx_quarter, capfd):
   assert "[W:" not in log and "[E:" not in log, log
 
 
+def test_cli_onnx_fixed_batch_quarter_resolution(variables, tmp_path, capsys):
+  ort = pytest.importorskip("onnxruntime")
+  weights = tmp_path / "w.npz"
+  hydrajax.save(weights, variables)
+  out_file = tmp_path / "m.onnx"
+  rc = export.main(["--weights", str(weights), "--format", "onnx", "--height", str(H),
+                    "--width", str(W), "--batch", "2", "--input-dtype", "float32",
+                    "--out", str(out_file)])
+  assert rc == 0
+  printed = capsys.readouterr().out
+  assert "input  image    float32  (2, 64, 96, 3)" in printed
+  assert "output depth    float32  (2, 16, 24)" in printed
+  sess = ort_session(ort, str(out_file))
+  x = images(2, seed=7)
+  segm, depth = sess.run(["segm", "depth"], {"image": x.astype(np.float32)})
+  ref = quarter_reference(variables, x)
+  assert rel_l2(segm, ref["segm"]) < 1e-4
+  assert rel_l2(depth, ref["depth"]) < 1e-4
+
+
 @pytest.mark.parametrize("bad,message", [
     (["--format", "tflite"], "invalid choice: 'tflite'"),
     (["--weights", "{tmp}/missing.npz"], "weights file not found"),

@@ -88,11 +88,11 @@ def test_max_pool_forms_agree_forward_and_gradients():
     np.testing.assert_array_equal(outs["native"][1], outs["cpu"][1])
 
 
-def test_bad_impl_names_the_choices():
+def test_bad_impl_names_the_choices(variables):
   with pytest.raises(ValueError, match="impl must be one of"):
     layers.max_pool_5x5(jnp.zeros((1, 3, 3, 1)), "gpu")
   with pytest.raises(ValueError, match="impl must be one of"):
-    hydrajax.apply(hydrajax.init(0, num_classes=3), np.zeros((8, 8, 3), np.uint8), impl="xla")
+    hydrajax.apply(variables, np.zeros((8, 8, 3), np.uint8), impl="xla")
 
 
 @pytest.fixture(scope="module")
