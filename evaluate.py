@@ -17,8 +17,9 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   del argv
-  from hydrajax import evaluate
-  evaluate.run(FLAGS.config, FLAGS.workdir, FLAGS.weights, FLAGS.which)
+  from hydrajax import config_check, evaluate
+  with config_check.exit_on_bad_input():
+    evaluate.run(FLAGS.config, FLAGS.workdir, FLAGS.weights, FLAGS.which)
 
 
 if __name__ == "__main__":

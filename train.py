@@ -15,8 +15,9 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   del argv
-  from hydrajax import train_lib
-  train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  from hydrajax import config_check, train_lib
+  with config_check.exit_on_bad_input():
+    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

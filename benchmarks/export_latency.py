@@ -1,14 +1,24 @@
-"""Latency of the exported ONNX model under onnxruntime next to `hydrajax.apply` (and the
-deserialized StableHLO artifact), one image, CPU.
+"""Latency of the exported models next to `hydrajax.apply` and the PyTorch reference, CPU.
 
     python benchmarks/export_latency.py [--weights W.npz] [--height 480 --width 640]
-        [--runs 15] [--out benchmarks/export_latency.json]
+        [--rounds 5] [--runs 10] [--threads 2] [--out benchmarks/export_latency.json]
+    python benchmarks/export_latency.py --height 64 --width 96 --rounds 1 --runs 2 \
+        --out /tmp/smoke.json                                   # smoke run, ~1 minute
 
-All three run the same computation: uint8 image -> normalised -> network -> segm logits and
-depth at full resolution (the ONNX/StableHLO models are exported with --full-resolution, which
-also returns argmax labels). Without --weights a random 40-class model is used (latency does
-not depend on the weights). Reports median and min milliseconds over `runs` calls after
-warm-up, and writes them as JSON (atomically).
+Variants (batch 1, uint8 RGB in):
+  onnxruntime_quarter  ONNX export, outputs at 1/4 resolution
+  onnxruntime_full     ONNX export --full-resolution (logits, depth and labels at H x W)
+  torch_eager          the authors' network (tests/torch_reference.py) in PyTorch eager,
+                       channels_last, outputs upsampled to H x W (benchmarks/compare_cases.py)
+  hydrajax_apply       `hydrajax.apply` (outputs at H x W)
+  stablehlo_full       the deserialized StableHLO export --full-resolution
+Each (variant, round) runs in a fresh process, one process at a time, and the variants'
+order rotates between rounds, so a change in machine load hits all alike and no idle
+runtime shares the cores. A process loads its model, warms up (2 calls), times `runs` calls,
+and reports its peak RSS. The parent reports per variant the median and minimum over all
+timed calls, each round's median, the largest peak RSS, the ratio of medians to
+torch_eager, and the load average; the JSON is written atomically. Without --weights a
+random 40-class model is used (latency does not depend on the weights).
 """
 from __future__ import annotations
 
@@ -16,68 +26,175 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
-import jax
 import numpy as np
 
-import hydrajax
-from hydrajax import export
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+VARIANTS = ("onnxruntime_quarter", "onnxruntime_full", "torch_eager", "hydrajax_apply",
+            "stablehlo_full")
+ARTIFACTS = {"onnxruntime_quarter": "quarter.onnx", "onnxruntime_full": "full.onnx",
+             "hydrajax_apply": "weights.npz", "stablehlo_full": "full.stablehlo"}
 
 
-def time_calls(fn, runs: int, warmup: int = 2) -> dict[str, float]:
-  """Median / min wall milliseconds of `fn()` over `runs` calls after `warmup` calls."""
-  for _ in range(warmup):
-    fn()
+# ----------------------------------------------------------------------------- worker
+
+def _peak_rss_mb() -> float:
+  """This process's peak resident memory. (Linux's ru_maxrss would carry the parent's peak
+  over fork + exec; VmHWM belongs to this program's own address space.)"""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 1024.0  # kB
+  raise RuntimeError("no VmHWM in /proc/self/status (peak RSS needs Linux)")
+
+
+def _runner(variant: str, path: str, image: np.ndarray, threads: int):
+  """A zero-argument callable that runs one synchronised inference of `variant`."""
+  if variant.startswith("onnxruntime"):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, {"image": image})
+  if variant == "torch_eager":
+    import torch
+    torch.set_num_threads(threads)
+    from benchmarks import compare_cases
+    run, _ = compare_cases.build_torch("infer", *image.shape[:3])
+    return run
+  import jax
+  if variant == "hydrajax_apply":
+    import hydrajax
+    variables = hydrajax.load(path)
+    return lambda: jax.block_until_ready(hydrajax.apply(variables, image))
+  if variant == "stablehlo_full":
+    with open(path, "rb") as f:
+      exp = jax.export.deserialize(bytearray(f.read()))
+    return lambda: jax.block_until_ready(exp.call(image))
+  raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+
+
+def worker(variant: str, path: str, height: int, width: int, runs: int, threads: int) -> dict:
+  image = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
+  t0 = time.perf_counter()
+  run = _runner(variant, path, image, threads)
+  for _ in range(2):  # warm-up: compilation, allocator, caches
+    run()
+  setup_s = time.perf_counter() - t0
   times = []
   for _ in range(runs):
-    start = time.perf_counter()
-    fn()
-    times.append((time.perf_counter() - start) * 1e3)
-  return {"median_ms": float(np.median(times)), "min_ms": float(np.min(times)), "runs": runs}
+    t = time.perf_counter()
+    run()
+    times.append((time.perf_counter() - t) * 1e3)
+  return {"times_ms": times, "setup_s": setup_s, "peak_rss_mb": _peak_rss_mb()}
 
 
-def main() -> None:
+# ----------------------------------------------------------------------------- parent
+
+def make_artifacts(args: argparse.Namespace, folder: str) -> dict[str, float]:
+  """Write the weights and the exports into `folder`; returns export seconds by file."""
+  import hydrajax
+  from hydrajax import export
+  variables = hydrajax.load(args.weights) if args.weights else hydrajax.init(0, num_classes=40)
+  hydrajax.save(os.path.join(folder, ARTIFACTS["hydrajax_apply"]), variables)
+  seconds = {}
+  for name, fmt, full in (("quarter.onnx", "onnx", False), ("full.onnx", "onnx", True),
+                          ("full.stablehlo", "stablehlo", True)):
+    t0 = time.perf_counter()
+    data = export.export(variables, fmt, args.height, args.width, full_resolution=full)
+    seconds[name] = time.perf_counter() - t0
+    export.write_atomic(os.path.join(folder, name), data)
+  return seconds
+
+
+def run_rounds(args: argparse.Namespace, folder: str) -> dict[str, list[dict]]:
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  reports: dict[str, list[dict]] = {v: [] for v in args.variants}
+  for r in range(args.rounds):
+    order = args.variants[r % len(args.variants):] + args.variants[:r % len(args.variants)]
+    for variant in order:
+      path = os.path.join(folder, ARTIFACTS.get(variant, ""))
+      cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--artifact", path,
+             "--height", str(args.height), "--width", str(args.width),
+             "--runs", str(args.runs), "--threads", str(args.threads)]
+      proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+      if proc.returncode != 0:
+        raise RuntimeError(f"{variant} worker failed (exit {proc.returncode}):\n{proc.stderr}")
+      reports[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+      print(f"round {r + 1}/{args.rounds} {variant:20s} median "
+            f"{np.median(reports[variant][-1]['times_ms']):8.1f} ms", flush=True)
+  return reports
+
+
+def summarize(reports: dict[str, list[dict]]) -> dict[str, dict]:
+  out = {}
+  for variant, rounds in reports.items():
+    times = [t for rep in rounds for t in rep["times_ms"]]
+    out[variant] = {
+        "median_ms": float(np.median(times)), "min_ms": float(np.min(times)),
+        "round_medians_ms": [float(np.median(rep["times_ms"])) for rep in rounds],
+        "peak_rss_mb": max(rep["peak_rss_mb"] for rep in rounds),
+        "setup_s": [rep["setup_s"] for rep in rounds], "runs": len(times)}
+  if "torch_eager" in out:
+    ref = out["torch_eager"]["median_ms"]
+    for stats in out.values():
+      stats["vs_torch_eager"] = stats["median_ms"] / ref
+  return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--weights", default=None)
+  p.add_argument("--weights", default=None, help="hydrajax .npz (default: random 40 classes)")
   p.add_argument("--height", type=int, default=480)
   p.add_argument("--width", type=int, default=640)
-  p.add_argument("--runs", type=int, default=15)
-  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "export_latency.json"))
-  args = p.parse_args()
-  import onnxruntime as ort
+  p.add_argument("--rounds", type=int, default=5, help="processes per variant")
+  p.add_argument("--runs", type=int, default=10, help="timed calls per process")
+  p.add_argument("--threads", type=int, default=2, help="onnxruntime / torch intra-op threads")
+  p.add_argument("--variants", default=",".join(VARIANTS))
+  p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "export_latency.json"))
+  p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+  p.add_argument("--artifact", default=None, help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+  unknown = set(args.variants) - set(VARIANTS)
+  if unknown:
+    p.error(f"unknown variants {sorted(unknown)}; expected some of {VARIANTS}")
+  return args
 
-  variables = hydrajax.load(args.weights) if args.weights else hydrajax.init(0, num_classes=40)
-  h, w = args.height, args.width
-  image = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
-  results = {}
 
-  results["hydrajax.apply"] = time_calls(
-      lambda: jax.block_until_ready(hydrajax.apply(variables, image)), args.runs)
-
-  start = time.perf_counter()
-  shlo = jax.export.deserialize(bytearray(
-      export.export_stablehlo(variables, h, w, full_resolution=True)))
-  results["stablehlo_export_s"] = time.perf_counter() - start
-  results["stablehlo (jax.export, deserialized)"] = time_calls(
-      lambda: jax.block_until_ready(shlo.call(image)), args.runs)
-
-  start = time.perf_counter()
-  onnx_bytes = export.export_onnx(variables, h, w, full_resolution=True)
-  results["onnx_export_s"] = time.perf_counter() - start
-  options = ort.SessionOptions()
-  options.log_severity_level = 3
-  sess = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-  results["onnxruntime"] = time_calls(lambda: sess.run(None, {"image": image}), args.runs)
-
-  results["config"] = {"height": h, "width": w, "batch": 1, "input": "uint8",
-                       "outputs": "full-resolution segm logits, depth, labels",
-                       "cpu_count": os.cpu_count(), "machine": platform.machine(),
-                       "jax": jax.__version__, "onnxruntime": ort.__version__,
-                       "load_average_at_end": os.getloadavg()}
-  export.write_atomic(args.out, (json.dumps(results, indent=2) + "\n").encode())
-  print(json.dumps(results, indent=2))
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.worker:
+    print(json.dumps(worker(args.worker, args.artifact, args.height, args.width, args.runs,
+                            args.threads)))
+    return 0
+  with tempfile.TemporaryDirectory() as folder:
+    export_s = make_artifacts(args, folder)
+    reports = run_rounds(args, folder)
+  from importlib.metadata import version
+  result = {
+      "variants": summarize(reports), "export_s": export_s,
+      "config": {"height": args.height, "width": args.width, "batch": 1, "input": "uint8",
+                 "rounds": args.rounds, "runs_per_round": args.runs, "threads": args.threads,
+                 "weights": args.weights or "random 40-class", "cpu_count": os.cpu_count(),
+                 "machine": platform.machine(),
+                 **{pkg: version(pkg) for pkg in ("jax", "onnxruntime", "torch")},
+                 "load_average_at_end": os.getloadavg()}}
+  from hydrajax import export
+  export.write_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
+  for variant, stats in result["variants"].items():
+    print(f"{variant:20s} median {stats['median_ms']:8.1f} ms  min {stats['min_ms']:8.1f} ms"
+          f"  peak RSS {stats['peak_rss_mb']:7.0f} MB"
+          + (f"  {stats['vs_torch_eager']:.2f}x torch" if "vs_torch_eager" in stats else ""))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.scale_range = (0.5, 2.0)     # random rescale factor range (depth divided by the factor)
   c.flip = True                  # random horizontal mirror
   c.num_workers = 0              # Grain worker processes for training data (0 = in process)
+  c.prefetch_to_device = 2       # batches copied to the devices ahead of the step (0 = none)
   c.synthetic = ml_collections.ConfigDict()
   c.synthetic.num_train = 2000   # procedurally generated training scenes
   c.synthetic.num_val = 64       # held-out scenes (a different seed: never seen in training)
@@ -39,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
                                  # GPU/TPU: bf16 convs and activations; parameters, BatchNorm
                                  # statistics, outputs, losses and metrics stay float32;
                                  # evaluation always runs float32). ~2x slower on a CPU.
+                                 # "float64" (with jax_enable_x64) serves exactness tests.
 
   # --- optimisation -------------------------------------------------------------------
   c.batch_size = 8               # global batch per optimizer micro-step (all devices)
@@ -66,13 +68,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2         # latest checkpoints kept (plus the best by `best_metric`)
   c.best_metric = "miou"         # validation metric ranking checkpoints
   c.best_mode = "max"            # "max" (miou, delta1) or "min" (rmse)
-  c.num_devices = 0              # local devices to use (0 = all)
-  c.distributed = False          # call jax.distributed.initialize() (multi-host)
+  c.num_devices = 0              # devices to use in each process (0 = all of them)
+  c.distributed = False          # several processes: jax.distributed.initialize() (below)
+  c.coordinator_address = ""     # "host:port" of process 0 ("" = auto-detect: SLURM, Open
+                                 # MPI, Kubernetes, Cloud TPU, or JAX_COORDINATOR_ADDRESS)
+  c.num_processes = 0            # processes in the run (0 = auto-detect)
+  c.process_id = -1              # this process's index, 0..num_processes-1 (-1 = auto-detect)
+  c.initialization_timeout = 300  # seconds to wait for every process to join
+  c.heartbeat_timeout = 100      # seconds of silence after which a process counts as dead
+                                 # and the others stop with an error instead of hanging
   c.progress_bar = True          # tqdm bar with loss and images/s
 
   # --- evaluation ---------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
-  c.eval.batch_size = 8          # per host; padded with masked examples at the end
+  c.eval.batch_size = 8          # global (all processes; rounded up to a multiple of the
+                                 # devices), padded with masked examples at the end
   c.eval.pad_to_multiple = 32    # pad images (ignore labels) to a multiple of this
   c.eval.min_depth = 1e-3        # valid ground truth > min_depth; predictions clipped to it
   c.eval.max_depth = 0.0         # cap (10 m NYUD, 80 m KITTI; 0 = none)

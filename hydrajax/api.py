@@ -82,11 +82,12 @@ def model_config(variables: Mapping[str, Any]) -> dict:
           "align_corners": bool(meta.get("align_corners", False))}
 
 
-def model_from_variables(variables: Mapping[str, Any], dtype: Any = jnp.float32) -> HydraNet:
-  """The HydraNet whose parameters `variables` holds."""
+def model_from_variables(variables: Mapping[str, Any], dtype: Any = jnp.float32,
+                         impl: str = "auto") -> HydraNet:
+  """The HydraNet whose parameters `variables` holds (`impl`: see HydraNet)."""
   cfg = model_config(variables)
   return HydraNet(num_classes=max(cfg["num_classes"], 1), tasks=cfg["tasks"],
-                  align_corners=cfg["align_corners"], dtype=dtype)
+                  align_corners=cfg["align_corners"], dtype=dtype, impl=impl)
 
 
 def postprocess(outputs: Mapping[str, jax.Array], size: tuple[int, int],
@@ -106,17 +107,17 @@ def postprocess(outputs: Mapping[str, jax.Array], size: tuple[int, int],
   return out
 
 
-def _apply_impl(variables, image, *, num_classes, tasks, align_corners, dtype):
+def _apply_impl(variables, image, *, num_classes, tasks, align_corners, dtype, impl="auto"):
   global TRACE_COUNT
   TRACE_COUNT += 1
   model = HydraNet(num_classes=max(num_classes, 1), tasks=tasks, align_corners=align_corners,
-                   dtype=dtype)
+                   dtype=dtype, impl=impl)
   raw = model.apply(variables, normalize(image, dtype), train=False)
   return postprocess(raw, image.shape[1:3], align_corners)
 
 
 _apply_jit = jax.jit(_apply_impl,
-                     static_argnames=("num_classes", "tasks", "align_corners", "dtype"))
+                     static_argnames=("num_classes", "tasks", "align_corners", "dtype", "impl"))
 
 
 def check_image(image: Any) -> np.ndarray | jax.Array:
@@ -134,19 +135,22 @@ def check_image(image: Any) -> np.ndarray | jax.Array:
   return image
 
 
-def apply(variables: Mapping[str, Any], image: Any, *, dtype: Any = jnp.float32
-          ) -> dict[str, jax.Array]:
+def apply(variables: Mapping[str, Any], image: Any, *, dtype: Any = jnp.float32,
+          impl: str = "auto") -> dict[str, jax.Array]:
   """Run the network in inference mode on RGB images.
 
   Args:
     variables: from `init`, `load` or training ({"params", "batch_stats"}[, "meta"]).
     image: RGB uint8 (or float 0-255), (H, W, 3) or (N, H, W, 3), any H, W.
     dtype: compute dtype (float32; bfloat16 for mixed precision on GPU/TPU).
+    impl: layer implementation, "auto" (CPU rewrites on CPU, XLA's native convs on
+      GPU/TPU), "cpu" or "native" (see hydrajax.models.layers).
   Returns:
     dict at the input resolution: "segm" logits (..., H, W, C) float32, "depth" (..., H, W)
     metres >= 0, "normals" (..., H, W, 3) unit vectors; only the model's tasks.
   """
   check_image(image)
+  layers.check_impl(impl)
   cfg = model_config(variables)
   image = jnp.asarray(image)
   single = image.ndim == 3
@@ -154,7 +158,7 @@ def apply(variables: Mapping[str, Any], image: Any, *, dtype: Any = jnp.float32
     image = image[None]
   net_vars = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   out = _apply_jit(net_vars, image, num_classes=cfg["num_classes"], tasks=cfg["tasks"],
-                   align_corners=cfg["align_corners"], dtype=jnp.dtype(dtype))
+                   align_corners=cfg["align_corners"], dtype=jnp.dtype(dtype), impl=impl)
   if single:
     out = {k: v[0] for k, v in out.items()}
   return out

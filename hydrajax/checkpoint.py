@@ -5,6 +5,9 @@ temporary directory and renames it when complete, so a run killed at any moment 
 `kill -9` mid-save) leaves only complete checkpoints; leftovers are ignored on restart and
 removed by the next save.
 Kept: the latest `keep` steps plus the best one by a validation metric.
+Several processes: every process calls `save` and `restore` on the same (shared) directory;
+Orbax writes the state once, and each process writes and reads its own data-iterator
+position (data/process_<i>-of-<n>.json).
 """
 from __future__ import annotations
 
@@ -99,8 +102,14 @@ class Checkpointer:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
                             if not isinstance(x, jax.ShapeDtypeStruct) else x, target)
     items = {"state": ocp.args.StandardRestore(abstract)}
-    has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
-    if data_iterator is not None and has_data:
+    data_dir = os.path.join(self.directory, str(step), "data")
+    if data_iterator is not None and os.path.isdir(data_dir):
+      # Grain keeps one file per process: process_<i>-of-<n>.json.
+      mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+      if not os.path.isfile(os.path.join(data_dir, mine)):
+        raise ValueError(f"checkpoint {self.directory}/{step} holds the data positions "
+                         f"{sorted(os.listdir(data_dir))}, none for this process ({mine}): "
+                         f"resume with the number of processes that wrote it")
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     where = (f"checkpoint {self.directory}/{step} does not match the model and optimizer "
              f"of this config")

@@ -20,7 +20,6 @@ any missing, unexpected or mis-shaped key fails with the keys named.
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 import sys
 from typing import Any, Mapping, Sequence
@@ -31,7 +30,7 @@ import numpy as np
 from flax import traverse_util
 
 from hydrajax import api, torch_pickle, weights
-from hydrajax.models import HEAD_NAMES, TASKS, HydraNet
+from hydrajax.models import HEAD_NAMES, TASKS
 from hydrajax.models.mobilenet_v2 import MOBILENET_V2_SETTINGS
 
 LAYOUTS = ("official", "densetorch", "lwrefinenet", "torchvision")
@@ -72,13 +71,18 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       continue
     if not isinstance(value, np.ndarray):
       raise ConversionError(f"{path}: entry '{key}' is a {type(value).__name__}, not a tensor")
+    if value.dtype.kind not in "biu" and not np.isfinite(value).all():  # float, bfloat16
+      # The legacy format has no checksum: damaged bytes show up, at best, as NaN or Inf.
+      bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+      raise ConversionError(f"{path}: tensor '{key}' has {bad} non-finite value(s) (NaN or "
+                            f"Inf): the file is corrupt or the model diverged")
     out[key] = value
   if not out:
     raise ConversionError(f"{path}: the state dict holds no tensors")
   return out
 
 
-def detect_layout(keys: Sequence[str]) -> str:
+def detect_layout(keys: Sequence[str], source: str = "checkpoint") -> str:
   """Name the layout of a (prefix-stripped) state dict from its keys."""
   keys = set(keys)
   if any(k.startswith("1.stem_convs.") for k in keys):
@@ -87,7 +91,7 @@ def detect_layout(keys: Sequence[str]) -> str:
     return "torchvision"
   if "layer1.0.weight" in keys:
     return "official" if "conv8.weight" in keys else "lwrefinenet"
-  raise ConversionError("cannot detect the checkpoint layout: expected keys like "
+  raise ConversionError(f"{source}: cannot detect the checkpoint layout: expected keys like "
                         "'layer1.0.weight' (official / Light-Weight RefineNet), "
                         "'module.1.stem_convs.0.weight' (DenseTorch) or 'features.0.0.weight' "
                         f"(torchvision); first keys are {sorted(keys)[:8]}")
@@ -175,26 +179,20 @@ def official_key(path: tuple[str, ...]) -> str:
   raise KeyError(path)
 
 
-def _to_flax(value: np.ndarray) -> np.ndarray:
+def _to_flax(value: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
   """OIHW conv weight -> HWIO (depthwise (C,1,k,k) -> (k,k,1,C)); vectors unchanged."""
-  value = np.asarray(value, np.float32)
+  value = np.asarray(value, dtype)
   return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
 
 
-@functools.lru_cache(maxsize=16)
-def _expected_shapes(num_classes: int, tasks: tuple[str, ...]) -> dict[tuple[str, ...], tuple]:
-  model = HydraNet(num_classes=max(num_classes, 1), tasks=tasks)
-  tree = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-  flat = traverse_util.flatten_dict({"params": tree["params"],
-                                     "batch_stats": tree["batch_stats"]})
-  return {path: tuple(leaf.shape) for path, leaf in flat.items()}
-
-
 def map_official(sd: Mapping[str, np.ndarray], num_classes: int, tasks: tuple[str, ...],
-                 encoder_only: bool = False, source: str = "checkpoint") -> dict:
-  """Official-key state dict -> flat {Flax path: array}; raises ConversionError naming every
-  missing, unexpected and mis-shaped key. `encoder_only` maps just params/encoder."""
-  expected = dict(_expected_shapes(num_classes, tuple(tasks)))
+                 encoder_only: bool = False, source: str = "checkpoint",
+                 dtype: Any = np.float32) -> dict:
+  """Official-key state dict -> flat {Flax path: array of `dtype`}; raises ConversionError
+  naming every missing, unexpected and mis-shaped key. `encoder_only` maps just
+  params/encoder. (dtype float64 serves the float64 parity tests.)"""
+  expected = {tuple(k.split("/")): shape
+              for k, shape in weights.expected_shapes(num_classes, tuple(tasks)).items()}
   if encoder_only:
     expected = {p: s for p, s in expected.items() if p[1] == "encoder"}
   flat, missing, wrong, used = {}, [], [], set()
@@ -204,7 +202,7 @@ def map_official(sd: Mapping[str, np.ndarray], num_classes: int, tasks: tuple[st
       missing.append(key)
       continue
     used.add(key)
-    value = _to_flax(sd[key])
+    value = _to_flax(sd[key], dtype)
     if value.shape != shape:
       wrong.append(f"{key}: expected {_torch_shape(shape)}, got {tuple(np.shape(sd[key]))}")
       continue
@@ -227,11 +225,12 @@ def _torch_shape(flax_shape: tuple) -> tuple:
       flax_shape) == 4 else flax_shape
 
 
-def infer_heads(sd: Mapping[str, np.ndarray]) -> tuple[int, tuple[str, ...]]:
+def infer_heads(sd: Mapping[str, np.ndarray], source: str = "checkpoint"
+                ) -> tuple[int, tuple[str, ...]]:
   """(num_classes, tasks) of an official-key state dict, from which heads it has."""
   tasks = tuple(t for t in TASKS if f"{HEAD_NAMES[t]}.weight" in sd)
   if not tasks:
-    raise ConversionError("the checkpoint has no task head (no 'segm.weight', "
+    raise ConversionError(f"{source}: the checkpoint has no task head (no 'segm.weight', "
                           "'depth.weight' or 'normal.weight')")
   num_classes = int(np.shape(sd["segm.weight"])[0]) if "segm" in tasks else 0
   return num_classes, tasks
@@ -248,7 +247,7 @@ def convert(path: str, *, layout: str = "auto", num_classes: int = 40,
   """
   sd = read_state_dict(path)
   if layout == "auto":
-    layout = detect_layout(sd)
+    layout = detect_layout(sd, path)
   elif layout not in LAYOUTS:
     raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS} or 'auto'")
   if layout == "densetorch":
@@ -264,7 +263,7 @@ def convert(path: str, *, layout: str = "auto", num_classes: int = 40,
                                        "batch_stats": variables["batch_stats"]})
     flat.update({p: jnp.asarray(v) for p, v in flat_encoder.items()})
   else:
-    num_classes, tasks = infer_heads(sd)
+    num_classes, tasks = infer_heads(sd, path)
     flat = {p: jnp.asarray(v) for p, v in map_official(sd, num_classes, tasks,
                                                         source=path).items()}
   variables = dict(traverse_util.unflatten_dict(flat))
@@ -276,6 +275,12 @@ def convert(path: str, *, layout: str = "auto", num_classes: int = 40,
           "align_corners": align_corners,
           "parameters": int(sum(np.size(v) for v in jax.tree.leaves(variables["params"])))}
   return variables, info
+
+
+def one_line(message: str, path: str) -> str:
+  """An error message as one line that names `path` (multi-line key lists joined by ';')."""
+  text = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+  return text if path in text else f"{path}: {text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -293,13 +298,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--seed", type=int, default=0,
                       help="backbones only: seed of the fresh decoder and heads")
   args = parser.parse_args(argv)
+  tasks = tuple(t for t in args.tasks.split(",") if t)
+  if not tasks or not set(tasks) <= set(TASKS) or len(set(tasks)) != len(tasks):
+    parser.error(f"--tasks {args.tasks!r}: expected distinct names from {','.join(TASKS)}")
+  if "segm" in tasks and args.num_classes < 1:
+    parser.error(f"--num-classes {args.num_classes}: expected at least 1 with the segm task")
   try:
     variables, info = convert(args.src, layout=args.layout, num_classes=args.num_classes,
-                              tasks=tuple(t for t in args.tasks.split(",") if t),
-                              seed=args.seed)
+                              tasks=tasks, seed=args.seed)
     weights.save(args.dst, variables)
   except (OSError, ValueError, torch_pickle.UnsafeCheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {one_line(str(e), args.src)}", file=sys.stderr)
     return 1
   fresh = " (encoder converted; decoder and heads freshly initialised)" if (
       info["layout"] in BACKBONE_LAYOUTS) else ""

@@ -12,6 +12,7 @@ with `--config.teacher_dir=OUT` then reads them back, filling only the missing p
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ml_collections
@@ -40,8 +41,6 @@ def distill(variables: dict, source: Any, out_dir: str, *, overwrite: bool = Fal
   """Write teacher labels for the modalities each sample of `source` lacks and the teacher
   predicts. Samples already labelled in `out_dir` are skipped unless `overwrite`.
   Returns counts {"segm": n, "depth": n, "samples": n}."""
-  import os
-
   import tqdm
 
   from hydrajax.data import teacher
@@ -81,10 +80,13 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
         workdir: str = "", overwrite: bool = False) -> dict[str, int]:
   """Load the teacher (weights file, or WORKDIR's latest checkpoint under `config`) and
   label the training split of `config`'s dataset."""
-  from hydrajax import evaluate
+  from hydrajax import config_check, evaluate
 
+  config = config_check.validate(config, "distill")
   if not (weights or workdir):
     raise ValueError("pass --weights TEACHER.npz or --workdir of a teacher run")
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise NotADirectoryError(f"--out {out_dir} is a file; give a directory for the labels")
   variables, origin = evaluate.load_variables(config, workdir, weights)
   teacher = api.model_config(variables)
   if "segm" in teacher["tasks"] and teacher["num_classes"] != config.num_classes:
@@ -103,8 +105,11 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
 def main(argv):
   del argv
   from absl import flags
+
+  from hydrajax import config_check
   f = flags.FLAGS
-  run(f.config, f.out, f.weights, f.workdir, f.overwrite)
+  with config_check.exit_on_bad_input():
+    run(f.config, f.out, f.weights, f.workdir, f.overwrite)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Predictions are upsampled (bilinear) to the label resolution. Segmentation: one 
 matrix over the whole set -> mIoU, pixel and mean accuracy, per-class IoU. Depth: error sums
 over every valid pixel of the set -> RMSE, RMSE(log), abs/sq rel, delta < 1.25^k. Baselines
 printed alongside: the mIoU of uniformly random labels and the RMSE of predicting the mean
-ground-truth depth. Runs on all local devices (batch split, sums psum'ed).
+ground-truth depth. Runs on the devices of every process (hydrajax.parallel): each process
+feeds its rows of every global batch and the sums are psum'ed over all devices, so every
+process gets the whole set's metrics, the same for any process count.
 
   python evaluate.py --config configs/synthetic.py --workdir runs/demo [--which best]
   python evaluate.py --config configs/nyud.py --weights nyud.npz --workdir runs/nyud_eval
@@ -21,9 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hydrajax import api, metrics, sources
-
-AXIS = "batch"
+from hydrajax import api, metrics, parallel, sources
+from hydrajax.parallel import AXIS
 
 
 def eval_params(config: ml_collections.ConfigDict) -> dict:
@@ -81,28 +82,35 @@ def evaluate(variables: dict, config: ml_collections.ConfigDict, source: Any = N
   """Metrics of `variables` on the validation split (or `source`).
 
   Returns (flat metrics dict, up to `num_samples` dicts of image / labels / predictions
-  as numpy for pictures). `variables` are host arrays ({"params", "batch_stats"}).
+  as numpy for pictures: this process's rows). `variables` are host arrays ({"params",
+  "batch_stats"}). `devices`: those of every process (default `parallel.devices()`); every
+  process must call this.
   """
   from hydrajax.data import pipeline
 
-  devices = list(devices or jax.local_devices())
+  devices = list(devices or parallel.devices())
   n = len(devices)
   source = source if source is not None else sources.build_source(config, "val")
   if config.eval.max_examples:
     source = _Head(source, config.eval.max_examples)
-  batch_size = -(-config.eval.batch_size // n) * n
+  batch_size = -(-config.eval.batch_size // n) * n  # global, a multiple of the devices
   model_cfg = api.model_config(variables)
   step = pmapped_eval_step(model_cfg, devices)
   protocol = eval_params(config)
   net = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-  from hydrajax.train_lib import replicate
-  replicated = replicate(net, devices)
+  replicated = parallel.replicate(net, devices)
   acc = metrics.Accumulator()
   samples = []
-  ds = pipeline.eval_dataset(source, batch_size=batch_size, num_devices=n,
+  ds = pipeline.eval_dataset(source, batch_size=batch_size,
+                             num_devices=len(parallel.local(devices)),
                              pad_to_multiple=config.eval.pad_to_multiple or None)
-  for batch in ds:
-    sums, preds = step(replicated, batch, protocol)
+  batches = (_pad_like_other_processes(b) for b in ds)
+  shapes = set()
+  for batch, on_devices in parallel.prefetch(batches, devices, config.prefetch_to_device):
+    if batch["image"].shape not in shapes:
+      shapes.add(batch["image"].shape)
+      parallel.compile_everywhere(step, replicated, on_devices, protocol, name="eval_step")
+    sums, preds = step(replicated, on_devices, protocol)
     acc.add(jax.tree.map(lambda x: x[0], sums))
     if len(samples) < num_samples:
       samples += _pictures(batch, preds, num_samples - len(samples))
@@ -118,6 +126,26 @@ def evaluate(variables: dict, config: ml_collections.ConfigDict, source: Any = N
     result.update(dep)
   result["num_examples"] = len(source)
   return result, samples
+
+
+def _pad_like_other_processes(batch: dict) -> dict:
+  """Pads this process's rows (devices, n, H, W, ...) to the largest H, W of the global batch
+  (ignore values), as one process holding the whole batch pads it: the pmapped step needs
+  the same shapes in every process, and predictions then match the one-process run."""
+  if jax.process_count() == 1:
+    return batch
+  from jax.experimental import multihost_utils
+
+  from hydrajax.data import transforms
+
+  h, w = np.max(multihost_utils.process_allgather(np.array(batch["image"].shape[2:4])), axis=0)
+  out = {}
+  for k, v in batch.items():
+    if v.ndim >= 4 and v.shape[2:4] == batch["image"].shape[2:4]:
+      pad = [(0, 0), (0, 0), (0, h - v.shape[2]), (0, w - v.shape[3])] + [(0, 0)] * (v.ndim - 4)
+      v = np.pad(v, pad, constant_values=transforms.PAD_VALUES.get(k, 0))
+    out[k] = v
+  return out
 
 
 class _Head:
@@ -205,14 +233,36 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str, weights: str
   return variables, f"{workdir}/checkpoints/{step} ({which})"
 
 
+def check_model_matches_config(variables: dict, config: ml_collections.ConfigDict,
+                               origin: str) -> None:
+  """Raise ValueError naming both when the weights' classes or tasks differ from the
+  config's: their scores would be computed against labels of another meaning."""
+  model = api.model_config(variables)
+  wanted = {"num_classes": config.num_classes if "segm" in config.tasks else 0,
+            "tasks": tuple(config.tasks)}
+  if (model["num_classes"], model["tasks"]) != (wanted["num_classes"], wanted["tasks"]):
+    raise ValueError(
+        f"{origin} is a model with {model['num_classes']} classes and tasks "
+        f"{','.join(model['tasks'])}, but the config has num_classes={config.num_classes} and "
+        f"tasks {','.join(config.tasks)} (dataset {config.dataset!r}): use weights trained "
+        f"for this config, or set --config.num_classes / --config.tasks to match them")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, weights: str = "",
         which: str = "latest") -> dict:
   """Evaluate and write WORKDIR/eval/metrics.json and WORKDIR/eval/samples.png."""
-  from hydrajax import pictures
+  from hydrajax import config_check, pictures
 
+  config = config_check.validate(config, "evaluate")
+  parallel.initialize(config)
+  parallel.check_same_config(config, workdir)
   variables, origin = load_variables(config, workdir, weights, which)
-  result, samples = evaluate(variables, config, num_samples=config.eval.num_samples)
+  check_model_matches_config(variables, config, origin)
+  result, samples = evaluate(variables, config, devices=parallel.devices(config.num_devices),
+                             num_samples=config.eval.num_samples)
   result["weights"] = origin
+  if not parallel.is_primary():
+    return result
   out_dir = os.path.join(workdir, "eval")
   write_json_atomic(os.path.join(out_dir, "metrics.json"), result)
   if samples:

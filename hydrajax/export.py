@@ -1,4 +1,4 @@
-"""Export the network, with its input normalisation, to StableHLO (jax.export) or ONNX (jax2onnx).
+"""Export the network, with its input normalisation, to StableHLO (jax.export) or ONNX.
 
     python -m hydrajax.export --weights W.npz --format stablehlo --height 480 --width 640 \
         --out model.stablehlo [--batch N] [--full-resolution] [--input-dtype float32]
@@ -19,11 +19,9 @@ Run an ONNX file: `onnxruntime.InferenceSession(f).run(None, {"image": x})`.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import os
 import sys
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +34,8 @@ FORMATS = ("stablehlo", "onnx")
 INPUT_DTYPES = ("uint8", "float32")
 INPUT_NAME = "image"
 OUTPUT_ORDER = ("segm", "depth", "normals", "labels")
-ONNX_OPSET = 23
-_ONNX_INSTALL = ("pip install --no-deps jax2onnx==0.17.1 && "
-                 "pip install onnx==1.23.2 onnx-ir==1.1.0 onnxruntime==1.32.0")
+ONNX_OPSET = 18  # the first with Resize(axes=...): sizes for H, W only, batch left symbolic
+_ONNX_INSTALL = "pip install onnx==1.23.2 onnxruntime==1.32.0"
 
 
 def inference_fn(variables: Mapping[str, Any], *, full_resolution: bool = False
@@ -108,54 +105,28 @@ def export_stablehlo(variables: Mapping[str, Any], height: int, width: int, *,
   return bytes(exported.serialize())
 
 
-@contextlib.contextmanager
-def _quiet_jax2onnx() -> Iterator[None]:
-  """Silence two harmless warning floods: jax2onnx imports every optional plugin on first
-  use and logs a traceback for each one whose library (equinox, dm_pix) is absent, none of
-  which hydrajax uses; onnx_ir notes untyped reshape-shape constants it leaves out of the
-  file's value_info (only shape annotations; the graph is complete)."""
-  loggers = [logging.getLogger(n) for n in ("jax2onnx.plugins.plugin_system", "onnx_ir.serde")]
-  levels = [log.level for log in loggers]
-  for log in loggers:
-    log.setLevel(logging.ERROR)
+def _import_onnx():
   try:
-    yield
-  finally:
-    for log, level in zip(loggers, levels):
-      log.setLevel(level)
-
-
-def _import_jax2onnx():
-  try:
-    with _quiet_jax2onnx():
-      import onnx  # noqa: F401
-      from jax2onnx import to_onnx
+    import onnx
   except ImportError as e:
-    raise ImportError(f"ONNX export needs jax2onnx and onnx: {_ONNX_INSTALL} ({e})") from e
-  return to_onnx
+    raise ImportError(f"ONNX export needs onnx: {_ONNX_INSTALL} ({e})") from e
+  return onnx
 
 
 def export_onnx(variables: Mapping[str, Any], height: int, width: int, *,
                 batch: int | None = None, full_resolution: bool = False,
                 input_dtype: str = "uint8", opset: int = ONNX_OPSET) -> bytes:
-  """Serialized ONNX ModelProto of `inference_fn`, input "image" (batch|N, H, W, 3),
-  outputs named as in OUTPUT_ORDER. Traced with `onnx_ops.onnx_friendly()` so that
-  onnxruntime gets native Conv/MaxPool nodes (same numbers as the XLA layers)."""
+  """Serialized ONNX ModelProto computing `inference_fn`: input "image" (batch|N, H, W, 3),
+  outputs named as in OUTPUT_ORDER. The graph is written node by node (onnx_ops): NCHW
+  Conv / Clip / MaxPool / Resize with BatchNorm folded into the convolutions."""
   from hydrajax import onnx_ops
-  to_onnx = _import_jax2onnx()
-  spec = input_spec(height, width, batch, input_dtype)
-  fn = inference_fn(variables, full_resolution=full_resolution)
-  names = [k for k in OUTPUT_ORDER if k in jax.eval_shape(fn, spec)]
-
-  def ordered(image):
-    with onnx_ops.onnx_friendly():
-      out = fn(image)
-    return tuple(out[k] for k in names)
-
-  with _quiet_jax2onnx():
-    proto = to_onnx(ordered, [spec], input_names=[INPUT_NAME], output_names=names,
-                    model_name="hydrajax", opset=opset)
-  return proto.SerializeToString()
+  _import_onnx()
+  _check_args(height, width, batch, input_dtype)
+  model = onnx_ops.build_model(
+      variables, api.model_config(variables), int(height), int(width), batch=batch,
+      full_resolution=full_resolution, input_dtype=input_dtype, input_name=INPUT_NAME,
+      output_order=OUTPUT_ORDER, opset=opset)
+  return model.SerializeToString()
 
 
 def signature(data: bytes, fmt: str) -> list[tuple[str, str, tuple, str]]:
@@ -220,9 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.platforms is not None and args.format != "stablehlo":
       raise ValueError("--platforms applies to --format stablehlo only")
+    if os.path.isdir(args.out):
+      raise ValueError(f"--out {args.out} is a directory; give the file to write")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+      raise ValueError(f"--out {args.out}: {parent} is a file, not a directory")
     _check_args(args.height, args.width, args.batch, args.input_dtype)
     if args.format == "onnx":
-      _import_jax2onnx()  # fail before the slow part if it is missing
+      _import_onnx()  # fail before the slow part if it is missing
     variables = weights.load(args.weights)
     kwargs = dict(batch=args.batch, full_resolution=args.full_resolution,
                   input_dtype=args.input_dtype)
@@ -230,10 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       kwargs["platforms"] = [s.strip() for s in args.platforms.split(",") if s.strip()]
     data = export(variables, args.format, args.height, args.width, **kwargs)
     rows = signature(data, args.format)
-  except (ValueError, FileNotFoundError, ImportError) as e:
+    write_atomic(args.out, data)
+  except (ValueError, OSError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  write_atomic(args.out, data)
   print(f"wrote {args.out} ({args.format}, {len(data) / 1e6:.1f} MB)")
   for kind, name, shape, dtype in rows:
     print(f"  {kind:6s} {name:8s} {dtype:8s} ({', '.join(shape)})")

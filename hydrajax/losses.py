@@ -19,11 +19,16 @@ DEFAULT_WEIGHTS = {"segm": 0.5, "depth": 0.5, "normals": 0.5}
 SumCount = tuple[jax.Array, jax.Array]
 
 
+def _at_least_f32(x: jax.Array) -> jax.Array:
+  """bfloat16 / float16 -> float32; float32 and float64 stay (float64 serves exactness tests)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def cross_entropy_terms(logits: jax.Array, labels: jax.Array,
                         ignore_label: int = IGNORE_LABEL) -> SumCount:
   """Softmax CE. logits (N, H, W, C), labels (N, H, W) int; labels == ignore_label or
   outside [0, C) are ignored. Returns (sum over valid pixels, number of valid pixels)."""
-  logits = logits.astype(jnp.float32)
+  logits = _at_least_f32(logits)
   labels = labels.astype(jnp.int32)
   valid = (labels != ignore_label) & (labels >= 0) & (labels < logits.shape[-1])
   safe = jnp.where(valid, labels, 0)
@@ -46,8 +51,7 @@ def berhu_terms(pred: jax.Array, target: jax.Array, c: jax.Array | None = None) 
   loss = |e| if |e| <= c else (e^2 + c^2) / (2c). pred, target (N, H, W).
   Returns (sum over valid pixels, number of valid pixels), a correct masked mean's pieces
   (the authors' DenseTorch divides by all pixels instead)."""
-  pred = pred.astype(jnp.float32)
-  target = target.astype(jnp.float32)
+  pred, target = _at_least_f32(pred), _at_least_f32(target)
   if c is None:
     c = berhu_threshold(pred, target)
   valid = target > 0
@@ -61,8 +65,7 @@ def berhu_terms(pred: jax.Array, target: jax.Array, c: jax.Array | None = None) 
 
 def normals_terms(pred: jax.Array, target: jax.Array) -> SumCount:
   """1 - cosine(pred, target) over pixels whose target normal is non-zero. (N, H, W, 3)."""
-  pred = pred.astype(jnp.float32)
-  target = target.astype(jnp.float32)
+  pred, target = _at_least_f32(pred), _at_least_f32(target)
   tnorm = jnp.linalg.norm(target, axis=-1)
   valid = tnorm > 0
   pnorm = jnp.sqrt(jnp.sum(pred ** 2, axis=-1) + 1e-12)

@@ -37,6 +37,8 @@ class PredictReport:
 def load_image(path: str | os.PathLike) -> np.ndarray:
   """Read a PNG/JPEG/... file as (H, W, 3) RGB uint8; errors name the file."""
   path = os.fspath(path)
+  if os.path.isdir(path):
+    raise ValueError(f"{path}: a directory, not an image file")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such file")
   try:
@@ -161,12 +163,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("error: no input images given", file=sys.stderr)
     return 2
   try:
+    if args.max_depth is not None and not 0 < args.max_depth < float("inf"):
+      raise ValueError(f"--max-depth must be a positive number of metres, got {args.max_depth}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+      raise ValueError(f"--out {args.out} is a file; give a directory for the predictions")
     variables = weights.load(args.weights)
+    report = predict_files(variables, args.images, args.out, palette=args.palette,
+                           max_depth=args.max_depth, progress=not args.no_progress)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  report = predict_files(variables, args.images, args.out, palette=args.palette,
-                         max_depth=args.max_depth, progress=not args.no_progress)
   print(f"wrote predictions for {len(report.written)} image(s) to {args.out}")
   for path, message in report.failed.items():
     print(f"failed: {message}", file=sys.stderr)

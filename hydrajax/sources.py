@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 DATASETS = ("synthetic", "nyud", "kitti")
 
@@ -47,7 +48,77 @@ def build_source(config: ml_collections.ConfigDict, split: str, *,
     return _kitti(config, split, with_teacher)
   else:
     raise ValueError(f"config.dataset must be one of {DATASETS}, got {config.dataset!r}")
-  return _with_teacher(config, source) if with_teacher and split == "train" else source
+  if with_teacher and split == "train":
+    source = _with_teacher(config, source)
+  return _checked(config, source)
+
+
+def _checked(config: ml_collections.ConfigDict, source: Any) -> Any:
+  """`source` with errors naming files and labels checked against the config (see
+  CheckedSource); raises ValueError if the config wants normals the data does not have."""
+  if "normals" in config.tasks and not getattr(source, "has_normals", False):
+    raise ValueError(f"config.tasks={tuple(config.tasks)} includes 'normals', but the "
+                     f"{config.dataset!r} data in {config.data_dir or '(generated)'} has no "
+                     f"surface normals (NYUD: a 4th column in the list files)")
+  return CheckedSource(source, config.num_classes if "segm" in config.tasks else None)
+
+
+class CheckedSource:
+  """A source whose read errors name the sample's files, and whose segmentation labels
+  must lie in [0, num_classes) or be the ignore value 255 (unless num_classes is None).
+
+  Both raise BadSampleError: a label outside the classes is a mismatch of data and config
+  that the loss would silently ignore. The check is one comparison per uint8 pixel, cheap
+  next to decoding the PNG.
+  """
+
+  def __init__(self, source: Any, num_classes: int | None):
+    self.source, self.num_classes = source, num_classes
+    self.has_normals = getattr(source, "has_normals", False)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def key(self, index: int) -> str:
+    return self.source.key(index)
+
+  def __getitem__(self, index: int) -> dict:
+    from hydrajax.data import pngio, transforms
+
+    try:
+      sample = self.source[index]
+    except (IndexError, pngio.BadSampleError):  # the end of the source; already named
+      raise
+    except Exception as e:  # noqa: BLE001 - any failure to read a sample: say which one
+      raise pngio.BadSampleError(f"{describe(self.source, index)}: cannot read the sample "
+                                 f"({type(e).__name__}: {e})") from e
+    if self.num_classes is None:
+      return sample
+    segm = np.asarray(sample["segm"])
+    bad = (segm >= self.num_classes) & (segm != transforms.IGNORE_SEGM)
+    if bad.any():
+      values = np.unique(segm[bad]).tolist()
+      shown = ", ".join(map(str, values[:10])) + (" ..." if len(values) > 10 else "")
+      raise pngio.BadSampleError(
+          f"{describe(self.source, index)}: segmentation labels {shown} are outside [0, "
+          f"{self.num_classes}) and not the ignore value {transforms.IGNORE_SEGM} "
+          f"(config.num_classes={self.num_classes}): fix the labels or the config")
+    return sample
+
+
+def files_of(source: Any, index: int) -> list[str]:
+  """The files sample `index` is read from ([] for generated data)."""
+  files = getattr(source, "files", None)
+  return list(files(index)) if files is not None else []
+
+
+def describe(source: Any, index: int) -> str:
+  """The files of sample `index` (or its key) for error messages."""
+  files = files_of(source, index)
+  if files:
+    return ", ".join(files)
+  key = getattr(source, "key", None)
+  return f"sample {key(index)!r}" if key is not None else f"sample {index}"
 
 
 def _with_teacher(config: ml_collections.ConfigDict, source: Any) -> Any:
@@ -76,9 +147,10 @@ def _kitti(config: ml_collections.ConfigDict, split: str, with_teacher: bool) ->
   if not parts:
     raise ValueError(f"config.kitti lists no {split} file (segm_{split} / depth_{split})")
   if split == "val":
-    return Concat(parts)
+    return _checked(config, Concat(parts))
   if with_teacher:
     parts = [_with_teacher(config, p) for p in parts]
+  parts = [_checked(config, p) for p in parts]
   weights = (k.segm_weight, k.depth_weight) if len(parts) == 2 else None
   return parts[0] if len(parts) == 1 else pipeline.Mixture(parts, weights)
 
@@ -109,6 +181,10 @@ class Concat:
   def key(self, index: int) -> str:
     part, i = self._locate(index)
     return part.key(i)
+
+  def files(self, index: int) -> list[str]:
+    part, i = self._locate(index)
+    return files_of(part, i)
 
 
 def _need_data_dir(config: ml_collections.ConfigDict) -> None:

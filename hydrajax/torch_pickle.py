@@ -146,25 +146,74 @@ def _text(value) -> str:
 
 def load(path: str | os.PathLike) -> Any:
   """Read a PyTorch checkpoint (`torch.save` output, zip or legacy) with tensors as numpy
-  arrays. Raises FileNotFoundError, CheckpointFormatError or UnsafeCheckpointError."""
+  arrays. Raises FileNotFoundError, CheckpointFormatError or UnsafeCheckpointError; every
+  message names the file and what is wrong with it (truncated, corrupt zip entry, corrupt
+  pickle, not a checkpoint)."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"checkpoint not found: {path}")
-  if zipfile.is_zipfile(path):
-    return _load_zip(path)
   with open(path, "rb") as f:
-    return _load_legacy(f, path)
+    head = f.read(4)
+  if not head:
+    raise CheckpointFormatError(f"{path}: empty file, not a PyTorch checkpoint")
+  try:
+    if head == _ZIP_MAGIC:
+      return _load_zip(path)
+    with open(path, "rb") as f:
+      # In memory, so that a damaged length field makes a short read, not a huge allocation.
+      return _load_legacy(io.BytesIO(f.read()), path)
+  except (CheckpointFormatError, UnsafeCheckpointError):
+    raise
+  except Exception as e:  # noqa: BLE001 - any failure to decode untrusted bytes is corruption
+    raise CheckpointFormatError(f"{path}: corrupt checkpoint ({_describe(e)})") from e
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # a zip's first local file header; torch.save's zip starts so
+
+
+def _describe(e: BaseException) -> str:
+  """An exception as one line: its type and its message's first line."""
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _unpickle(unpickler: "_RestrictedUnpickler", path: str, what: str) -> Any:
+  """`unpickler.load()` with every decoding failure reported as a CheckpointFormatError
+  naming the file and the part (`what`) that could not be read."""
+  try:
+    return unpickler.load()
+  except (CheckpointFormatError, UnsafeCheckpointError):
+    raise
+  except EOFError as e:
+    raise CheckpointFormatError(f"{path}: truncated file (it ends inside the {what})") from e
+  except Exception as e:  # noqa: BLE001 - pickle raises many types for corrupt data
+    if "truncated" in str(e):
+      raise CheckpointFormatError(f"{path}: truncated file (it ends inside the {what})") from e
+    raise CheckpointFormatError(f"{path}: corrupt {what} ({_describe(e)})") from e
 
 
 def _load_zip(path: str) -> Any:
-  with zipfile.ZipFile(path) as zf:
+  try:
+    zf = zipfile.ZipFile(path)
+  except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    raise CheckpointFormatError(f"{path}: truncated or damaged zip archive ({_describe(e)}); "
+                                f"a complete torch.save file ends with the zip directory") from e
+  with zf:
     names = zf.namelist()
     pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
     if not pkl:
       raise CheckpointFormatError(f"{path}: zip archive without '<name>/data.pkl': not a "
                                   f"PyTorch checkpoint (entries: {names[:5]})")
     root = pkl[0][: -len("data.pkl")]
-    if root + "byteorder" in names and zf.read(root + "byteorder").strip() != b"little":
+
+    def read(entry: str) -> bytes:
+      try:
+        return zf.read(entry)
+      except Exception as e:  # noqa: BLE001 - BadZipFile (CRC, header), zlib.error, ...
+        raise CheckpointFormatError(f"{path}: corrupt zip entry '{entry}' "
+                                    f"({_describe(e)})") from e
+
+    if root + "byteorder" in names and read(root + "byteorder").strip() != b"little":
       raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
     cache: dict[str, np.ndarray] = {}
 
@@ -173,21 +222,26 @@ def _load_zip(path: str) -> Any:
         entry = f"{root}data/{key}"
         if entry not in names:
           raise CheckpointFormatError(f"{path}: missing storage entry {entry}")
-        cache[key] = np.frombuffer(zf.read(entry), dtype=stype.dtype)
+        data = read(entry)
+        if len(data) % stype.dtype.itemsize:
+          raise CheckpointFormatError(f"{path}: storage entry {entry} has {len(data)} bytes, "
+                                      f"not a whole number of {stype.name} elements")
+        cache[key] = np.frombuffer(data, dtype=stype.dtype)
       return cache[key]
 
-    return _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), load_storage, path).load()
+    unpickler = _RestrictedUnpickler(io.BytesIO(read(pkl[0])), load_storage, path)
+    return _unpickle(unpickler, path, f"pickle '{pkl[0]}'")
 
 
-def _load_legacy(f: BinaryIO, path: str) -> Any:
+def _load_legacy(f: io.BytesIO, path: str) -> Any:
   def header(what):
     try:
       return _RestrictedUnpickler(f, None, path).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-      if isinstance(e, UnsafeCheckpointError):
-        raise
+    except UnsafeCheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001 - whatever the bytes are, it is not a header
       raise CheckpointFormatError(f"{path}: not a PyTorch checkpoint (cannot read the {what}: "
-                                  f"{e})") from e
+                                  f"{_describe(e)})") from e
 
   if header("magic number") != LEGACY_MAGIC:
     raise CheckpointFormatError(f"{path}: not a PyTorch checkpoint (wrong magic number)")
@@ -197,6 +251,7 @@ def _load_legacy(f: BinaryIO, path: str) -> Any:
   if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
     raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
 
+  file_size = len(f.getbuffer())
   roots: dict[str, tuple[_StorageType, int]] = {}
   filled: dict[str, np.ndarray] = {}
 
@@ -204,17 +259,25 @@ def _load_legacy(f: BinaryIO, path: str) -> Any:
     # Storages follow the object in the stream, so hand out a placeholder buffer that is
     # filled in place once the bytes are read (tensors are copied out after that).
     if key not in roots:
-      roots[key] = (stype, int(numel))
-      filled[key] = np.zeros(int(numel), stype.dtype)
+      numel = int(numel)
+      if not 0 <= numel * stype.dtype.itemsize <= file_size:
+        # A damaged count must not allocate: no storage is larger than the file.
+        raise CheckpointFormatError(f"{path}: storage {key} claims {numel} elements, more "
+                                    f"than the whole {file_size}-byte file: the file is "
+                                    f"truncated or corrupt")
+      roots[key] = (stype, numel)
+      filled[key] = np.zeros(numel, stype.dtype)
     if view_metadata is None:
       return filled[key]
     view_key, offset, size = _text(view_metadata[0]), int(view_metadata[1]), int(view_metadata[2])
-    if offset < 0 or offset + size > roots[key][1]:
+    if offset < 0 or size < 0 or offset + size > roots[key][1]:
       raise CheckpointFormatError(f"{path}: storage view {view_key} out of bounds")
     return filled[key][offset:offset + size]
 
-  obj = _RestrictedUnpickler(f, load_storage, path, defer_tensors=True).load()
-  keys = [_text(k) for k in _RestrictedUnpickler(f, None, path).load()]
+  obj = _unpickle(_RestrictedUnpickler(f, load_storage, path, defer_tensors=True), path,
+                  "pickled object")
+  keys = [_text(k) for k in _unpickle(_RestrictedUnpickler(f, None, path), path,
+                                      "list of storage keys")]
   for key in keys:
     if key not in roots:
       raise CheckpointFormatError(f"{path}: storage {key} listed but never used")

@@ -1,7 +1,8 @@
 """Training: the train state, the optimizer, one pmapped step, and the loop.
 
 One pure `train_step(state, batch, hparams) -> (state, metrics)` is pmapped once over
-the local devices (axis "batch"). Each device sees its share of the global batch; the loss
+the devices of every process (axis "batch"; hydrajax.parallel). Each device sees its share
+of the global batch; the loss
 is built from (sum, count) pieces whose counts are summed over devices (hydrajax.losses),
 gradients are summed with psum, and BatchNorm statistics are taken over the global batch
 (`sync_bn`), so N devices give the parameters one device gives on the same global batch.
@@ -24,10 +25,9 @@ import optax
 from flax import traverse_util
 
 import hydrajax
-from hydrajax import api, losses, weights
+from hydrajax import api, losses, parallel, weights
 from hydrajax.models import HydraNet
-
-AXIS = "batch"
+from hydrajax.parallel import AXIS, replicate, unreplicate  # noqa: F401 (public here too)
 
 
 @flax.struct.dataclass
@@ -49,7 +49,7 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float64")
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
@@ -58,6 +58,9 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   name = str(config.get("dtype", "float32"))
   if name not in COMPUTE_DTYPES:
     raise ValueError(f"config.dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+  if name == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("config.dtype='float64' needs 64-bit JAX (jax.enable_x64 / "
+                     "JAX_ENABLE_X64=1); it serves exactness tests, not training")
   return jnp.dtype(name)
 
 
@@ -228,23 +231,9 @@ def _compiled_step(key: tuple, devices: tuple) -> Any:
 
 def pmapped_train_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> Any:
   """`step(replicated_state, device_batch, hparams) -> (state, metrics)`, pmapped over
-  `devices`, state donated; built once per (step-relevant config, devices) and reused."""
+  `devices` (those of every process: `parallel.devices`), state donated; built once per
+  (step-relevant config, devices) and reused. Each process passes its own rows."""
   return _compiled_step(_step_key(config), tuple(devices))
-
-
-def replicate(tree: Any, devices: Sequence[Any]) -> Any:
-  """One copy of `tree` per device, stacked on a leading axis and placed as pmap's outputs
-  are (sharded over `devices`), so the first step does not compile a second variant."""
-  n = len(devices)
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                        jax.sharding.PartitionSpec(AXIS))
-  return jax.tree.map(lambda x: jax.device_put(
-      np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding), tree)
-
-
-def unreplicate(tree: Any) -> Any:
-  """The first device's copy, fetched to host numpy."""
-  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
 
 def _check_finite(rstate: TrainState, ckpt: Any) -> None:
@@ -259,7 +248,8 @@ def _check_finite(rstate: TrainState, ckpt: Any) -> None:
         f"rates or check the data (labels, depth units) and restart from the checkpoint.")
 
 
-def _train_pipeline(config: ml_collections.ConfigDict, num_devices: int) -> Any:
+def _train_pipeline(config: ml_collections.ConfigDict, num_devices: int | None) -> Any:
+  """This process's rows of the global batches, split over its `num_devices` devices."""
   from hydrajax import sources
   from hydrajax.data import pipeline
   return pipeline.train_dataset(
@@ -274,25 +264,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   `eval_every_steps` and at the end, checkpoint. Returns the last validation metrics."""
   import tqdm
 
-  from hydrajax import checkpoint, evaluate, writer
+  from hydrajax import checkpoint, config_check, evaluate, writer
 
-  if config.distributed:
-    jax.distributed.initialize()
-  devices = jax.local_devices()[:config.num_devices or None]
-  n = len(devices)
-  if config.batch_size % (n * jax.process_count()):
-    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
-                     f"{n * jax.process_count()} devices")
-  primary = jax.process_index() == 0
+  config = config_check.validate(config, "train")
+  parallel.initialize(config)
+  parallel.check_same_config(config, workdir)
+  devices = parallel.devices(config.num_devices)
+  parallel.check_batch(config.batch_size, devices)
+  primary = parallel.is_primary()
   log = writer.MetricWriter(workdir, enabled=primary)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
                                  config.best_metric, config.best_mode)
   state = create_train_state(config)
-  data = iter(_train_pipeline(config, n))
+  # The next batches are copied to the devices while the step runs; the iterator's state
+  # stays that of the batches consumed (exact resume).
+  data = parallel.DevicePrefetch(iter(_train_pipeline(config, len(parallel.local(devices)))),
+                                 devices, config.prefetch_to_device)
   start = ckpt.latest_step()
   if start is not None:
     state = ckpt.restore(start, state, data)
-    print(f"resumed from {ckpt.directory}/{start}")
+    if primary:
+      print(f"resumed from {ckpt.directory}/{start}")
   first = int(state.step)
   step_fn = pmapped_train_step(config, devices)
   hparams = hyperparams_fn(config)
@@ -305,6 +297,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tick, tick_step = time.perf_counter(), first
   for step in range(first + 1, total + 1):
     batch = next(data)
+    if step == first + 1:
+      parallel.compile_everywhere(step_fn, rstate, batch, hparams(step - 1), name="train_step")
     rstate, step_metrics = step_fn(rstate, batch, hparams(step - 1))
     pending.append(step_metrics)
     bar.update(1)

@@ -5,9 +5,11 @@ architecture expects, so a wrong or truncated file fails with the offending keys
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
+import zipfile
 from typing import Any, Callable, Mapping
 
 import jax
@@ -18,6 +20,7 @@ from flax import traverse_util
 from hydrajax import api
 
 _META_ENTRY = "__meta__"
+_CONVERT_HINT = " (PyTorch checkpoints: convert with `python -m hydrajax.convert SRC DST.npz`)"
 FORMAT_VERSION = 1
 
 
@@ -60,14 +63,25 @@ def load(path: str | os.PathLike) -> dict:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"weights file not found: {path}")
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"{path} is not a hydrajax weights file (.npz): not a zip archive (a "
+                     f"truncated file?){_CONVERT_HINT}")
   try:
     with np.load(path, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
   except Exception as e:  # zipfile.BadZipFile, ValueError, OSError ...
     raise ValueError(f"{path} is not a hydrajax weights file (.npz): {e}") from e
   if _META_ENTRY not in arrays:
-    raise ValueError(f"{path} has no '{_META_ENTRY}' entry: not a hydrajax weights file")
-  meta = json.loads(arrays.pop(_META_ENTRY).tobytes().decode())
+    raise ValueError(f"{path} has no '{_META_ENTRY}' entry: not a hydrajax weights "
+                     f"file{_CONVERT_HINT}")
+  try:
+    meta = json.loads(arrays.pop(_META_ENTRY).tobytes().decode())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not JSON ({e}): a damaged "
+                     f"weights file") from e
+  if not isinstance(meta, dict):
+    raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not a JSON object: a damaged "
+                     f"weights file")
   tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in arrays.items()})
   variables = {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})}
   if meta.get("align_corners"):
@@ -80,22 +94,27 @@ def check(variables: Mapping[str, Any], what: str = "variables") -> None:
   """Raise ValueError listing missing, unexpected and mis-shaped keys, comparing
   `variables` with the tree of the architecture it claims (classes, tasks)."""
   cfg = api.model_config(variables)
-  model = api.HydraNet(num_classes=max(cfg["num_classes"], 1), tasks=cfg["tasks"])
-  expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-  want = flatten_shapes({"params": expected["params"], "batch_stats": expected["batch_stats"]})
+  want = expected_shapes(cfg["num_classes"], cfg["tasks"])
   have = flatten_shapes({"params": variables["params"], "batch_stats": variables["batch_stats"]})
   missing = sorted(set(want) - set(have))
   unexpected = sorted(set(have) - set(want))
   wrong = sorted(f"{k}: expected {want[k]}, got {have[k]}"
                  for k in set(want) & set(have) if want[k] != have[k])
   if missing or unexpected or wrong:
-    lines = [f"{what} does not match the {cfg['tasks']} model with "
-             f"{cfg['num_classes']} classes:"]
-    for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-      if keys:
-        lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) +
-                     (" ..." if len(keys) > 20 else ""))
-    raise ValueError("\n".join(lines))
+    parts = [f"{title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else "")
+             for title, keys in (("missing", missing), ("unexpected", unexpected),
+                                 ("wrong shape", wrong)) if keys]
+    raise ValueError(f"{what} does not match the {cfg['tasks']} model with "
+                     f"{cfg['num_classes']} classes: " + "; ".join(parts))
+
+
+@functools.lru_cache(maxsize=16)
+def expected_shapes(num_classes: int, tasks: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+  """{"params/..." or "batch_stats/...": shape} of the architecture; traced once per
+  (classes, tasks), since tracing the model takes seconds on a small CPU."""
+  model = api.HydraNet(num_classes=max(num_classes, 1), tasks=tuple(tasks))
+  tree = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  return flatten_shapes({"params": tree["params"], "batch_stats": tree["batch_stats"]})
 
 
 def flatten_shapes(tree: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -79,6 +79,8 @@ def test_converted_model_matches_pytorch_outputs(tmp_path, capsys, num_classes, 
   got = raw_outputs(variables, image.numpy())
   for task in tasks:
     assert got[task].shape == expected[task].shape
+    # float32 eval-mode forward, two summation orders: no train-mode BN cancellation, so
+    # rounding stays ~1e-6 of the outputs' scale on any CPU; a wrong key or layout is >1e-1.
     assert rel_err(got[task], expected[task].numpy()) < 1e-5, task
 
 
@@ -160,6 +162,7 @@ def test_backbone_converts_to_reference_encoder_features(tmp_path, backbone_net,
              "batch_stats": variables["batch_stats"]["encoder"]}
   feats = encode(encoder, jnp.asarray(image.transpose(0, 2, 3, 1)))
   for got, want in zip(feats, expected):
+    # float32 eval-mode features in two frameworks: ~1e-6 of their scale (see above).
     assert rel_err(np.asarray(got).transpose(0, 3, 1, 2), want) < 1e-5
   fresh = hydrajax.init(5, num_classes=6)
   for part in ("decoder", "head_segm", "head_depth"):

@@ -54,6 +54,7 @@ def test_nyud_reads_layout_with_depth_in_metres_and_ignore(tmp_path):
 def test_nyud_reads_optional_normals_column(tmp_path):
     _write_layout(str(tmp_path), normals=True)
     s = NYUDv2(str(tmp_path), "train")[0]
+    # 8-bit PNG normals: (v / 255) * 2 - 1 is within one 2/255 step of the written vector.
     np.testing.assert_allclose(s["normals"][0], [[0, 0, -1.0]] * 16, atol=0.01)
     assert (s["normals"][2] == 0).all()  # black = invalid
 
@@ -106,6 +107,7 @@ def test_prepare_nyud_writes_layout_from_mat_files(tmp_path):
     assert len(train) == 2 and len(val) == 2 and train.key(1) == "000003"
     s = train[1]  # frame 3 -> index 2
     np.testing.assert_array_equal(s["image"], images[2].transpose(2, 1, 0))
+    # Stored as uint16 metres * 5000: half a 2e-4 m step (elementwise numpy, any CPU alike).
     np.testing.assert_allclose(s["depth"], depths[2].T, atol=1e-4)
     raw = labels[2].T.astype(int)
     expected = np.where(raw == 0, 255, (raw - 1) % 40)

@@ -1,6 +1,7 @@
 """Grain pipelines: determinism, exact resume, device shapes, eval padding and mixing."""
 
 import numpy as np
+import pytest
 
 from hydrajax.data import Mixture, SyntheticScenes, eval_dataset, train_dataset
 
@@ -128,18 +129,51 @@ class _Indexed:
                 "depth": np.ones((h, w), np.float32)}
 
 
-def test_hosts_read_disjoint_shards_with_a_share_of_the_global_batch(monkeypatch):
-    from hydrajax.data import pipeline
+@pytest.mark.parametrize("count", [2, 4])
+def test_processes_rows_together_are_the_one_process_batches(count):
+    """Topology independence: shuffle, mix and augmentation follow the global position, so
+    the processes' rows of each global batch, in process order, are the one-process batch
+    (random scale, crop and flip included), over an epoch boundary."""
+    mix = Mixture([_source(6), _source(5, seed=3)], [0.7, 0.3])
+    kw = dict(global_batch_size=4, crop_size=(24, 32), seed=3, num_devices=1)
+    one = iter(train_dataset(mix, **kw, process=(0, 1)))
+    parts = [iter(train_dataset(mix, **kw, process=(k, count))) for k in range(count)]
+    for _ in range(4):
+        expected = next(one)
+        rows = [next(p) for p in parts]
+        assert rows[0]["image"].shape[1] == 4 // count
+        for key in expected:
+            np.testing.assert_array_equal(
+                np.concatenate([r[key] for r in rows], axis=1), expected[key], err_msg=key)
 
+
+def test_each_process_reads_only_its_rows():
+    class _Logged(_Indexed):
+        def __getitem__(self, i):
+            reads.append(i)
+            return super().__getitem__(i)
+
+    kw = dict(global_batch_size=4, crop_size=8, scale_range=(1.0, 1.0), num_epochs=1)
     seen = []
-    for host in (0, 1):
-        monkeypatch.setattr(pipeline, "_host_shard", lambda host=host: (host, 2))
-        ds = train_dataset(_Indexed(8), global_batch_size=4, crop_size=8, scale_range=(1.0, 1.0),
-                           num_epochs=1, drop_remainder=False)
-        batches = list(ds)
-        assert all(b["segm"].shape[0] == 2 for b in batches)
-        seen.append({int(s[0, 0]) for b in batches for s in b["segm"]})
-    assert seen[0] == {0, 2, 4, 6} and seen[1] == {1, 3, 5, 7}
+    for k in (0, 1):
+        reads = []
+        rows = [int(s[0, 0]) for b in train_dataset(_Logged(8), **kw, process=(k, 2))
+                for s in b["segm"]]
+        assert sorted(reads) == sorted(rows) and len(rows) == 4, (k, reads, rows)
+        seen += rows
+    assert sorted(seen) == list(range(8))  # together: the epoch, each sample once
+
+
+def test_eval_rows_of_processes_cover_the_set_once_with_padding():
+    """5 examples, global batch 4: two global batches, 3 padding examples masked."""
+    parts = [list(eval_dataset(_Indexed(5), batch_size=4, process=(k, 2))) for k in (0, 1)]
+    one = list(eval_dataset(_Indexed(5), batch_size=4))
+    assert len(parts[0]) == len(parts[1]) == len(one) == 2
+    for b, expected in enumerate(one):
+        for key in ("mask", "hw"):
+            np.testing.assert_array_equal(
+                np.concatenate([p[b][key] for p in parts]), expected[key], err_msg=key)
+    assert sum(int(p[b]["mask"].sum()) for p in parts for b in range(2)) == 5
 
 
 def test_eval_pads_examples_of_different_sizes_to_the_batch_maximum():

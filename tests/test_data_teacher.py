@@ -28,6 +28,7 @@ def test_teacher_fills_only_fully_ignored_modalities(tmp_path):
     source = TeacherLabels(_Source(), str(tmp_path))
     s0, s1, s2 = source[0], source[1], source[2]
     assert (s0["segm"] == 3).all()
+    # Teacher depth is stored as uint16 metres * 256: within one step.
     np.testing.assert_allclose(s0["depth"], 12.5, atol=1 / 256)
     assert (s1["segm"] == 9).all() and (s1["depth"] == 7.0).all()
     assert (s2["segm"] == 3).all() and (s2["depth"] == 7.0).all()  # real labels win

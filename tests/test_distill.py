@@ -77,10 +77,12 @@ def test_distilled_labels_are_the_teacher_argmax_and_depth(distilled, kitti_dir,
       name = teacher._filename(key)
       if key in DEPTH_ONLY:
         segm = pngio.read_label(os.path.join(out, "segm", name), image.shape[:2])
+        # Same compiled apply, same image: identical logits, so identical argmax anywhere.
         np.testing.assert_array_equal(segm, np.asarray(pred["segm"]).argmax(-1), err_msg=key)
       else:
         depth = pngio.read_depth(os.path.join(out, "depth", name), 256.0, image.shape[:2])
-        # Stored as uint16 metres * 256: rounding moves a value by at most half a step.
+        # distill runs the same compiled apply on the same image (bit-identical); stored as
+        # uint16 metres * 256, rounding moves a value by half a step (+ float32 rounding).
         np.testing.assert_allclose(depth, np.asarray(pred["depth"]), rtol=0,
                                    atol=0.5 / 256 + 1e-6, err_msg=key)
         assert (depth > 0).any(), key  # not a blank (all-invalid) label

@@ -1,4 +1,5 @@
 """Exported StableHLO and ONNX models compute what hydrajax computes; the CLI fails cleanly."""
+import collections
 import os
 import subprocess
 import sys
@@ -47,9 +48,7 @@ def stablehlo_quarter(variables):
 
 
 def ort_session(ort, model):
-  options = ort.SessionOptions()
-  options.log_severity_level = 3  # its shape-merge notes on NHWC<->NCHW transposes are noise
-  return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+  return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 
 
 def test_stablehlo_quarter_resolution_symbolic_batch_matches_model(variables, stablehlo_quarter):
@@ -96,8 +95,32 @@ def test_stablehlo_runs_without_hydrajax(variables, stablehlo_quarter, tmp_path)
   assert rel_l2(got["depth"], ref["depth"]) < 1e-4
 
 
+def onnx_outputs(sess, x):
+  return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": x})))
+
+
+@pytest.fixture(scope="module")
+def onnx_quarter(variables):
+  """ONNX model bytes, 1/4-resolution outputs, symbolic batch, uint8 input."""
+  pytest.importorskip("onnx")
+  return export.export_onnx(variables, H, W)
+
+
+def test_onnx_quarter_resolution_symbolic_batch_matches_model(variables, onnx_quarter):
+  ort = pytest.importorskip("onnxruntime")
+  sess = ort_session(ort, onnx_quarter)
+  for n in (1, 3):
+    x = images(n, seed=30 + n)
+    out = onnx_outputs(sess, x)
+    ref = quarter_reference(variables, x)
+    assert sorted(out) == ["depth", "segm"]
+    assert out["segm"].shape == (n, H // 4, W // 4, 40)
+    # Same products in float32, summed in another order (BN folded): ~1e-7 relative.
+    assert rel_l2(out["segm"], ref["segm"]) < 1e-4
+    assert rel_l2(out["depth"], ref["depth"]) < 1e-4
+
+
 def test_onnx_full_resolution_symbolic_batch_matches_apply(variables):
-  pytest.importorskip("jax2onnx")
   ort = pytest.importorskip("onnxruntime")
   data = export.export_onnx(variables, H, W, full_resolution=True)
   sess = ort_session(ort, data)
@@ -105,36 +128,44 @@ def test_onnx_full_resolution_symbolic_batch_matches_apply(variables):
   assert sess.get_inputs()[0].shape == ["N", H, W, 3]
   for n in (1, 3):
     x = images(n, seed=20 + n)
-    out = dict(zip(["segm", "depth", "labels"], sess.run(None, {"image": x})))
-    check_full(out, variables, x)
+    check_full(onnx_outputs(sess, x), variables, x)
 
 
-def test_cli_onnx_fixed_batch_quarter_resolution(variables, tmp_path, capsys):
-  pytest.importorskip("jax2onnx")
+def test_onnx_three_tasks_align_corners_matches_apply():
   ort = pytest.importorskip("onnxruntime")
-  weights = tmp_path / "w.npz"
-  hydrajax.save(weights, variables)
-  out_file = tmp_path / "m.onnx"
-  rc = export.main(["--weights", str(weights), "--format", "onnx", "--height", str(H),
-                    "--width", str(W), "--batch", "2", "--input-dtype", "float32",
-                    "--out", str(out_file)])
-  assert rc == 0
-  printed = capsys.readouterr().out
-  assert "input  image    float32  (2, 64, 96, 3)" in printed
-  assert "output depth    float32  (2, 16, 24)" in printed
-  sess = ort_session(ort, str(out_file))
-  x = images(2, seed=7)
-  segm, depth = sess.run(["segm", "depth"], {"image": x.astype(np.float32)})
-  ref = quarter_reference(variables, x)
-  assert rel_l2(segm, ref["segm"]) < 1e-4
-  assert rel_l2(depth, ref["depth"]) < 1e-4
+  variables = hydrajax.init(2, num_classes=5, tasks=("segm", "depth", "normals"),
+                            align_corners=True)
+  sess = ort_session(ort, export.export_onnx(variables, 40, 56, full_resolution=True))
+  x = np.random.default_rng(8).integers(0, 256, (1, 40, 56, 3), dtype=np.uint8)
+  out, ref = onnx_outputs(sess, x), hydrajax.apply(variables, x)
+  for task in ("segm", "depth", "normals"):
+    assert rel_l2(out[task], ref[task]) < 1e-4, task
+  np.testing.assert_allclose(np.linalg.norm(out["normals"], axis=-1), 1.0, atol=1e-5)
 
 
-def test_onnx_friendly_max_pool_is_exact():
-  from hydrajax import onnx_ops
-  from hydrajax.models import layers
-  x = jax.random.normal(jax.random.key(1), (2, 9, 11, 5))
-  np.testing.assert_array_equal(onnx_ops.max_pool_5x5_nchw(x), layers.max_pool_5x5(x))
+def test_onnx_graph_is_native_nchw_and_passes_full_check(onnx_quarter, capfd):
+  onnx = pytest.importorskip("onnx")
+  ort = pytest.importorskip("onnxruntime")
+  model = onnx.load_from_string(onnx_quarter)
+  onnx.checker.check_model(model, full_check=True)
+  ops = collections.Counter(node.op_type for node in model.graph.node)
+  assert not {"Einsum", "Expand", "Where", "Gather", "Shape", "BatchNormalization",
+              "Reshape", "MatMul"} & set(ops), ops
+  assert ops["Transpose"] == 2, ops  # the input's and segm's layout change
+  # 52 encoder convs (BN folded), 6 + 3 decoder 1x1s, 16 CRP convs, 2 x 2 in the heads
+  assert ops["Conv"] == 1 + 17 * 3 + 9 + 16 + 4, ops
+  assert ops["MaxPool"] == 16 and ops["Resize"] == 3, ops
+  assert ops["Clip"] == 17 * 2 + 1 + 4 + 2, ops  # ReLU6
+  batch_dims = {v.type.tensor_type.shape.dim[0].dim_param
+                for v in [*model.graph.input, *model.graph.output]}
+  assert batch_dims == {"N"}
+  capfd.readouterr()
+  options = ort.SessionOptions()
+  options.log_severity_level = 1  # info and up: a shape-merge warning would show here
+  ort.InferenceSession(onnx_quarter, options, providers=["CPUExecutionProvider"])
+  log = capfd.readouterr().err
+  assert "[I:onnxruntime" in log  # the session's log is captured, so silence means no warning
+  assert "[W:" not in log and "[E:" not in log, log
 
 
 @pytest.mark.parametrize("bad,message", [

@@ -1,9 +1,11 @@
 """Gradients of the whole network wrt its parameters vs PyTorch autograd on the reference
 model (BatchNorm in train mode), and the eval-mode forward, with the same weights.
 
-PyTorch runs in float64 for the gradients: in float32 the two frameworks' rounding differs
-by up to ~30% on the deepest layers, where train-mode BatchNorm sees only a few values per
-channel (measured), while float32 hydrajax is within 1e-4 of float64 PyTorch.
+Exactness is checked in float64 (`jax.enable_x64`, PyTorch double): train-mode BatchNorm on
+small maps (here 2x4x6 values per channel in layer7) cancels so heavily that float32
+gradients of either framework differ from exact ones by 10-30% on some tensors, in digits
+that depend on the CPU's summation order. In float64 both frameworks agree to ~1e-12.
+The float32 path is then held to PyTorch's own float32 error on each tensor.
 Max-pool ties only occur among ReLU6-clamped values at a CRP block's input, whose gradient
 is zero whichever tied element a pool routes to, so parameter gradients are tie-free.
 """
@@ -31,65 +33,110 @@ def pair():
   net = randomize(OfficialNet(num_classes=NUM_CLASSES, tasks=TASKS), seed=0)
   sd = {k: v.detach().numpy() for k, v in net.state_dict().items()
         if not k.endswith("num_batches_tracked")}
-  flat = convert.map_official(sd, NUM_CLASSES, TASKS)
-  variables = traverse_util.unflatten_dict({p: jnp.asarray(v) for p, v in flat.items()})
   rng = np.random.default_rng(0)
-  image = rng.standard_normal((2, 64, 96, 3)).astype(np.float32)
-  weights = {"segm": rng.standard_normal((2, 16, 24, NUM_CLASSES)).astype(np.float32),
-             "depth": rng.standard_normal((2, 16, 24)).astype(np.float32)}
-  return net, sd, variables, image, weights
+  image = rng.standard_normal((2, 64, 96, 3))
+  weights = {"segm": rng.standard_normal((2, 16, 24, NUM_CLASSES)),
+             "depth": rng.standard_normal((2, 16, 24))}
+  return net, sd, image, weights
 
 
-def _torch_nchw(x):
-  return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+def _torch_nchw(x, dtype):
+  return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))).to(dtype)
 
 
 def _rel(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+  return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
-def test_eval_forward_matches_torch(pair):
-  net, _, variables, image, _ = pair
-  out = HydraNet(num_classes=NUM_CLASSES, tasks=TASKS).apply(variables, jnp.asarray(image))
-  with torch.no_grad():
-    ref = net.eval()(_torch_nchw(image))
-  assert _rel(out["segm"], np.moveaxis(ref["segm"].numpy(), 1, -1)) < 1e-5
-  assert _rel(out["depth"], ref["depth"].numpy()[:, 0]) < 1e-5
-
-
-def test_train_mode_parameter_gradients_match_torch_autograd(pair):
-  net, sd, variables, image, weights = pair
-  model = HydraNet(num_classes=NUM_CLASSES, tasks=TASKS)
+def _ours(sd, image, weights, dtype):
+  """(eval-mode outputs, train-mode parameter gradients) of hydrajax in `dtype`, as a flat
+  {path: float64 array}. Run inside `jax.enable_x64(True)` for float64."""
+  flat = convert.map_official(sd, NUM_CLASSES, TASKS, dtype=dtype)
+  variables = traverse_util.unflatten_dict({p: jnp.asarray(v) for p, v in flat.items()})
+  model = HydraNet(num_classes=NUM_CLASSES, tasks=TASKS, dtype=dtype)
+  x = jnp.asarray(image, dtype)
 
   def loss_fn(params):
-    out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
-                         jnp.asarray(image), train=True, mutable=["batch_stats"])
-    return (jnp.sum(out["segm"] * weights["segm"]) + jnp.sum(out["depth"] * weights["depth"]))
+    out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                         train=True, mutable=["batch_stats"])
+    return (jnp.sum(out["segm"] * jnp.asarray(weights["segm"], dtype))
+            + jnp.sum(out["depth"] * jnp.asarray(weights["depth"], dtype)))
 
-  grads = jax.grad(loss_fn)(variables["params"])
+  grads = jax.jit(jax.grad(loss_fn))(variables["params"])
+  out = jax.jit(model.apply)(variables, x)
+  grads = {p: np.asarray(v, np.float64)
+           for p, v in traverse_util.flatten_dict({"params": grads}).items()}
+  return jax.tree.map(lambda v: np.asarray(v, np.float64), out), grads
 
-  net = copy.deepcopy(net).double().train()
-  out = net(_torch_nchw(image).double())
-  loss = ((out["segm"] * _torch_nchw(weights["segm"]).double()).sum()
-          + (out["depth"][:, 0] * torch.from_numpy(weights["depth"]).double()).sum())
+
+def _torch(net, sd, image, weights, dtype):
+  """The same in PyTorch, with `dtype` (torch.float32 / float64)."""
+  with torch.no_grad():
+    ref = copy.deepcopy(net).to(dtype).eval()(_torch_nchw(image, dtype))
+  out = {"segm": np.moveaxis(ref["segm"].double().numpy(), 1, -1),
+         "depth": ref["depth"].double().numpy()[:, 0]}
+  train = copy.deepcopy(net).to(dtype).train()
+  pred = train(_torch_nchw(image, dtype))
+  loss = ((pred["segm"] * _torch_nchw(weights["segm"], dtype)).sum()
+          + (pred["depth"][:, 0] * torch.from_numpy(weights["depth"]).to(dtype)).sum())
   loss.backward()
-  torch_grads = dict(sd)  # BN running stats stay as they are, only to satisfy the mapping
-  torch_grads.update({k: p.grad.numpy() for k, p in net.named_parameters()})
-  ref = convert.map_official(torch_grads, NUM_CLASSES, TASKS)
+  grads = dict(sd)  # BN running stats stay as they are, only to satisfy the mapping
+  grads.update({k: p.grad.double().numpy() for k, p in train.named_parameters()})
+  return out, convert.map_official(grads, NUM_CLASSES, TASKS, dtype=np.float64)
 
-  ours = traverse_util.flatten_dict({"params": grads})
+
+@pytest.fixture(scope="module")
+def float64_results(pair):
+  net, sd, image, weights = pair
+  with jax.enable_x64(True):
+    ours = _ours(sd, image, weights, jnp.float64)
+  return ours, _torch(net, sd, image, weights, torch.float64)
+
+
+def test_float64_eval_forward_matches_torch_double(float64_results):
+  (out, _), (ref, _) = float64_results
+  # float64 rounding (1.1e-16) through ~60 layers of sums of a few thousand terms stays
+  # below 1e-12 relative for a well-conditioned eval-mode forward; 1e-9 leaves a wide margin.
+  for task in TASKS:
+    assert _rel(out[task], ref[task]) < 1e-9, task
+
+
+def test_float64_train_mode_parameter_gradients_match_torch_double(float64_results):
+  (_, ours), (_, ref) = float64_results
   assert set(ours) <= set(ref)
-  # Relative to each tensor's largest gradient. A tensor whose gradient is zero in exact
-  # arithmetic (layer2_0's project BN bias feeds a conv + train-mode BN that removes it) is
-  # float32 rounding noise in hydrajax: held to an absolute bound instead.
   scale = max(float(np.abs(v).max()) for v in ref.values())
-  errors = {}
   for p in ours:
     ref_max = float(np.abs(ref[p]).max())
-    if ref_max <= 1e-9 * scale:
-      assert float(np.abs(ours[p]).max()) <= 1e-6 * scale, p
+    if ref_max <= 1e-12 * scale:
+      # Zero in exact arithmetic (layer2_0's project BN bias feeds a conv + train-mode BN
+      # that removes it): both sides are float64 rounding noise of ~1e-16 x scale.
+      assert float(np.abs(ours[p]).max()) <= 1e-12 * scale, p
     else:
-      errors[p] = float(np.abs(ours[p] - ref[p]).max()) / ref_max
-  worst = max(errors, key=errors.get)
-  assert errors[worst] < 3e-4, (worst, errors[worst])
+      # Relative to the tensor's largest gradient. The worst BN cancellation here loses
+      # ~2e6x (PyTorch float32's 13% error / float32 eps): float64 rounding then gives
+      # ~2e-10, measured <1e-12; 1e-9 holds for any summation order yet catches any
+      # real difference (a wrong padding, BN epsilon or momentum is >1e-4).
+      assert _rel(ours[p], ref[p]) < 1e-9, (p, _rel(ours[p], ref[p]))
+
+
+def test_float32_gradients_are_as_accurate_as_torch_float32(pair, float64_results):
+  """What users run: float32 hydrajax is held to PyTorch float32's own distance from the
+  float64 truth on each tensor, not to a fixed bound that only one machine's summation
+  order meets."""
+  net, sd, image, weights = pair
+  (_, truth), _ = float64_results
+  out32, ours32 = _ours(sd, image, weights, np.float32)
+  ref32_out, ref32 = _torch(net, sd, image, weights, torch.float32)
+  (out64, _), _ = float64_results
+  for task in TASKS:
+    # Eval-mode forward is well conditioned: float32 (eps 6e-8) stays within 1e-5 relative.
+    assert _rel(out32[task], out64[task]) < 1e-5, task
+  scale = max(float(np.abs(v).max()) for v in truth.values())
+  for p in ours32:
+    err_ours = float(np.abs(ours32[p] - truth[p]).max())
+    err_torch = float(np.abs(ref32[p] - truth[p]).max())
+    # Rounding errors of two summation orders differ by a small factor, never by 10x on
+    # the tensor's conditioning; the additive term is float32 noise (100 eps) at the scale
+    # of the largest gradient, for tensors where PyTorch happened to round luckily.
+    assert err_ours <= 10 * err_torch + 6e-6 * scale, (p, err_ours, err_torch)

@@ -42,6 +42,8 @@ def test_cross_entropy_matches_numpy_with_ignore(seed):
   s, n = losses.cross_entropy_terms(jnp.asarray(logits), jnp.asarray(labels))
   ref_s, ref_n = np_cross_entropy(logits, labels)
   assert int(n) == ref_n
+  # A sum of positive per-pixel terms: tree reductions (XLA's, numpy's pairwise) err by
+  # ~log2(n) eps = 1e-6 relative in any order; 1e-5 holds on any CPU.
   np.testing.assert_allclose(float(s), ref_s, rtol=1e-5)
 
 
@@ -51,9 +53,9 @@ def test_berhu_matches_numpy_with_invalid_pixels(seed):
   c = losses.berhu_threshold(jnp.asarray(pred), jnp.asarray(target))
   s, n = losses.berhu_terms(jnp.asarray(pred), jnp.asarray(target))
   ref_s, ref_n, ref_c = np_berhu(pred, target)
-  np.testing.assert_allclose(float(c), ref_c, rtol=1e-6)
+  np.testing.assert_allclose(float(c), ref_c, rtol=1e-6)  # a max and one product: exact to eps
   assert int(n) == ref_n
-  np.testing.assert_allclose(float(s), ref_s, rtol=1e-5)
+  np.testing.assert_allclose(float(s), ref_s, rtol=1e-5)  # sum of positives, as above
 
 
 def test_berhu_switches_from_l1_to_quadratic_at_threshold():
@@ -62,13 +64,13 @@ def test_berhu_switches_from_l1_to_quadratic_at_threshold():
   pred = jnp.asarray([[[2.0, 3.0, 11.0, 100.0]]])  # the last pixel is invalid
   s, n = losses.berhu_terms(pred, target)
   assert float(n) == 3
-  np.testing.assert_allclose(float(s), 1.0 + 2.0 + (100 + 4) / 4, rtol=1e-6)
+  np.testing.assert_allclose(float(s), 1.0 + 2.0 + (100 + 4) / 4, rtol=1e-6)  # 3 exact terms
 
 
 def test_berhu_uses_relu_of_prediction():
   # relu(-3) = 0: error 1, c = 0.2, so the quadratic branch (1 + 0.04) / 0.4 = 2.6.
   s, _ = losses.berhu_terms(jnp.asarray([[[-3.0]]]), jnp.asarray([[[1.0]]]))
-  np.testing.assert_allclose(float(s), 2.6, rtol=1e-6)
+  np.testing.assert_allclose(float(s), 2.6, rtol=1e-6)  # one term, a few roundings
 
 
 def test_normals_loss_is_one_minus_cosine_over_valid():
@@ -81,6 +83,7 @@ def test_normals_loss_is_one_minus_cosine_over_valid():
     cos = (pred * target).sum(-1) / (np.linalg.norm(pred, axis=-1) *
                                      np.linalg.norm(target, axis=-1))
   assert int(n) == 15
+  # 15 positive terms, each a few float32 roundings (~1e-7 relative): 1e-5 in any order.
   np.testing.assert_allclose(float(s), (1 - cos)[0, 1:].sum(), rtol=1e-5)
 
 
@@ -101,6 +104,7 @@ def test_loss_terms_upsample_predictions_to_label_size():
   up_depth = layers.resize_bilinear(outputs["depth"][..., None], (16, 24))[..., 0]
   ref_ce = np_cross_entropy(np.asarray(up_logits), np.asarray(batch["segm"]))
   ref_bh = np_berhu(np.asarray(up_depth), np.asarray(batch["depth"]))
+  # Sums of positive terms (CE, berHu) and their ratio: ~log2(n) eps, well under 1e-5.
   np.testing.assert_allclose(float(terms["segm"][0]), ref_ce[0], rtol=1e-5)
   np.testing.assert_allclose(float(terms["depth"][0]), ref_bh[0], rtol=1e-5)
   total, means = losses.combined_loss(terms, {"segm": 0.5, "depth": 0.5})
@@ -142,4 +146,5 @@ def test_loss_with_axis_name_equals_single_device_on_global_batch():
   split = lambda t: jax.tree.map(lambda x: x.reshape((2, 1) + x.shape[1:]), t)
   per_device = jax.vmap(local, axis_name="d")(split(outputs), split(batch))
   single = losses.combined_loss(losses.loss_terms(outputs, batch))[0]
+  # The same positive sums split in two and added: order changes only, ~1e-7 relative.
   np.testing.assert_allclose(np.asarray(per_device), float(single), rtol=1e-5)

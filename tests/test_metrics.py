@@ -30,6 +30,7 @@ def test_confusion_and_miou_match_numpy_reference_with_ignore_and_padding():
   np.testing.assert_array_equal(cm, ref)
   m = metrics.segm_metrics(cm, ("a", "b", "c", "d"))
   ious = [ref[c, c] / (ref[c].sum() + ref[:, c].sum() - ref[c, c]) for c in range(4)]
+  # Ratios of integer counts computed in float64 on the host: default rtol (1e-7) holds.
   np.testing.assert_allclose(m["miou"], np.mean(ious))
   np.testing.assert_allclose(m["pixel_acc"], np.trace(ref) / ref.sum())
   np.testing.assert_allclose(m["mean_acc"], np.mean([ref[c, c] / ref[c].sum() for c in range(4)]))
@@ -77,6 +78,8 @@ def test_depth_metrics_match_numpy_reference_with_invalid_pixels_cap_and_crop():
   valid = (gt > 1e-3) & (gt <= 10.0) & region
   ref = _depth_reference(pred, gt, valid, 1e-3, 10.0)
   for k, v in ref.items():
+    # Sums of positive per-pixel errors over ~100 pixels (float32 vs the float64 reference):
+    # ~log2(n) eps, then a sqrt or ratio: ~1e-6 relative in any summation order.
     np.testing.assert_allclose(got[k], v, rtol=1e-5, err_msg=k)
   assert got["num_pixels"] == valid.sum()
 
@@ -97,4 +100,5 @@ def test_metric_sums_over_two_devices_equal_one_device():
   two = jax.tree.map(lambda x: np.asarray(x[0]), two)
   np.testing.assert_array_equal(two["cm"], one["cm"])
   for k in metrics.DEPTH_SUM_KEYS:
+    # The same positive sums in two halves, added: an order change of ~1e-7 relative.
     np.testing.assert_allclose(two["depth"][k], one["depth"][k], rtol=1e-6, err_msg=k)

@@ -19,10 +19,15 @@ def tiny_config(**overrides):
   c.num_train_steps = 4
   c.checkpoint_every_steps = 2
   c.keep_checkpoints = 5
+  return set_fields(c, overrides)
+
+
+def set_fields(config, overrides: dict):
+  """Sets {"a.b": value} fields of `config` in place; returns it."""
   for k, v in overrides.items():
-    target = c
+    target = config
     *path, last = k.split(".")
     for p in path:
       target = target[p]
     target[last] = v
-  return c
+  return config

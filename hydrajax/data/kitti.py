@@ -87,6 +87,10 @@ class _KittiList:
     """The rgb path relative to root without extension, e.g. "2011_09_26_drive_0002_sync/.../0000000069"."""
     return os.path.splitext(os.path.relpath(self.rows[index][0], self.root))[0]
 
+  def files(self, index: int) -> list[str]:
+    """The files sample `index` is read from (image and label, if annotated)."""
+    return [p for p in self.rows[index] if p]
+
   def _image(self, index: int):
     if not 0 <= index < len(self.rows):
       raise IndexError(index)

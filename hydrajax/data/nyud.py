@@ -73,6 +73,10 @@ class NYUDv2:
     """The rgb file's name without extension, e.g. "000003": stable and filename-safe."""
     return os.path.splitext(os.path.basename(self.rows[index][0]))[0]
 
+  def files(self, index: int) -> list[str]:
+    """The files sample `index` is read from (rgb, masks, depth[, normals] that exist)."""
+    return [p for p in self.rows[index] if p]
+
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     if not 0 <= index < len(self.rows):
       raise IndexError(index)

@@ -91,6 +91,13 @@ class TeacherLabels:
   def key(self, index: int) -> str:
     return self.source.key(index)
 
+  def files(self, index: int) -> list[str]:
+    """The wrapped sample's files plus the teacher's label files for it."""
+    name = _filename(self.source.key(index))
+    own = self.source.files(index) if hasattr(self.source, "files") else []
+    return own + [os.path.join(self.directory, m, name) for m in MODALITIES
+                  if name in self.available[m]]
+
   def missing(self) -> dict[str, int]:
     """Teacher files expected but absent, per modality (reads every sample: slow, for checks)."""
     counts = dict.fromkeys(MODALITIES, 0)

@@ -26,12 +26,14 @@ class Head(nn.Module):
   features: int
   name_: str
   dtype: Any = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = layers.DepthwiseConv(1, dtype=self.dtype, name=f"pre_{self.name_}")(x)
     x = layers.relu6(x)
-    return layers.Conv(self.features, 3, use_bias=True, dtype=self.dtype, name=self.name_)(x)
+    return layers.Conv(self.features, 3, use_bias=True, dtype=self.dtype, impl=self.impl,
+                       name=self.name_)(x)
 
 
 class HydraNet(nn.Module):
@@ -42,27 +44,33 @@ class HydraNet(nn.Module):
   `align_corners` selects the decoder's bilinear upsampling: False as in the official
   models, True as in the authors' DenseTorch library. `bn_axis_name` (training under
   pmap) takes BatchNorm statistics over the global batch, so N devices equal one.
+  `impl` picks the layers' form (layers.IMPLS): "cpu" rewrites, XLA's "native" ops, or
+  "auto" = per lowering platform (the numbers agree to float rounding).
   """
   num_classes: int = 40
   tasks: Sequence[str] = ("segm", "depth")
   align_corners: bool = False
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  impl: str = "auto"
 
   def setup(self):
     unknown = set(self.tasks) - set(TASKS)
     if unknown or not self.tasks:
       raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tuple(self.tasks)}")
-    self.encoder = MobileNetV2Encoder(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
-    self.decoder = RefineNetDecoder(align_corners=self.align_corners, dtype=self.dtype)
-    self.heads = {t: Head(task_channels(t, self.num_classes), HEAD_NAMES[t], dtype=self.dtype,
-                          name=f"head_{HEAD_NAMES[t]}") for t in self.tasks}
+    layers.check_impl(self.impl)
+    kw = dict(dtype=self.dtype, impl=self.impl)
+    self.encoder = MobileNetV2Encoder(bn_axis_name=self.bn_axis_name, **kw)
+    self.decoder = RefineNetDecoder(align_corners=self.align_corners, **kw)
+    self.heads = {t: Head(task_channels(t, self.num_classes), HEAD_NAMES[t],
+                          name=f"head_{HEAD_NAMES[t]}", **kw) for t in self.tasks}
 
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     feats = self.encoder(x, train)
     y = self.decoder(feats)
     out = {}
     for task in self.tasks:
-      o = self.heads[task](y).astype(jnp.float32)
+      # Outputs at least float32 (bfloat16 compute returns float32; float64 stays float64).
+      o = self.heads[task](y).astype(jnp.promote_types(self.dtype, jnp.float32))
       out[task] = o[..., 0] if task == "depth" else o
     return out

@@ -1,15 +1,23 @@
-"""Building blocks written for XLA: 1x1 convs as einsum, depthwise convs as shifted
-multiply-adds, the CRP max-pool as two 1-D pools, bilinear resize as two matmuls.
+"""Building blocks in two implementations of the same function, chosen by `impl`:
+
+- "cpu": rewrites for XLA:CPU: 1x1 convs as einsum with a hand-written backward, depthwise
+  convs as shifted multiply-adds, the CRP max-pool as two 1-D pools, optimization barriers
+  where XLA:CPU otherwise fuses badly (see REFERENCE.md, "Speed on a CPU").
+- "native": XLA's own forms, for GPU/TPU: `lax.conv_general_dilated` for every conv
+  (feature_group_count = C for depthwise), the separable max-pool with its deterministic
+  int8-argmax gradient but no barriers.
+- "auto" (default): both are traced, and `jax.lax.platform_dependent` keeps "cpu" when the
+  program is lowered for CPU and "native" for CUDA/ROCm/TPU (a multi-platform export keeps
+  both and the runtime picks).
 
 Each layer gives the same numbers as its PyTorch counterpart (symmetric padding k//2,
-half-pixel or corner-aligned bilinear), while avoiding XLA:CPU's slow grouped convolutions
-and 2-D window reductions (see REFERENCE.md, "Speed on a CPU"). Kernels keep Flax's HWIO
-layout, depthwise kernels are (kh, kw, 1, C), so checkpoints convert with a transpose.
+half-pixel or corner-aligned bilinear). Kernels keep Flax's HWIO layout, depthwise kernels
+are (kh, kw, 1, C), so checkpoints convert with a transpose.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -17,6 +25,24 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
+IMPLS = ("auto", "cpu", "native")
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def check_impl(impl: str) -> str:
+  if impl not in IMPLS:
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+  return impl
+
+
+def by_impl(impl: str, cpu: Callable[..., Any], native: Callable[..., Any], *args: Any) -> Any:
+  """cpu(*args) or native(*args) as `impl` says; "auto" stages both out and lets the
+  lowering platform choose (CPU -> cpu; CUDA, ROCm, TPU -> native)."""
+  if check_impl(impl) == "cpu":
+    return cpu(*args)
+  if impl == "native":
+    return native(*args)
+  return jax.lax.platform_dependent(*args, cpu=cpu, default=native)
 
 # PyTorch's default init for convs is kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), ..).
 conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -53,27 +79,38 @@ def _pointwise_bwd(res, g):
 pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
+def _conv_native(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1
+                 ) -> jax.Array:
+  """XLA's convolution, NHWC x HWIO, symmetric padding k//2 (PyTorch's)."""
+  p = kernel.shape[0] // 2
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)),
+                                      dimension_numbers=_NHWC, feature_group_count=groups)
+
+
 class Conv1x1(nn.Module):
-  """Pointwise conv without bias, as a matmul over channels. NHWC -> NHWC."""
+  """Pointwise conv without bias. NHWC -> NHWC. cpu: a matmul over channels; native: conv."""
   features: int
   dtype: Dtype = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", conv_init, (1, 1, x.shape[-1], self.features))
-    return pointwise(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    return by_impl(self.impl, lambda x, k: pointwise(x, k[0, 0]), _conv_native, x, kernel)
 
 
 class DepthwiseConv(nn.Module):
   """Depthwise k x k conv (groups = channels) with symmetric padding k//2, no bias.
 
-  Computed as k*k shifted slices times per-channel weights: identical to PyTorch's
-  `Conv2d(C, C, k, stride, padding=k//2, groups=C)`, and 10x faster than XLA's grouped
-  conv on CPU. Kernel: (k, k, 1, C).
+  Same as PyTorch's `Conv2d(C, C, k, stride, padding=k//2, groups=C)`. cpu: k*k shifted
+  slices times per-channel weights, 10x faster than XLA's grouped conv on CPU; native: the
+  grouped conv. 1x1 stride 1 is a per-channel multiply in both. Kernel: (k, k, 1, C).
   """
   kernel_size: int = 3
   stride: int = 1
   dtype: Dtype = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -83,19 +120,26 @@ class DepthwiseConv(nn.Module):
     x = x.astype(self.dtype)
     if k == 1 and s == 1:
       return x * kernel[0, 0, 0]
-    p = k // 2
-    _, h, w, _ = x.shape
-    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    out = None
-    for i in range(k):
-      for j in range(k):
-        patch = jax.lax.slice(
-            xp, (0, i, j, 0), (xp.shape[0], i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c),
-            (1, s, s, 1))
-        term = patch * kernel[i, j, 0]
-        out = term if out is None else out + term
-    return out
+    native = lambda x, kernel: _conv_native(x, kernel, s, c)
+    return by_impl(self.impl, functools.partial(_depthwise_shifts, stride=s), native, x, kernel)
+
+
+def _depthwise_shifts(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """Depthwise conv (kernel (k, k, 1, C), padding k//2) as k*k strided slices times weights."""
+  k, s = kernel.shape[0], stride
+  p = k // 2
+  _, h, w, c = x.shape
+  ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  out = None
+  for i in range(k):
+    for j in range(k):
+      patch = jax.lax.slice(
+          xp, (0, i, j, 0), (xp.shape[0], i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c),
+          (1, s, s, 1))
+      term = patch * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
 
 
 def _conv_as_matmul_shifts(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -123,18 +167,18 @@ class Conv(nn.Module):
   stride: int = 1
   use_bias: bool = False
   dtype: Dtype = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    k, p = self.kernel_size, self.kernel_size // 2
+    k = self.kernel_size
     kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if self.stride == 1 and x.shape[-1] >= 64:
-      y = _conv_as_matmul_shifts(x, kernel)
-    else:
-      y = jax.lax.conv_general_dilated(
-          x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    native = functools.partial(_conv_native, stride=self.stride)
+    if self.stride == 1 and x.shape[-1] >= 64:  # the heads: 256 channels in
+      y = by_impl(self.impl, _conv_as_matmul_shifts, native, x, kernel)
+    else:  # the stem: 3 channels in, where XLA:CPU's conv is fine
+      y = native(x, kernel)
     if self.use_bias:
       fan_in = k * k * x.shape[-1]
       bound = 1.0 / np.sqrt(fan_in)
@@ -147,28 +191,32 @@ class Conv(nn.Module):
     return y
 
 
-def _pool_windows(x: jax.Array, axis: int, window: int, fill) -> list[jax.Array]:
+def _pool_windows(x: jax.Array, axis: int, window: int, fill, barrier: bool
+                  ) -> list[jax.Array]:
   """The `window` shifted views x[i - p + k], k = 0..window-1, padded with `fill`, each of
   shape (outer, n, inner) with the pooled axis in the middle.
 
-  The padded array is materialised behind an optimization barrier: XLA:CPU otherwise fuses
-  the pad (a bounds check per element) into every consumer, and recomputes whole chains of
-  pools inside later fusions (3x slower CRP backward, measured). The 3-D view keeps the pad
-  on contiguous rows, about 5x faster than the same pad on a middle axis of NHWC.
+  With `barrier` (the cpu form) the padded array is materialised behind an optimization
+  barrier: XLA:CPU otherwise fuses the pad (a bounds check per element) into every
+  consumer, and recomputes whole chains of pools inside later fusions (3x slower CRP
+  backward, measured). The 3-D view keeps the pad on contiguous rows, about 5x faster than
+  the same pad on a middle axis of NHWC.
   """
   p = window // 2
   n = x.shape[axis]
   # Leading dims may be symbolic (jax.export batch); the trailing ones are static.
   x3 = x.reshape(-1, n, int(np.prod(x.shape[axis + 1:])))
-  xp = jax.lax.optimization_barrier(jnp.pad(x3, ((0, 0), (p, p), (0, 0)), constant_values=fill))
+  xp = jnp.pad(x3, ((0, 0), (p, p), (0, 0)), constant_values=fill)
+  if barrier:
+    xp = jax.lax.optimization_barrier(xp)
   return [jax.lax.slice_in_dim(xp, k, k + n, axis=1) for k in range(window)]
 
 
-def _max_pool_1d_with_arg(x: jax.Array, axis: int, window: int
+def _max_pool_1d_with_arg(x: jax.Array, axis: int, window: int, barrier: bool
                           ) -> tuple[jax.Array, jax.Array]:
   """Stride-1 max-pool along `axis` with -inf padding window//2, and the int8 offset k of
   the first maximum in each window (input index i - p + k), as PyTorch picks on ties."""
-  views = _pool_windows(x, axis, window, -jnp.inf)
+  views = _pool_windows(x, axis, window, -jnp.inf, barrier)
   out, arg = views[0], jnp.zeros(views[0].shape, jnp.int8)
   for k in range(1, window):
     better = views[k] > out
@@ -177,8 +225,8 @@ def _max_pool_1d_with_arg(x: jax.Array, axis: int, window: int
   return out.reshape(x.shape), arg.reshape(x.shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool_1d(x: jax.Array, axis: int, window: int) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_1d(x: jax.Array, axis: int, window: int, barrier: bool) -> jax.Array:
   # Without differentiation a 1-D reduce_window is fastest (~1.5 ms at 4x64x64x256).
   p = window // 2
   dims, pads = [1] * x.ndim, [(0, 0)] * x.ndim
@@ -186,15 +234,15 @@ def _max_pool_1d(x: jax.Array, axis: int, window: int) -> jax.Array:
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, (1,) * x.ndim, pads)
 
 
-def _max_pool_1d_vjp_fwd(x, axis, window):
-  return _max_pool_1d_with_arg(x, axis, window)
+def _max_pool_1d_vjp_fwd(x, axis, window, barrier):
+  return _max_pool_1d_with_arg(x, axis, window, barrier)
 
 
-def _max_pool_1d_vjp_bwd(axis, window, arg, g):
+def _max_pool_1d_vjp_bwd(axis, window, barrier, arg, g):
   # Output j took input j - p + k where k = arg[j]; so input i receives g[j] from the
   # outputs j = i + p - k with arg[j] == k: `window` shifted, masked adds, no scatter.
-  gs = _pool_windows(g, axis, window, 0)
-  args = _pool_windows(arg, axis, window, -1)
+  gs = _pool_windows(g, axis, window, 0, barrier)
+  args = _pool_windows(arg, axis, window, -1, barrier)
   dx = None
   for k in range(window):
     j = window - 1 - k  # view j holds position i - p + j = i + p - k
@@ -206,20 +254,24 @@ def _max_pool_1d_vjp_bwd(axis, window, arg, g):
 _max_pool_1d.defvjp(_max_pool_1d_vjp_fwd, _max_pool_1d_vjp_bwd)
 
 
-def max_pool_5x5(x: jax.Array) -> jax.Array:
+def max_pool_5x5(x: jax.Array, impl: str = "auto") -> jax.Array:
   """PyTorch `MaxPool2d(5, stride=1, padding=2)` on NHWC, as a 5x1 then a 1x5 pool.
 
   Each 1-D pool saves only an int8 argmax offset for its backward, which routes the
-  cotangent with five shifted, masked adds (XLA's generic max-pool gradient builds index
-  arrays and a scatter, a third of a training step's time on CPU).
+  cotangent with five shifted, masked adds: deterministic on every backend (XLA's generic
+  max-pool gradient builds index arrays and a scatter, a third of a training step's time on
+  CPU, and uses atomics on GPU). Only the cpu form puts optimization barriers in it.
   """
-  return _max_pool_1d(_max_pool_1d(x, 1, 5), 2, 5)
+  def pool(barrier: bool) -> Callable[[jax.Array], jax.Array]:
+    return lambda x: _max_pool_1d(_max_pool_1d(x, 1, 5, barrier), 2, 5, barrier)
+  return by_impl(impl, pool(True), pool(False), x)
 
 
 @functools.lru_cache(maxsize=256)
 def _interp_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
   """(n_out, n_in) matrix of 1-D linear interpolation weights, PyTorch conventions."""
-  m = np.zeros((n_out, n_in), np.float32)
+  # float64 weights, cast to the input's dtype by the caller (exact in float64 runs).
+  m = np.zeros((n_out, n_in), np.float64)
   if align_corners:
     scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
     src = np.arange(n_out, dtype=np.float64) * scale
@@ -228,7 +280,7 @@ def _interp_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
     src = np.maximum(src, 0.0)
   i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
   i1 = np.minimum(i0 + 1, n_in - 1)
-  w1 = (src - i0).astype(np.float32)
+  w1 = src - i0
   rows = np.arange(n_out)
   np.add.at(m, (rows, i0), 1.0 - w1)
   np.add.at(m, (rows, i1), w1)

@@ -33,16 +33,17 @@ class ConvBN(nn.Module):
   act: bool = True
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  impl: str = "auto"  # layers.IMPLS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    kw = dict(dtype=self.dtype, impl=self.impl, name="conv")
     if self.kind == "pointwise":
-      conv = layers.Conv1x1(self.features, dtype=self.dtype, name="conv")
+      conv = layers.Conv1x1(self.features, **kw)
     elif self.kind == "depthwise":
-      conv = layers.DepthwiseConv(self.kernel_size, self.stride, dtype=self.dtype, name="conv")
+      conv = layers.DepthwiseConv(self.kernel_size, self.stride, **kw)
     else:
-      conv = layers.Conv(self.features, self.kernel_size, self.stride, dtype=self.dtype,
-                         name="conv")
+      conv = layers.Conv(self.features, self.kernel_size, self.stride, **kw)
     x = batch_norm(train, self.dtype, "bn", self.bn_axis_name)(conv(x))
     return layers.relu6(x) if self.act else x
 
@@ -58,12 +59,13 @@ class InvertedResidual(nn.Module):
   stride: int
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     cin = x.shape[-1]
     hidden = cin * self.expansion
-    kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name, impl=self.impl)
     y = ConvBN(hidden, 1, name="expand", **kw)(x, train)
     y = ConvBN(hidden, 3, self.stride, "depthwise", name="depthwise", **kw)(y, train)
     y = ConvBN(self.features, act=False, name="project", **kw)(y, train)
@@ -77,10 +79,11 @@ class MobileNetV2Encoder(nn.Module):
   channels 24,32,64,96,160,320)."""
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
-    kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name, impl=self.impl)
     x = ConvBN(STEM_CHANNELS, 3, 2, "dense", name="layer1", **kw)(x, train)
     feats = []
     for idx, (t, c, n, s) in enumerate(MOBILENET_V2_SETTINGS):

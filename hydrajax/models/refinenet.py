@@ -21,16 +21,18 @@ class CRPBlock(nn.Module):
   """
   depthwise: bool = False
   dtype: Any = jnp.float32
+  impl: str = "auto"  # layers.IMPLS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     top = x
+    kw = dict(dtype=self.dtype, impl=self.impl)
     for i in range(1, CRP_STAGES + 1):
-      top = layers.max_pool_5x5(top)
+      top = layers.max_pool_5x5(top, self.impl)
       if self.depthwise:
-        top = layers.DepthwiseConv(1, dtype=self.dtype, name=f"conv{i}")(top)
+        top = layers.DepthwiseConv(1, name=f"conv{i}", **kw)(top)
       else:
-        top = layers.Conv1x1(x.shape[-1], dtype=self.dtype, name=f"conv{i}")(top)
+        top = layers.Conv1x1(x.shape[-1], name=f"conv{i}", **kw)(top)
       x = x + top
     return x
 
@@ -39,24 +41,26 @@ class RefineNetDecoder(nn.Module):
   """Fuses encoder features l3..l8 into one 256-channel map at stride 4 (official order)."""
   align_corners: bool = False
   dtype: Any = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, feats: list[jax.Array]) -> jax.Array:
     l3, l4, l5, l6, l7, l8 = feats
-    conv = lambda name: layers.Conv1x1(DECODER_CHANNELS, dtype=self.dtype, name=name)
+    kw = dict(dtype=self.dtype, impl=self.impl)
+    conv = lambda name: layers.Conv1x1(DECODER_CHANNELS, name=name, **kw)
     up = lambda x, ref: layers.resize_bilinear(x, ref.shape[1:3], self.align_corners)
 
     x = layers.relu6(conv("conv8")(l8) + conv("conv7")(l7))
-    x = CRPBlock(dtype=self.dtype, name="crp4")(x)
+    x = CRPBlock(name="crp4", **kw)(x)
     x = up(conv("conv_adapt4")(x), l6)
 
     x = layers.relu6(conv("conv5")(l5) + conv("conv6")(l6) + x)
-    x = CRPBlock(dtype=self.dtype, name="crp3")(x)
+    x = CRPBlock(name="crp3", **kw)(x)
     x = up(conv("conv_adapt3")(x), l4)
 
     x = layers.relu6(conv("conv4")(l4) + x)
-    x = CRPBlock(dtype=self.dtype, name="crp2")(x)
+    x = CRPBlock(name="crp2", **kw)(x)
     x = up(conv("conv_adapt2")(x), l3)
 
     x = layers.relu6(conv("conv3")(l3) + x)
-    return CRPBlock(depthwise=True, dtype=self.dtype, name="crp1")(x)
+    return CRPBlock(depthwise=True, name="crp1", **kw)(x)

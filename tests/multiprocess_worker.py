@@ -1,0 +1,59 @@
+"""One process of a local multi-process run, for tests/test_multiprocess.py.
+
+  python -m tests.multiprocess_worker MODE PROCESS_ID NUM_PROCESSES PORT WORKDIR [JSON]
+
+MODE: "train" (train_and_evaluate, then evaluate.run; process 0 writes WORKDIR/result.json),
+"kill2" (the same, stopped by SystemExit(7) right after the step-2 checkpoint), "check" (the
+start-up config check with another lr_decoder on process 1, printing its error; then process
+1 exits at once and process 0 keeps calling collectives, which must end in an error).
+JSON: tiny_config overrides.
+"""
+import json
+import os
+import sys
+
+from tests.train_testlib import tiny_config
+
+
+def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str,
+         overrides: dict) -> None:
+  from hydrajax import checkpoint, evaluate, parallel, train_lib
+
+  config = tiny_config(**overrides)
+  config.distributed = True
+  config.coordinator_address = f"127.0.0.1:{port}"
+  config.num_processes, config.process_id = num_processes, process_id
+  if mode == "check":
+    config.heartbeat_timeout = 5
+    if process_id == 1:
+      config.lr_decoder *= 2
+    parallel.initialize(config)
+    try:
+      parallel.check_same_config(config, workdir)
+    except ValueError as e:
+      print(f"ValueError: {e}", flush=True)
+    if process_id == 1:
+      os._exit(3)  # dies without a word: process 0 must not wait for it forever
+    for _ in range(100_000):
+      parallel.allgather_bytes(b"waiting")
+    return
+  if mode == "kill2":
+    original = checkpoint.Checkpointer.save
+
+    def save_then_stop(self, step, *args, **kwargs):
+      original(self, step, *args, **kwargs)
+      if step == 2:
+        raise SystemExit(7)
+
+    checkpoint.Checkpointer.save = save_then_stop
+  result = train_lib.train_and_evaluate(config, workdir)
+  evaluate.run(config, workdir)
+  if parallel.is_primary():
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+      json.dump({k: v for k, v in result.items() if isinstance(v, (int, float))}, f)
+
+
+if __name__ == "__main__":
+  args = sys.argv[1:]
+  main(args[0], int(args[1]), int(args[2]), int(args[3]), args[4],
+       json.loads(args[5]) if len(args) > 5 else {})

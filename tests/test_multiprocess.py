@@ -1,0 +1,181 @@
+"""Several processes: 2 local processes x 2 fake CPU devices through jax.distributed
+(coordinator on 127.0.0.1) train and evaluate as 1 process x 4 devices does on the same
+config, resume after a stop, and stop at start on a config mismatch or a dead process."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests.train_testlib import ROOT, tiny_config
+
+from hydrajax import checkpoint, evaluate, train_lib
+
+# 4 devices in all, one example each; 5 validation examples: the second global eval batch
+# of 4 holds 3 masked padding examples.
+OVERRIDES = {"num_devices": 0, "synthetic.num_val": 5, "eval.batch_size": 4,
+             "eval.max_examples": 0}
+TIMEOUT = 900  # seconds per launch: compiling on a loaded 2-core machine is slow; a hang is not
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(mode: str, workdir: str, cache: str) -> list[tuple[int, str]]:
+  """Runs tests/multiprocess_worker.py as processes 0 and 1: [(return code, output)]."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "tests.multiprocess_worker", mode, str(i), "2", str(port),
+       workdir, json.dumps(OVERRIDES)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  deadline = time.monotonic() + TIMEOUT
+  results = []
+  try:
+    for p in procs:
+      out, _ = p.communicate(timeout=max(deadline - time.monotonic(), 1))
+      results.append((p.returncode, out))
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    raise AssertionError(f"{mode}: processes still running after {TIMEOUT} s (a hang)")
+  return results
+
+
+def _tails(results) -> str:
+  """The end of each process's output, for failure messages."""
+  return "\n".join(f"--- process {i}, exit code {rc}:\n" + "\n".join(
+      line for line in out.splitlines() if not line.startswith("[Gloo]"))[-3000:]
+      for i, (rc, out) in enumerate(results))
+
+
+def _losses(workdir: str) -> dict[int, float]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def _final_state(workdir: str, config):
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = ckpt.latest_step()
+  state = ckpt.restore(step, train_lib.create_train_state(config))
+  ckpt.close()
+  assert step == int(state.step) == config.num_train_steps
+  return state
+
+
+def _max_abs_diff(a, b) -> float:
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)), initial=0.0))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  """2 processes x 2 devices: stopped right after the step-2 checkpoint, then resumed by a
+  new launch to step 4 (same compilation cache), which also runs evaluate.run."""
+  workdir = str(tmp_path_factory.mktemp("two_processes"))
+  cache = str(tmp_path_factory.mktemp("jax_cache"))
+  stopped = _launch("kill2", workdir, cache)
+  assert [rc for rc, _ in stopped] == [7, 7], _tails(stopped)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
+  resumed = _launch("train", workdir, cache)
+  assert [rc for rc, _ in resumed] == [0, 0], _tails(resumed)
+  assert "resumed from" in resumed[0][1] and "resumed from" not in resumed[1][1]
+  return workdir
+
+
+class _ReverseDevices:
+  """Moves every row of a (devices, per-device, ...) batch to the mirrored device."""
+
+  def __call__(self, batch):
+    return {k: v[::-1] for k, v in batch.items()}
+
+
+@pytest.fixture(scope="module")
+def one_process_runs(tmp_path_factory):
+  """1 process x 4 devices on the same config; and the same run with each batch's rows on
+  the mirrored devices: how far float32 reordering of the cross-device sums alone moves the
+  losses and parameters (the floor any other reduction order, e.g. gloo's, may reach)."""
+  config = tiny_config(**OVERRIDES)
+  plain = str(tmp_path_factory.mktemp("one_process"))
+  result = train_lib.train_and_evaluate(config, plain)
+  original = train_lib._train_pipeline
+  mirrored = str(tmp_path_factory.mktemp("one_process_mirrored"))
+  train_lib._train_pipeline = lambda c, n: original(c, n).map(_ReverseDevices())
+  try:
+    train_lib.train_and_evaluate(config, mirrored)
+  finally:
+    train_lib._train_pipeline = original
+  return config, plain, mirrored, result
+
+
+def test_two_processes_train_the_one_process_model(two_process_run, one_process_runs):
+  config, plain, mirrored, _ = one_process_runs
+  one, two, floor = _losses(plain), _losses(two_process_run), _losses(mirrored)
+  assert sorted(one) == sorted(two) == list(range(1, config.num_train_steps + 1))
+  # Step 1: the same global batch through the same initial params; float32 reordering of
+  # 4-term sums moves the loss by ~1e-7 relative, a one-process reduction by ~1e-3.
+  np.testing.assert_allclose(two[1], one[1], rtol=1e-5)
+  for step in one:
+    # Steps 3-4 come from the resumed launch: a wrong data position or state gives another
+    # batch's loss (~1e-2 away). 1e-6 relative: a few float32 ulps of a loss near 5.
+    bound = 2 * abs(floor[step] - one[step]) + 1e-6 * abs(one[step])
+    assert abs(two[step] - one[step]) <= bound, (step, one[step], two[step], floor[step])
+  a, b, m = (_final_state(w, config) for w in (plain, two_process_run, mirrored))
+  for name in ("params", "batch_stats", "opt_state"):
+    reorder = _max_abs_diff(getattr(a, name), getattr(m, name))
+    diff = _max_abs_diff(getattr(a, name), getattr(b, name))
+    assert diff <= 2 * reorder + 1e-7, (name, diff, reorder)  # 1e-7: float32 ulp near 1
+  assert _max_abs_diff(a.params, m.params) < 1e-4  # the floor itself stays small
+
+
+def test_two_processes_evaluate_the_whole_set_as_one_process(two_process_run, one_process_runs):
+  """The 2-process evaluate.run of its final checkpoint against 1 process x 4 devices
+  scoring the same variables: the same counts and confusion-matrix metrics exactly."""
+  config, _, _, one_result = one_process_runs
+  with open(os.path.join(two_process_run, "eval", "metrics.json")) as f:
+    two = json.load(f)
+  variables, _ = evaluate.load_variables(config, two_process_run)
+  one, _ = evaluate.evaluate(variables, config)
+  assert two["num_examples"] == one["num_examples"] == 5
+  # Every valid pixel of the 5 examples counted once, not half (one process's share) or
+  # with the padding examples.
+  assert two["segm_pixels"] == one["segm_pixels"] == one_result["segm_pixels"]
+  assert two["depth_pixels"] == one["depth_pixels"] == one_result["depth_pixels"]
+  for key in ("miou", "pixel_acc", "mean_acc"):  # integer confusion matrices
+    assert two[key] == one[key], key
+  for key in ("rmse", "rmse_log", "abs_rel", "sq_rel", "delta1", "mean_rmse"):
+    # float32 per-device sums added across 4 devices in another order (gloo vs in-process)
+    np.testing.assert_allclose(two[key], one[key], rtol=1e-6, err_msg=key)
+  with open(os.path.join(two_process_run, "result.json")) as f:
+    during_training = json.load(f)
+  np.testing.assert_allclose(during_training["rmse"], two["rmse"], rtol=1e-6)
+  assert during_training["miou"] == two["miou"]
+
+
+def test_processes_stop_on_a_config_mismatch_and_on_a_dead_process(tmp_path):
+  (rc0, out0), (rc1, out1) = _launch("check", str(tmp_path), str(tmp_path / "cache"))
+  for out in (out0, out1):  # each process names the field and both values
+    assert "disagree on the config (1 fields): lr_decoder: 0.0" in out, out
+  assert "lr_decoder: 0.008 here vs 0.016" in out0 and "0.016 here vs 0.008" in out1
+  assert rc1 == 3, out1
+  # Process 0 was left calling collectives with a dead peer: it stops with JAX's error
+  # (missed heartbeats) instead of hanging until the test's timeout.
+  assert rc0 != 0 and "heartbeat" in out0, out0
+
+
+def test_batch_not_divisible_by_the_devices_stops_at_start(tmp_path):
+  config = tiny_config(batch_size=6, num_devices=4)
+  with pytest.raises(ValueError, match=r"batch_size=6 is not divisible by the 4 devices "
+                                       r"\(1 process x 4 devices\)"):
+    train_lib.train_and_evaluate(config, str(tmp_path))

@@ -1,0 +1,48 @@
+"""Device helpers: batches prefetched to the devices keep the iterator's checkpointed
+position exact; device lists and the batch check (one process, 4 fake devices)."""
+import jax
+import numpy as np
+import pytest
+
+from hydrajax import checkpoint, parallel
+from hydrajax.data import SyntheticScenes, train_dataset
+
+
+def _dataset():
+  return train_dataset(SyntheticScenes(6, height=24, width=32), global_batch_size=4,
+                       crop_size=16, seed=1, num_devices=4)
+
+
+def test_prefetched_batches_are_neither_lost_nor_repeated_across_a_checkpoint(tmp_path):
+  devices = parallel.devices()
+  reference = iter(_dataset())
+  expected = [next(reference) for _ in range(6)]
+  it = parallel.DevicePrefetch(iter(_dataset()), devices, size=2)
+  for i in range(3):
+    batch = next(it)
+    assert isinstance(batch["image"], jax.Array) and len(batch["image"].devices()) == 4
+    np.testing.assert_array_equal(np.asarray(batch["image"]), expected[i]["image"])
+  # Two more batches are already on the devices; the saved position is after batch 3.
+  ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
+  ckpt.save(3, {"x": np.zeros(2)}, it)
+  resumed = parallel.DevicePrefetch(iter(_dataset()), devices, size=2)
+  ckpt.restore(3, {"x": np.zeros(2)}, resumed)
+  ckpt.close()
+  for i in range(3, 6):
+    np.testing.assert_array_equal(np.asarray(next(resumed)["image"]), expected[i]["image"])
+
+
+def test_prefetch_yields_every_batch_once_in_order():
+  batches = [{"x": np.full((4, 1), i)} for i in range(5)]
+  out = list(parallel.prefetch(iter(batches), parallel.devices(), size=2))
+  assert [int(host["x"][0, 0]) for host, _ in out] == list(range(5))
+  assert [int(np.asarray(dev["x"])[3, 0]) for _, dev in out] == list(range(5))
+
+
+def test_devices_take_the_first_of_each_process_and_the_batch_must_split():
+  assert parallel.devices(2) == jax.local_devices()[:2]
+  assert parallel.devices() == jax.devices()
+  parallel.check_batch(8, parallel.devices())
+  with pytest.raises(ValueError, match=r"config.batch_size=6 is not divisible by the 4 "
+                                       r"devices \(1 process x 4 devices\): use a multiple of 4"):
+    parallel.check_batch(6, parallel.devices())
