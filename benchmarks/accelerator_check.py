@@ -74,7 +74,8 @@ def _infer(item: dict) -> dict:
   return {**info, **_times(run, item["runs"]), **_device_memory(), "rss_peak_mb": _rss_mb()}
 
 
-def _pipeline(frames_dir: str, batch: int, crop: int, workers: int):
+def _pipeline(frames_dir: str, batch: int, crop: tuple[int, int], workers: int):
+  """The training pipeline (scale 0.5-2.0, crop, flip) over the fabricated NYUD frames."""
   from hydrajax.data import NYUDv2, train_dataset
   _parse_absl_flags()
   return train_dataset(NYUDv2(frames_dir, "train"), global_batch_size=batch, crop_size=crop,
@@ -120,8 +121,8 @@ def _train(item: dict) -> dict:
       metrics["loss"].block_until_ready()
       return 1e3 * (time.perf_counter() - t) / loop["steps"]
 
-    ds = lambda: host(iter(_pipeline(loop["frames_dir"], item["shape"][0], item["shape"][1],
-                                     loop["workers"])))
+    ds = lambda: host(iter(_pipeline(loop["frames_dir"], item["shape"][0],
+                                     tuple(item["shape"][1:3]), loop["workers"])))
     out["loop_workers"] = loop["workers"]
     out["loop_no_prefetch_ms"] = timed_loop(
         jax.device_put(b, sharding) for b in ds())
@@ -219,7 +220,8 @@ def summarise(report: dict) -> None:
   dev = report["device"]
   print(f"device: {dev.get('devices', dev.get('error'))} ({dev.get('device_kind')})")
   t = report["tests"]
-  print(f"parity tests on {t['platform']}: {'PASSED' if t['passed'] else 'FAILED'} ({t['summary']})")
+  verdict = "PASSED" if t["passed"] else "FAILED"
+  print(f"parity tests on {t['platform']}: {verdict} ({t['summary']})")
   for r in report["measurements"]:
     what = (f"pipeline batch {r['batch']} crop {r['crop']}" if r["kind"] == "pipeline" else
             f"{r['kind']:8} {r['shape']} {r['dtype']} impl={r['impl'] or 'default'}")
@@ -253,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                  help="layer implementations (default: all the model offers)")
   p.add_argument("--train-dtypes", nargs="+", default=["float32"],
                  choices=["float32", "bfloat16"])
-  p.add_argument("--train-sizes", nargs="*", default=None, help="BxHxW (default 4x400x400 8x400x400)")
+  p.add_argument("--train-sizes", nargs="*", default=None,
+                 help="BxHxW (default 4x400x400 8x400x400)")
   p.add_argument("--runs", type=int, default=20, help="timed runs per measurement")
   p.add_argument("--loop-steps", type=int, default=10, help="steps timed over the pipeline")
   p.add_argument("--data-workers", type=int, default=os.cpu_count(),

@@ -1,20 +1,24 @@
-"""hydrajax vs the PyTorch reference, side by side on this machine.
+"""hydrajax vs the PyTorch reference, each variant alone in a fresh process, over several rounds.
 
-    python benchmarks/compare.py                 # everything, a few minutes on 2 cores
-    python benchmarks/compare.py --quick         # fewer repeats, no 400x400 training
-    python benchmarks/compare.py --skip-torch-compile --out /tmp/compare.json
+    python benchmarks/compare.py                 # 5 rounds, all workloads (~20 min idle, 2 cores)
+    python benchmarks/compare.py --quick         # one round: a look, not a result
+    python benchmarks/compare.py --tiny --quick  # smoke run at tiny sizes (seconds of timing)
 
-Each variant (jax / torch eager channels_last / torch.compile) runs in its own worker
-process, so its peak RSS is its own; the workers stay alive and the parent interleaves
-their timed rounds (jax, torch, jax, torch, ...), so a change in machine load hits all
-variants alike and the ratios stay comparable (bfloat16, `--bf16`, is timed in a second
-pass: see `main`). Times are medians over all timed runs
-after warm-up; compilation (XLA, inductor) is timed separately. FLOPs come from XLA's
-cost analysis of the compiled program. The load average is recorded with the results.
+Variants: `jax` (`hydrajax.apply` for inference; the real `train_lib.train_step`, pmapped as
+training runs it, for training), `torch_eager` (the authors' network, tests/torch_reference.py,
+channels_last, 2 threads), `torch_compile` (the same forward under torch.compile, inference
+only), and with `--bf16` `jax_bf16` (bfloat16 compute). Each (round, variant) is one process
+that compiles, warms up, times `--runs` runs and exits, with nothing else of ours alive; the
+variants alternate within a round and their order rotates between rounds, so machine load
+drifts hit all alike. Reported per variant: median and minimum over all runs, the median of each
+round, compile time, peak RSS; and per round the ratio of medians to `--baseline`, with its
+spread over rounds: on shared machines one command's time moves 20-35% between rounds, so judge
+the worst round's ratio, never one run.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -22,11 +26,16 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 WORKLOADS = {  # name -> (kind, batch, height, width)
     "infer_1x480x640": ("infer", 1, 480, 640),
     "train_4x256x256": ("train", 4, 256, 256),
     "train_8x400x400": ("train", 8, 400, 400),
+}
+TINY_WORKLOADS = {  # --tiny: the same procedure in seconds (a smoke test, not a measurement)
+    "infer_1x64x96": ("infer", 1, 64, 96),
+    "train_2x64x64": ("train", 2, 64, 64),
 }
 VARIANTS = ("jax", "torch_eager", "torch_compile", "jax_bf16")
 
@@ -44,146 +53,160 @@ def _rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _serve(variant: str, workload: str) -> None:
-  """Worker: read commands on stdin ("setup", "time N", "quit"), answer JSON lines."""
-  import compare_cases as cases  # this script's directory is sys.path[0]
-  kind, batch, h, w = WORKLOADS[workload]
+def _build(variant: str, kind: str, batch: int, h: int, w: int, threads: int):
+  from benchmarks import compare_cases as cases
+  if variant in ("jax", "jax_bf16"):
+    return cases.build_jax(kind, batch, h, w, "bfloat16" if variant == "jax_bf16" else "float32")
+  if variant in ("torch_eager", "torch_compile"):
+    return cases.build_torch(kind, batch, h, w, compiled=variant == "torch_compile",
+                             threads=threads)
+  raise ValueError(f"unknown variant {variant!r}")
+
+
+def serve(variant: str, kind: str, batch: int, h: int, w: int, warmup: int, runs: int,
+          threads: int) -> dict:
+  """One process's whole life: build (compile), warm up, time `runs` runs."""
   base_rss = _rss_mb()
-  runner = None
-  for line in sys.stdin:
-    cmd = line.split()
-    if cmd[0] == "setup":
-      t0 = time.perf_counter()
-      runner, info = cases.build(variant, kind, batch, h, w)
-      info["setup_s"] = time.perf_counter() - t0
-      answer = info
-    elif cmd[0] == "time":
-      answer = {"times_s": [runner() for _ in range(int(cmd[1]))]}
-    else:
-      break
-    answer["rss_base_mb"], answer["rss_peak_mb"] = base_rss, _rss_mb()
-    print(json.dumps(answer), flush=True)
+  t0 = time.perf_counter()
+  run, info = _build(variant, kind, batch, h, w, threads)
+  info["setup_s"] = time.perf_counter() - t0
+  for _ in range(warmup):  # allocator, caches, thread pools
+    run()
+  info["times_s"] = [run() for _ in range(runs)]
+  info["rss_base_mb"], info["rss_peak_mb"] = base_rss, _rss_mb()
+  return info
 
 
-class Worker:
-  def __init__(self, variant: str, workload: str):
-    self.variant = variant
-    self.proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", variant, workload],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-
-  def ask(self, cmd: str) -> dict:
-    self.proc.stdin.write(cmd + "\n")
-    self.proc.stdin.flush()
-    line = self.proc.stdout.readline()
-    if not line:
-      raise RuntimeError(f"{self.variant} worker died (exit {self.proc.wait()})")
-    return json.loads(line)
-
-  def close(self) -> None:
-    if self.proc.poll() is None:
-      self.proc.stdin.write("quit\n")
-      self.proc.stdin.close()
-      self.proc.wait(timeout=60)
+def run_process(variant: str, workload: tuple, warmup: int, runs: int, threads: int) -> dict:
+  kind, batch, h, w = workload
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  cmd = [sys.executable, os.path.abspath(__file__), "--serve",
+         json.dumps([variant, kind, batch, h, w, warmup, runs, threads])]
+  proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  if proc.returncode or not lines:
+    return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+  return json.loads(lines[-1])
 
 
 # ----------------------------------------------------------------------------- parent
 
-def run_workload(workload: str, variants: list[str], rounds: int, per_round: int) -> dict:
+def run_workload(workload: tuple, variants: list[str], rounds: int, warmup: int, runs: int,
+                 threads: int, baseline: str) -> dict:
+  """Every variant once per round in its own process; order rotated each round."""
   import numpy as np
+  per_round = {v: [] for v in variants}
+  for r in range(rounds):
+    order = variants[r % len(variants):] + variants[:r % len(variants)]
+    for v in order:
+      per_round[v].append(run_process(v, workload, warmup, runs, threads))
   results = {}
-  workers = {}
-  for v in variants:  # one at a time, so setups (compilation) do not overlap
-    wk = Worker(v, workload)
-    try:
-      results[v] = wk.ask("setup")
-      workers[v] = wk
-      wk.ask(f"time {max(1, per_round // 2)}")  # extra warm-up (allocator, caches)
-    except (RuntimeError, json.JSONDecodeError) as e:
-      results[v] = {"error": str(e)}
-      wk.close()
-  times = {v: [] for v in workers}
-  for _ in range(rounds):
-    for v, wk in workers.items():
-      ans = wk.ask(f"time {per_round}")
-      times[v] += ans["times_s"]
-      results[v]["rss_peak_mb"] = ans["rss_peak_mb"]
-  for v, wk in workers.items():
-    wk.close()
-    results[v]["runs"] = len(times[v])
-    results[v]["median_ms"] = 1000 * float(np.median(times[v]))
-    results[v]["iqr_ms"] = [1000 * float(q) for q in np.percentile(times[v], [25, 75])]
+  for v, answers in per_round.items():
+    ok = [a for a in answers if "error" not in a]
+    if not ok:
+      results[v] = {"error": answers[0]["error"]}
+      continue
+    times = np.concatenate([a["times_s"] for a in ok])
+    compile_s = [a["compile_s"] for a in ok if a.get("compile_s") is not None]
+    results[v] = {
+        "runs": int(times.size), "rounds": len(ok), "median_ms": 1e3 * float(np.median(times)),
+        "min_ms": 1e3 * float(times.min()),
+        "round_median_ms": [1e3 * float(np.median(a["times_s"])) for a in answers
+                            if "error" not in a],
+        "compile_s": float(np.median(compile_s)) if compile_s else None,
+        "flops": ok[0].get("flops"), "rss_peak_mb": max(a["rss_peak_mb"] for a in ok),
+        "errors": [a["error"] for a in answers if "error" in a]}
+  base = [a for a in per_round.get(baseline, [])]
+  for v, answers in per_round.items():
+    if v == baseline or "error" in results[v] or not base:
+      continue
+    ratios = [float(np.median(a["times_s"]) / np.median(b["times_s"]))
+              for a, b in zip(answers, base) if "error" not in a and "error" not in b]
+    if ratios:
+      results[v][f"ratio_to_{baseline}"] = {"per_round": ratios, "min": min(ratios),
+                                            "median": float(np.median(ratios)),
+                                            "max": max(ratios)}
   return results
 
 
 def print_table(report: dict) -> None:
-  print(f"\nload: {report['load_before']} -> {report['load_after']}")
-  head = (f"{'workload':18} {'variant':14} {'median ms':>10} {'vs eager':>9} {'compile s':>10} "
-          f"{'peak RSS MB':>12} {'GFLOP':>7}")
+  base = report["baseline"]
+  print(f"\nload: {report['load_before']} -> {report['load_after']}; {report['rounds']} "
+        f"round(s) of {report['runs']} runs per process")
+  head = (f"{'workload':18} {'variant':14} {'median ms':>10} {'min ms':>9} "
+          f"{'ratio to ' + base + ' (rounds)':>34} {'compile s':>10} {'peak RSS MB':>12}")
   print(head)
   print("-" * len(head))
   for wl, res in report["workloads"].items():
-    eager = res.get("torch_eager", {}).get("median_ms")
     for v, r in res.items():
       if "error" in r:
-        print(f"{wl:18} {v:14} error: {r['error'][:60]}")
+        print(f"{wl:18} {v:14} error: {r['error'][:80]}")
         continue
-      ratio = f"{r['median_ms'] / eager:.2f}x" if eager else "-"
+      q = r.get(f"ratio_to_{base}")
+      ratio = (f"{q['median']:.2f}x ({q['min']:.2f}-{q['max']:.2f})" if q else "-")
       comp = f"{r['compile_s']:.1f}" if r.get("compile_s") is not None else "-"
-      flops = f"{r['flops'] / 1e9:.1f}" if r.get("flops") else "-"
-      print(f"{wl:18} {v:14} {r['median_ms']:10.1f} {ratio:>9} {comp:>10} "
-            f"{r['rss_peak_mb']:12.0f} {flops:>7}")
+      print(f"{wl:18} {v:14} {r['median_ms']:10.1f} {r['min_ms']:9.1f} {ratio:>34} "
+            f"{comp:>10} {r['rss_peak_mb']:12.0f}")
+
+
+def write_json(path: str, report: dict) -> None:
+  """Atomically (readers never see half a file); imported here so the parent stays light
+  while the timed processes run."""
+  from hydrajax import weights
+  weights.write_atomic(path, lambda f: f.write((json.dumps(report, indent=1) + "\n").encode()))
+
+
+def _versions() -> dict:
+  out = {"python": sys.version.split()[0]}
+  for name in ("jax", "jaxlib", "torch"):
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = None
+  return out
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "compare.json"))
-  p.add_argument("--quick", action="store_true", help="3 rounds of 2, no 400x400 training")
+  p.add_argument("--quick", action="store_true", help="one round")
+  p.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke test of the procedure")
+  p.add_argument("--rounds", type=int, default=None, help="rounds (default 5; --quick: 1)")
+  p.add_argument("--runs", type=int, default=10, help="timed runs per process")
+  p.add_argument("--warmup", type=int, default=3, help="untimed runs per process after compiling")
+  p.add_argument("--workloads", nargs="*", default=None,
+                 choices=sorted(WORKLOADS) + sorted(TINY_WORKLOADS))
+  p.add_argument("--variants", nargs="*", default=None, choices=VARIANTS)
   p.add_argument("--skip-torch-compile", action="store_true")
   p.add_argument("--bf16", action="store_true", help="also time jax with bfloat16 compute")
-  p.add_argument("--skip-train", action="store_true")
-  p.add_argument("--skip-infer", action="store_true")
-  p.add_argument("--workloads", nargs="*", default=None, choices=sorted(WORKLOADS))
-  p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per variant")
-  p.add_argument("--per-round", type=int, default=None, help="timed runs per round")
-  p.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
+  p.add_argument("--baseline", default="torch_eager", choices=VARIANTS)
+  p.add_argument("--torch-threads", type=int, default=2)
+  p.add_argument("--serve", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.serve:
-    _serve(*args.serve)
+    print(json.dumps(serve(*json.loads(args.serve))), flush=True)
     return 0
 
-  workloads = args.workloads or [
-      w for w in WORKLOADS
-      if not (args.skip_train and w.startswith("train"))
-      and not (args.skip_infer and w.startswith("infer"))
-      and not (args.quick and w == "train_8x400x400")]
-  rounds = args.rounds or (3 if args.quick else 5)
-  per_round = args.per_round or (2 if args.quick else 3)
-  variants = [v for v in VARIANTS if not (args.skip_torch_compile and v == "torch_compile")
-              and not (v == "jax_bf16" and not args.bf16)]
-  report = {"load_before": _load(), "rounds": rounds, "per_round": per_round,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "workloads": {}}
+  table = TINY_WORKLOADS if args.tiny else WORKLOADS
+  workloads = args.workloads or list(table)
+  rounds = args.rounds or (1 if args.quick else 5)
+  variants = args.variants or [v for v in VARIANTS if v != "jax_bf16" or args.bf16]
+  if args.skip_torch_compile:
+    variants = [v for v in variants if v != "torch_compile"]
+  report = {"load_before": _load(), "rounds": rounds, "runs": args.runs, "warmup": args.warmup,
+            "baseline": args.baseline, "torch_threads": args.torch_threads,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": _versions(),
+            "workloads": {}}
+  all_workloads = {**WORKLOADS, **TINY_WORKLOADS}
   for wl in workloads:
     print(f"[{time.strftime('%H:%M:%S')}] {wl} ...", flush=True)
-    wl_variants = [v for v in variants if v != "torch_compile" or wl.startswith("infer")]
-    # bfloat16 runs in a pass of its own: an idle second JAX process holding a training
-    # state slowed the float32 JAX train step by ~25% (903 vs 702 ms, measured).
-    groups = [[v for v in wl_variants if v != "jax_bf16"]]
-    if "jax_bf16" in wl_variants:
-      groups.append(["jax_bf16"])
-    report["workloads"][wl] = {}
-    for group in groups:
-      report["workloads"][wl].update(run_workload(wl, group, rounds, per_round))
+    kind = all_workloads[wl][0]
+    wl_variants = [v for v in variants if v != "torch_compile" or kind == "infer"]
+    report["workloads"][wl] = run_workload(all_workloads[wl], wl_variants, rounds, args.warmup,
+                                           args.runs, args.torch_threads, args.baseline)
   report["load_after"] = _load()
-  import jax
-  import torch
-  report["versions"] = {"jax": jax.__version__, "torch": torch.__version__,
-                        "python": sys.version.split()[0]}
   print_table(report)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out + ".tmp", "w") as f:
-    json.dump(report, f, indent=1)
-  os.replace(args.out + ".tmp", args.out)
+  write_json(args.out, report)
   print(f"wrote {args.out}")
   return 0
 
