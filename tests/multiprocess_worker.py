@@ -2,10 +2,11 @@
 
   python -m tests.multiprocess_worker MODE PROCESS_ID NUM_PROCESSES PORT WORKDIR [JSON]
 
-MODE: "train" (train_and_evaluate, then evaluate.run; process 0 writes WORKDIR/result.json),
-"kill2" (the same, stopped by SystemExit(7) right after the step-2 checkpoint), "check" (the
-start-up config check with another lr_decoder on process 1, printing its error; then process
-1 exits at once and process 0 keeps calling collectives, which must end in an error).
+MODE: "train" (train_and_evaluate stopped by an exception right after the step-2 checkpoint,
+then resumed by train_and_evaluate, then evaluate.run; process 0 writes WORKDIR/result.json),
+"check" (the start-up config check with another lr_decoder on process 1, printing its error;
+then process 1 exits at once and process 0 keeps calling collectives, which must end in an
+error).
 JSON: tiny_config overrides.
 """
 import json
@@ -37,20 +38,32 @@ def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str
     for _ in range(100_000):
       parallel.allgather_bytes(b"waiting")
     return
-  if mode == "kill2":
-    original = checkpoint.Checkpointer.save
+  # A run stopped right after its step-2 checkpoint (as a crash would leave it), then
+  # resumed by a fresh train_and_evaluate in the same processes (the compiled step is reused:
+  # a second launch would compile everything again).
+  original = checkpoint.Checkpointer.save
 
-    def save_then_stop(self, step, *args, **kwargs):
-      original(self, step, *args, **kwargs)
-      if step == 2:
-        raise SystemExit(7)
+  def save_then_stop(self, step, *args, **kwargs):
+    original(self, step, *args, **kwargs)
+    if step == 2:
+      raise _Stopped()
 
-    checkpoint.Checkpointer.save = save_then_stop
+  checkpoint.Checkpointer.save = save_then_stop
+  try:
+    train_lib.train_and_evaluate(config, workdir)
+  except _Stopped:
+    print(f"stopped after step 2; checkpoints: {os.listdir(workdir + '/checkpoints')}", flush=True)
+  finally:
+    checkpoint.Checkpointer.save = original
   result = train_lib.train_and_evaluate(config, workdir)
   evaluate.run(config, workdir)
   if parallel.is_primary():
     with open(os.path.join(workdir, "result.json"), "w") as f:
       json.dump({k: v for k, v in result.items() if isinstance(v, (int, float))}, f)
+
+
+class _Stopped(Exception):
+  pass
 
 
 if __name__ == "__main__":
