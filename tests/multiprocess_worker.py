@@ -13,12 +13,12 @@ import json
 import os
 import sys
 
-from tests.train_testlib import tiny_config
+from tests.train_testlib import stop_after_checkpoint, tiny_config
 
 
 def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str,
          overrides: dict) -> None:
-  from hydrajax import checkpoint, evaluate, parallel, train_lib
+  from hydrajax import evaluate, parallel, train_lib
 
   config = tiny_config(**overrides)
   config.distributed = True
@@ -41,20 +41,11 @@ def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str
   # A run stopped right after its step-2 checkpoint (as a crash would leave it), then
   # resumed by a fresh train_and_evaluate in the same processes (the compiled step is reused:
   # a second launch would compile everything again).
-  original = checkpoint.Checkpointer.save
-
-  def save_then_stop(self, step, *args, **kwargs):
-    original(self, step, *args, **kwargs)
-    if step == 2:
-      raise _Stopped()
-
-  checkpoint.Checkpointer.save = save_then_stop
   try:
-    train_lib.train_and_evaluate(config, workdir)
+    with stop_after_checkpoint(2, _Stopped):
+      train_lib.train_and_evaluate(config, workdir)
   except _Stopped:
     print(f"stopped after step 2; checkpoints: {os.listdir(workdir + '/checkpoints')}", flush=True)
-  finally:
-    checkpoint.Checkpointer.save = original
   result = train_lib.train_and_evaluate(config, workdir)
   evaluate.run(config, workdir)
   if parallel.is_primary():
