@@ -29,10 +29,12 @@ def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str
     if process_id == 1:
       config.lr_decoder *= 2
     parallel.initialize(config)
-    try:
-      parallel.check_same_config(config, workdir)
-    except ValueError as e:
-      print(f"ValueError: {e}", flush=True)
+    for check in (lambda: parallel.check_batch(6, parallel.devices()),
+                  lambda: parallel.check_same_config(config, workdir)):
+      try:
+        check()
+      except ValueError as e:
+        print(f"ValueError: {e}", flush=True)
     if process_id == 1:
       os._exit(3)  # dies without a word: process 0 must not wait for it forever
     for _ in range(100_000):

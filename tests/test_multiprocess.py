@@ -166,9 +166,11 @@ def test_two_processes_evaluate_the_whole_set_as_one_process(two_process_run, on
   assert during_training["miou"] == two["miou"]
 
 
-def test_processes_stop_on_a_config_mismatch_and_on_a_dead_process(tmp_path):
+def test_processes_stop_on_a_bad_batch_a_config_mismatch_and_a_dead_process(tmp_path):
   (rc0, out0), (rc1, out1) = _launch("check", str(tmp_path))
-  for out in (out0, out1):  # each process names the field and both values
+  for out in (out0, out1):  # each process names the numbers, the field and both values
+    assert ("config.batch_size=6 is not divisible by the 4 devices (2 processes x 2 devices)"
+            in out), out  # 6 splits over each process's 2 devices, not over all 4
     assert "disagree on the config (1 fields): lr_decoder: 0.0" in out, out
   assert "lr_decoder: 0.008 here vs 0.016" in out0 and "0.016 here vs 0.008" in out1
   assert rc1 == 3, out1
@@ -179,6 +181,6 @@ def test_processes_stop_on_a_config_mismatch_and_on_a_dead_process(tmp_path):
 
 def test_batch_not_divisible_by_the_devices_stops_at_start(tmp_path):
   config = tiny_config(batch_size=6, num_devices=4)
-  with pytest.raises(ValueError, match=r"batch_size=6 is not divisible by the 4 devices "
-                                       r"\(1 process x 4 devices\)"):
+  # One process: config_check (or parallel.check_batch) names the batch and device count.
+  with pytest.raises(ValueError, match=r"batch_size=6\b.*\b4 devices"):
     train_lib.train_and_evaluate(config, str(tmp_path))
