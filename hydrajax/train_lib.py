@@ -2,8 +2,8 @@
 
 One pure `train_step(state, batch, loss_weights) -> (state, metrics)` is pmapped once over
 the devices of every process (axis "batch"; hydrajax.parallel). Each device sees its share
-of the global batch; the loss
-is built from (sum, count) pieces whose counts are summed over devices (hydrajax.losses),
+of the global batch; the loss is built from (sum, count) pieces whose counts are summed over
+devices (hydrajax.losses),
 gradients are summed with psum, and BatchNorm statistics are taken over the global batch
 (`sync_bn`), so N devices give the parameters one device gives on the same global batch.
 Images travel as uint8 and are normalised on device.

@@ -2,22 +2,23 @@
 
   python -m tests.multiprocess_worker MODE PROCESS_ID NUM_PROCESSES PORT WORKDIR [JSON]
 
-MODE: "train" (train_and_evaluate, then evaluate.run; process 0 writes WORKDIR/result.json),
-"kill2" (the same, stopped by SystemExit(7) right after the step-2 checkpoint), "check" (the
-start-up config check with another lr_decoder on process 1, printing its error; then process
-1 exits at once and process 0 keeps calling collectives, which must end in an error).
+MODE: "train" (train_and_evaluate stopped by an exception right after the step-2 checkpoint,
+then resumed by train_and_evaluate, then evaluate.run; process 0 writes WORKDIR/result.json),
+"check" (the start-up config check with another lr_decoder on process 1, printing its error;
+then process 1 exits at once and process 0 keeps calling collectives, which must end in an
+error).
 JSON: tiny_config overrides.
 """
 import json
 import os
 import sys
 
-from tests.train_testlib import tiny_config
+from tests.train_testlib import stop_after_checkpoint, tiny_config
 
 
 def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str,
          overrides: dict) -> None:
-  from hydrajax import checkpoint, evaluate, parallel, train_lib
+  from hydrajax import evaluate, parallel, train_lib
 
   config = tiny_config(**overrides)
   config.distributed = True
@@ -28,29 +29,34 @@ def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str
     if process_id == 1:
       config.lr_decoder *= 2
     parallel.initialize(config)
-    try:
-      parallel.check_same_config(config, workdir)
-    except ValueError as e:
-      print(f"ValueError: {e}", flush=True)
+    for check in (lambda: parallel.check_batch(6, parallel.devices()),
+                  lambda: parallel.check_same_config(config, workdir)):
+      try:
+        check()
+      except ValueError as e:
+        print(f"ValueError: {e}", flush=True)
     if process_id == 1:
       os._exit(3)  # dies without a word: process 0 must not wait for it forever
     for _ in range(100_000):
       parallel.allgather_bytes(b"waiting")
     return
-  if mode == "kill2":
-    original = checkpoint.Checkpointer.save
-
-    def save_then_stop(self, step, *args, **kwargs):
-      original(self, step, *args, **kwargs)
-      if step == 2:
-        raise SystemExit(7)
-
-    checkpoint.Checkpointer.save = save_then_stop
+  # A run stopped right after its step-2 checkpoint (as a crash would leave it), then
+  # resumed by a fresh train_and_evaluate in the same processes (the compiled step is reused:
+  # a second launch would compile everything again).
+  try:
+    with stop_after_checkpoint(2, _Stopped):
+      train_lib.train_and_evaluate(config, workdir)
+  except _Stopped:
+    print(f"stopped after step 2; checkpoints: {os.listdir(workdir + '/checkpoints')}", flush=True)
   result = train_lib.train_and_evaluate(config, workdir)
   evaluate.run(config, workdir)
   if parallel.is_primary():
     with open(os.path.join(workdir, "result.json"), "w") as f:
       json.dump({k: v for k, v in result.items() if isinstance(v, (int, float))}, f)
+
+
+class _Stopped(Exception):
+  pass
 
 
 if __name__ == "__main__":

@@ -31,11 +31,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(mode: str, workdir: str, cache: str) -> list[tuple[int, str]]:
+def _launch(mode: str, workdir: str) -> list[tuple[int, str]]:
   """Runs tests/multiprocess_worker.py as processes 0 and 1: [(return code, output)]."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1", JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
+             JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1", PYTHONUNBUFFERED="1")
   port = _free_port()
   procs = [subprocess.Popen(
       [sys.executable, "-m", "tests.multiprocess_worker", mode, str(i), "2", str(port),
@@ -83,16 +82,14 @@ def _max_abs_diff(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
-  """2 processes x 2 devices: stopped right after the step-2 checkpoint, then resumed by a
-  new launch to step 4 (same compilation cache), which also runs evaluate.run."""
+  """2 processes x 2 devices: stopped right after the step-2 checkpoint, resumed to step 4
+  from the checkpoint (state and each process's data position), then evaluate.run."""
   workdir = str(tmp_path_factory.mktemp("two_processes"))
-  cache = str(tmp_path_factory.mktemp("jax_cache"))
-  stopped = _launch("kill2", workdir, cache)
-  assert [rc for rc, _ in stopped] == [7, 7], _tails(stopped)
-  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
-  resumed = _launch("train", workdir, cache)
-  assert [rc for rc, _ in resumed] == [0, 0], _tails(resumed)
-  assert "resumed from" in resumed[0][1] and "resumed from" not in resumed[1][1]
+  results = _launch("train", workdir)
+  assert [rc for rc, _ in results] == [0, 0], _tails(results)
+  for _, out in results:
+    assert "stopped after step 2; checkpoints: ['2']" in out, _tails(results)
+  assert "resumed from" in results[0][1] and "resumed from" not in results[1][1]
   return workdir
 
 
@@ -130,7 +127,7 @@ def test_two_processes_train_the_one_process_model(two_process_run, one_process_
   # process only is ~1e-3 off).
   np.testing.assert_allclose(two[1], one[1], rtol=1e-5)
   for step in one:
-    # Steps 3-4 come from the resumed launch: a wrong data position or state gives another
+    # Steps 3-4 come from the resumed run: a wrong data position or state gives another
     # batch's loss (~1e-2 away). 1e-10 relative: float64 reordering (~1e-16) grown over 4
     # steps (x1e3 in the float32 runs) stays far below it.
     bound = 2 * abs(floor[step] - one[step]) + 1e-10 * abs(one[step])
@@ -169,9 +166,11 @@ def test_two_processes_evaluate_the_whole_set_as_one_process(two_process_run, on
   assert during_training["miou"] == two["miou"]
 
 
-def test_processes_stop_on_a_config_mismatch_and_on_a_dead_process(tmp_path):
-  (rc0, out0), (rc1, out1) = _launch("check", str(tmp_path), str(tmp_path / "cache"))
-  for out in (out0, out1):  # each process names the field and both values
+def test_processes_stop_on_a_bad_batch_a_config_mismatch_and_a_dead_process(tmp_path):
+  (rc0, out0), (rc1, out1) = _launch("check", str(tmp_path))
+  for out in (out0, out1):  # each process names the numbers, the field and both values
+    assert ("config.batch_size=6 is not divisible by the 4 devices (2 processes x 2 devices)"
+            in out), out  # 6 splits over each process's 2 devices, not over all 4
     assert "disagree on the config (1 fields): lr_decoder: 0.0" in out, out
   assert "lr_decoder: 0.008 here vs 0.016" in out0 and "0.016 here vs 0.008" in out1
   assert rc1 == 3, out1
@@ -182,6 +181,6 @@ def test_processes_stop_on_a_config_mismatch_and_on_a_dead_process(tmp_path):
 
 def test_batch_not_divisible_by_the_devices_stops_at_start(tmp_path):
   config = tiny_config(batch_size=6, num_devices=4)
-  with pytest.raises(ValueError, match=r"batch_size=6 is not divisible by the 4 devices "
-                                       r"\(1 process x 4 devices\)"):
+  # One process: config_check (or parallel.check_batch) names the batch and device count.
+  with pytest.raises(ValueError, match=r"batch_size=6\b.*\b4 devices"):
     train_lib.train_and_evaluate(config, str(tmp_path))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests import fabricate
-from tests.train_testlib import tiny_config
+from tests.train_testlib import stop_after_checkpoint, tiny_config
 
 from hydrajax import checkpoint, evaluate, train_lib
 
@@ -91,19 +91,8 @@ class _Killed(Exception):
 def killed_run(tmp_path_factory):
   """A run killed right after its step-2 checkpoint (as a crash would leave it)."""
   workdir = str(tmp_path_factory.mktemp("killed"))
-  original = checkpoint.Checkpointer.save
-
-  def save_then_die(self, step, *args, **kwargs):
-    original(self, step, *args, **kwargs)
-    if step == 2:
-      raise _Killed()
-
-  checkpoint.Checkpointer.save = save_then_die
-  try:
-    with pytest.raises(_Killed):
-      train_lib.train_and_evaluate(tiny_config(), workdir)
-  finally:
-    checkpoint.Checkpointer.save = original
+  with pytest.raises(_Killed), stop_after_checkpoint(2, _Killed):
+    train_lib.train_and_evaluate(tiny_config(), workdir)
   return workdir
 
 

@@ -1,4 +1,5 @@
 """Shared tiny training setup: one config whose compiled step most tests reuse."""
+import contextlib
 import os
 
 # `configs` is installed with the package (pyproject.toml), like hydrajax itself.
@@ -29,3 +30,23 @@ def set_fields(config, overrides: dict):
       target = target[p]
     target[last] = v
   return config
+
+
+@contextlib.contextmanager
+def stop_after_checkpoint(step: int, error: type[BaseException]):
+  """Within the block, Checkpointer.save raises `error` right after writing `step`: a run
+  stopped as a crash would leave it."""
+  from hydrajax import checkpoint
+
+  original = checkpoint.Checkpointer.save
+
+  def save_then_stop(self, at, *args, **kwargs):
+    original(self, at, *args, **kwargs)
+    if at == step:
+      raise error()
+
+  checkpoint.Checkpointer.save = save_then_stop
+  try:
+    yield
+  finally:
+    checkpoint.Checkpointer.save = original
