@@ -136,12 +136,17 @@ def test_resumed_run_matches_uninterrupted_run(killed_run, tmp_path):
   np.testing.assert_allclose(ev["rmse"], result["rmse"], rtol=1e-6)
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(killed_run, tmp_path):
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(killed_run, tmp_path,
+                                                                   monkeypatch):
   workdir = str(tmp_path / "nan")
   shutil.copytree(killed_run, workdir)
   config = tiny_config()
   before = _final_state(workdir, config)[1]
-  config.loss_weights.depth = float("nan")
+  # A NaN loss weight makes the loss NaN; a config holding one is refused, so it goes
+  # straight into the step's loss_weights input.
+  normal = train_lib.task_loss_weights
+  monkeypatch.setattr(train_lib, "task_loss_weights",
+                      lambda c: {**normal(c), "depth": float("nan")})
   with pytest.raises(FloatingPointError, match="non-finite loss at step 3.*step 2"):
     train_lib.train_and_evaluate(config, workdir)
   step, after = _final_state(workdir, config)
