@@ -132,15 +132,10 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(killed_run, t
   config = tiny_config()
   before = _final_state(workdir, config)[1]
   # A NaN loss weight makes the loss NaN; a config holding one is refused, so it goes
-  # straight into the step's inputs.
-  normal = train_lib.hyperparams_fn
-
-  def nan_depth_weight(c):
-    fn = normal(c)
-    return lambda step: {**fn(step), "loss_weights": {**fn(step)["loss_weights"],
-                                                      "depth": float("nan")}}
-
-  monkeypatch.setattr(train_lib, "hyperparams_fn", nan_depth_weight)
+  # straight into the step's loss_weights input.
+  normal = train_lib.task_loss_weights
+  monkeypatch.setattr(train_lib, "task_loss_weights",
+                      lambda c: {**normal(c), "depth": float("nan")})
   with pytest.raises(FloatingPointError, match="non-finite loss at step 3.*step 2"):
     train_lib.train_and_evaluate(config, workdir)
   step, after = _final_state(workdir, config)
