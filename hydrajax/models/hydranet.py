@@ -85,8 +85,7 @@ def upsample_outputs(outputs: Mapping[str, jax.Array], size: tuple[int, int],
   out = {}
   for task, value in outputs.items():
     if task == "depth":
-      # The channel axis by a reshape with -1, not `[..., None]`: jax2onnx lowers that
-      # broadcast under a symbolic batch into a Reshape taking N from the wrong tensor.
+      # A channel axis for the resize, and off again; -1 keeps a symbolic batch (jax.export).
       h, w = value.shape[1:3]
       up = layers.resize_bilinear(value.reshape(-1, h, w, 1), size, align_corners)
       out[task] = up.reshape(-1, *size)
