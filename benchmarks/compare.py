@@ -152,8 +152,8 @@ def print_table(report: dict) -> None:
 def write_json(path: str, report: dict) -> None:
   """Atomically (readers never see half a file); imported here so the parent stays light
   while the timed processes run."""
-  from hydrajax import weights
-  weights.write_atomic(path, lambda f: f.write((json.dumps(report, indent=1) + "\n").encode()))
+  from hydrajax import atomic
+  atomic.write_bytes_atomic(path, (json.dumps(report, indent=1) + "\n").encode())
 
 
 def _versions() -> dict:
