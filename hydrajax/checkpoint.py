@@ -127,5 +127,19 @@ class Checkpointer:
       raise ValueError(f"{where}: shapes differ: " + ", ".join(wrong[:10]))
     return state
 
+  def restore_variables(self, step: int) -> dict:
+    """{"params", "batch_stats"} of the state at `step`, as saved (host arrays): what
+    evaluation and prediction need, without building the optimizer to restore into."""
+    where = f"checkpoint {self.directory}/{step}"
+    try:
+      state = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore()))["state"]
+    except (ValueError, KeyError) as e:
+      raise ValueError(f"{where}: {e}") from e
+    missing = [k for k in ("params", "batch_stats") if k not in state]
+    if missing:
+      raise ValueError(f"{where} holds no {' or '.join(missing)}: not a hydrajax train state")
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
   def close(self) -> None:
     self.manager.close()

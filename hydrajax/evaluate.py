@@ -214,7 +214,7 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str, weights: str
   """Variables from a weights file, or the latest / best checkpoint of `workdir`.
   Returns (variables, a description of where they came from)."""
   import hydrajax
-  from hydrajax import checkpoint, train_lib
+  from hydrajax import checkpoint
 
   if weights:
     return hydrajax.load(weights), weights
@@ -224,9 +224,8 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str, weights: str
   if step is None:
     raise FileNotFoundError(f"no {'best ' if which == 'best' else ''}checkpoint in "
                             f"{workdir}/checkpoints; train first or pass --weights FILE")
-  state = ckpt.restore(step, jax.eval_shape(lambda: train_lib.create_train_state(config)))
+  variables = ckpt.restore_variables(step)
   ckpt.close()
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
   if config.align_corners:
     variables["meta"] = {"align_corners": True}
   return variables, f"{workdir}/checkpoints/{step} ({which})"

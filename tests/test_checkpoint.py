@@ -155,3 +155,26 @@ def test_restore_into_wrong_structure_raises_naming_checkpoint(tmp_path):
 def test_invalid_best_mode_raises(tmp_path):
   with pytest.raises(ValueError, match="best_mode must be 'max' or 'min'"):
     checkpoint.Checkpointer(tmp_path, best_metric="rmse", best_mode="lowest")
+
+
+def test_restore_variables_reads_params_and_batch_stats_without_a_target(tmp_path):
+  """Evaluation restores the network alone: no optimizer to build, values and dtypes kept."""
+  state = dict(_state(), batch_stats={"mean": np.arange(3, dtype=np.float32)},
+               opt_state=[{"trace": np.ones(4, np.float32)}])
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  ckpt.save(3, state)
+  got = ckpt.restore_variables(3)
+  assert sorted(got) == ["batch_stats", "params"]
+  for key in ("kernel", "bias"):
+    np.testing.assert_array_equal(got["params"][key], state["params"][key])
+    assert got["params"][key].dtype == np.float32
+  np.testing.assert_array_equal(got["batch_stats"]["mean"], state["batch_stats"]["mean"])
+  ckpt.close()
+
+
+def test_restore_variables_of_a_state_without_params_names_the_checkpoint(tmp_path):
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  ckpt.save(1, {"step": np.int32(1)})
+  with pytest.raises(ValueError, match=re.escape(f"{tmp_path}/1") + ".*no params or batch_stats"):
+    ckpt.restore_variables(1)
+  ckpt.close()

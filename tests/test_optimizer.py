@@ -69,6 +69,19 @@ def test_warmup_then_poly_schedule_values_at_chosen_steps():
                                rtol=1e-6, atol=1e-9)
 
 
+def test_poly_schedule_is_finite_and_zero_at_the_end_under_jit():
+  """The last update of a poly run: optax.polynomial_schedule(power=0.9) is NaN there under
+  jit for 1560 of the run lengths 1..2999 (optax 0.2.8 on this CPU), which would freeze a
+  run's final step; hydrajax's schedule clamps."""
+  for total in range(1, 200):
+    config = _config(lr_decoder=0.1, schedule="poly", poly_power=0.9, warmup_steps=0,
+                     num_train_steps=total)
+    lr = jax.jit(train_lib.learning_rate_fn(config, 0.1))
+    values = np.asarray([lr(jnp.asarray(c)) for c in (total - 1, total, total + 1)])
+    assert np.all(np.isfinite(values)), (total, values)
+    assert values[0] > 0 and values[1] == 0 and values[2] == 0, (total, values)
+
+
 def test_accumulation_makes_one_update_every_k_micro_steps_on_the_update_schedule():
   config = _config(lr_decoder=0.1, schedule="poly", poly_power=1.0, warmup_steps=0,
                    num_train_steps=8, grad_accum_steps=2, momentum=0.0, weight_decay=0.0)
