@@ -289,17 +289,6 @@ def _check_eval(c: _Checker) -> None:
   c.number("eval.max_examples", low=0, integer=True)
 
 
-def check_devices(config: ml_collections.ConfigDict, num_devices: int,
-                  num_processes: int = 1) -> None:
-  """The global batch must split evenly over every device of every process."""
-  total = num_devices * num_processes
-  if config.batch_size % total:
-    where = f"{num_devices} devices" + (f" x {num_processes} processes" if num_processes > 1
-                                        else "")
-    raise ConfigError(f"config.batch_size={config.batch_size}: expected a multiple of "
-                      f"{total} ({where}); or set config.num_devices")
-
-
 def _check_local_devices(c: _Checker) -> None:
   """Training on this host (no jax.distributed): devices asked for exist, batch splits."""
   if c.problems or c.get("distributed") is True:
@@ -311,9 +300,11 @@ def _check_local_devices(c: _Checker) -> None:
   if wanted > available:
     c.fail("num_devices", wanted, f"at most the {available} local devices (0 = all)")
     return
+  from hydrajax import parallel
+
   try:
-    check_devices(c.config, wanted or available)
-  except ConfigError as e:
+    parallel.check_batch(c.config.batch_size, jax.local_devices()[:wanted or available])
+  except ValueError as e:
     c.problems.append(str(e))
 
 

@@ -40,7 +40,7 @@ BAD_FIELDS = [
     ({"num_classes": 3}, "config.num_classes=3: expected at least 7"),
     # Types, ranges, names, combinations found by trying.
     ({"batch_size": "8"}, "config.batch_size='8': expected an int > 0"),
-    ({"batch_size": 6, "num_devices": 4}, "config.batch_size=6: expected a multiple of 4"),
+    ({"batch_size": 6, "num_devices": 4}, "config.batch_size=6 is not divisible by the 4 devices"),
     ({"num_devices": 8}, "config.num_devices=8: expected at most the 4 local devices"),
     ({"dataset": "coco"}, "config.dataset='coco': expected one of 'synthetic', 'nyud'"),
     ({"tasks": ("segm", "edges")}, "config.tasks=('segm', 'edges'): expected distinct names"),
