@@ -139,11 +139,14 @@ def display_settings(num_classes: int, palette: str = "auto",
 
 def render(image: np.ndarray, outputs: Mapping[str, np.ndarray], palette: np.ndarray,
            max_depth: float) -> dict[str, np.ndarray]:
-  """Image-resolution outputs of `hydrajax.apply` -> images to save, keyed by file suffix:
-  "vis" (side by side), "segm" (label ids), "depth" (uint16 mm), "normals" (RGB)."""
+  """Image-resolution outputs -> images to save, keyed by file suffix: "vis" (side by side),
+  "segm" (label ids), "depth" (uint16 mm), "normals" (RGB). `outputs` are `hydrajax.apply`'s
+  ("segm" logits (H, W, C)) or `full_res.dense_predictions`' ("segm" class ids (H, W))."""
   panels, files = [image], {}
   if "segm" in outputs:
-    labels = np.asarray(outputs["segm"]).argmax(-1)
+    labels = np.asarray(outputs["segm"])
+    if not np.issubdtype(labels.dtype, np.integer):
+      labels = labels.argmax(-1)
     files["segm"] = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
     panels.append(colorize_segm(labels, palette))
   if "depth" in outputs:
