@@ -2,6 +2,12 @@
 
     python -m hydrajax.predict --weights nyud.npz photo.jpg frame.png --out preds/
 
+Images larger than `--max-side` pixels (default 1280) on their long side go through the
+network as a copy shrunk to that size (PIL bilinear, aspect kept); the outputs are upsampled
+back to the input size in blocks of rows (`hydrajax.full_res`), so a 4000x3000 photo needs
+no full-size logits. `--max-side 0` runs the network at the input's own resolution (memory
+then grows with the image: the network's activations at full size).
+
 Per input `NAME.ext` it writes to the output directory:
 - `NAME_vis.png`: input | colour-coded segmentation | colour-mapped depth [| normals];
 - `NAME_segm.png`: class ids (uint8, or uint16 for > 256 classes), at the input size;
@@ -22,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from hydrajax import api, atomic, video, visualize, weights
+from hydrajax import api, atomic, full_res, video, visualize, weights
 
 @dataclasses.dataclass
 class PredictReport:
@@ -53,11 +59,14 @@ def _write_png(path: str, array: np.ndarray) -> None:
 
 def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLike],
                   out_dir: str | os.PathLike, *, palette: str = "auto",
-                  max_depth: float | None = None, progress: bool = True) -> PredictReport:
+                  max_depth: float | None = None, progress: bool = True,
+                  max_side: int = full_res.DEFAULT_MAX_SIDE) -> PredictReport:
   """Predict every image in `paths` and write its files into `out_dir` (created).
 
-  Images may have any size (each new size compiles the network once). Failures do not stop
-  the loop; they are collected in the returned report by input path.
+  Images may have any size (each new size compiles the network once); above `max_side`
+  pixels on the long side the network sees a shrunk copy (0: never), see
+  `full_res.dense_predictions`. Failures do not stop the loop; they are collected in the
+  returned report by input path.
   """
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
@@ -71,7 +80,7 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
     except (OSError, ValueError) as e:
       report.failed[path] = str(e)
       continue
-    outputs = {k: np.asarray(v) for k, v in api.apply(variables, image).items()}
+    outputs = full_res.dense_predictions(variables, image, max_side=max_side)
     stem = _unique_stem(os.path.splitext(os.path.basename(path))[0], used_stems)
     written = []
     for suffix, array in visualize.render(image, outputs, colours, clip).items():
@@ -105,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="segmentation colours (auto: by number of classes)")
   parser.add_argument("--max-depth", type=float, default=None,
                       help="depth colour-map clip in metres (default 8 NYUD, 80 KITTI, 10 other)")
+  parser.add_argument("--max-side", type=int, default=full_res.DEFAULT_MAX_SIDE,
+                      help="run the network on a copy of at most this many pixels on the "
+                           "long side; outputs are still at the input size (default "
+                           f"{full_res.DEFAULT_MAX_SIDE}; 0 = the input's own size)")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   parser.add_argument("--video", default=None,
                       help="input video: write the visualisation video to --out (a .mp4 file)")
@@ -127,11 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.max_depth is not None and not 0 < args.max_depth < float("inf"):
       raise ValueError(f"--max-depth must be a positive number of metres, got {args.max_depth}")
+    if args.max_side < 0:
+      raise ValueError(f"--max-side must be >= 0 pixels (0 = no limit), got {args.max_side}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
       raise ValueError(f"--out {args.out} is a file; give a directory for the predictions")
     variables = weights.load(args.weights)
     report = predict_files(variables, args.images, args.out, palette=args.palette,
-                           max_depth=args.max_depth, progress=not args.no_progress)
+                           max_depth=args.max_depth, progress=not args.no_progress,
+                           max_side=args.max_side)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -58,8 +58,9 @@ def test_cli_side_by_side_shows_input_segm_and_depth(cli_run, variables):
                                 visualize.colorize_segm(labels, visualize.NYUD_PALETTE))
   depth_mm = np.asarray(Image.open(out / "000099_rgb_depth.png")).astype(np.float64)
   expected = np.asarray(hydrajax.apply(variables, image)["depth"])
-  # The same compiled apply on the same image (bit-identical), stored as whole millimetres:
-  # half a step, plus the float32 rounding of depth * 1000 (~1e-7 m at tens of metres).
+  # The same network and interpolation (full_res's two taps, ~1e-7 relative from apply's
+  # form), stored as whole millimetres: half a step, plus the float32 rounding of
+  # depth * 1000 (~1e-7 m at tens of metres).
   np.testing.assert_allclose(depth_mm / 1000.0, np.minimum(expected, 65.535), atol=5e-4 + 1e-6)
 
 
