@@ -41,6 +41,7 @@ DEFAULT_MAX_DEPTH = {"nyud": 8.0, "kitti": 80.0, "generic": 10.0}  # metres, dis
 _PLASMA_ANCHORS = np.array([
     [13, 8, 135], [76, 2, 161], [126, 3, 168], [169, 35, 149], [204, 71, 120],
     [229, 107, 93], [248, 148, 65], [253, 195, 40], [240, 249, 33]], np.float64)
+_PLASMA_CHUNK = 1 << 18  # values per step of colormap_plasma (its float64 temporaries)
 
 
 def generic_palette(num_classes: int) -> np.ndarray:
@@ -75,6 +76,17 @@ def colorize_segm(labels: np.ndarray, palette: np.ndarray,
 
 def colormap_plasma(values: np.ndarray) -> np.ndarray:
   """Values in [0, 1] (clipped), any shape -> (..., 3) uint8 plasma-like colours."""
+  values = np.asarray(values)
+  flat = values.reshape(-1)
+  rgb = np.empty((flat.size, 3), np.uint8)
+  # In chunks: the float64 temporaries of a whole 12-megapixel map would take ~1 GB.
+  for start in range(0, flat.size, _PLASMA_CHUNK):
+    rgb[start:start + _PLASMA_CHUNK] = _plasma(flat[start:start + _PLASMA_CHUNK])
+  return rgb.reshape(values.shape + (3,))
+
+
+def _plasma(values: np.ndarray) -> np.ndarray:
+  """(n,) values -> (n, 3) uint8 plasma colours."""
   v = np.clip(np.nan_to_num(np.asarray(values, np.float64), nan=0.0), 0.0, 1.0)
   pos = v * (len(_PLASMA_ANCHORS) - 1)
   i0 = np.minimum(np.floor(pos).astype(np.int64), len(_PLASMA_ANCHORS) - 2)
