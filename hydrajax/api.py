@@ -38,7 +38,9 @@ def init(key: jax.Array | int, *, num_classes: int = 40, tasks: Sequence[str] = 
   ~10 s that XLA takes to compile ~170 random initialisers. Runs on the host (not traceable);
   for a traceable init use `HydraNet(...).init(key, x)`.
   """
-  model = HydraNet(num_classes=num_classes, tasks=tuple(tasks), align_corners=align_corners)
+  # Shapes only: any impl gives the same tree ("cpu" traces one form instead of two).
+  model = HydraNet(num_classes=num_classes, tasks=tuple(tasks), align_corners=align_corners,
+                   impl="cpu")
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   seed = key if isinstance(key, int) else np.asarray(jax.random.key_data(key), np.uint32).ravel()
   rng = np.random.default_rng(seed)
@@ -163,7 +165,7 @@ def apply(variables: Mapping[str, Any], image: Any, *, dtype: Any = jnp.float32,
     metres >= 0, "normals" (..., H, W, 3) unit vectors; only the model's tasks.
   """
   check_image(image)
-  layers.check_impl(impl)
+  impl = layers.resolve_impl(impl)  # one form traced and compiled; the same result
   cfg = model_config(variables)
   image = jnp.asarray(image)
   single = image.ndim == 3

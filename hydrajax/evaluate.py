@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from hydrajax import api, atomic, metrics, parallel, sources
+from hydrajax.models import layers
 from hydrajax.parallel import AXIS
 
 
@@ -40,7 +41,7 @@ def eval_params(config: ml_collections.ConfigDict) -> dict:
 
 
 def eval_step(variables: Any, batch: dict, protocol: dict, *, num_classes: int, tasks: tuple,
-              align_corners: bool) -> tuple:
+              align_corners: bool, impl: str = "auto") -> tuple:
   """This device's batch -> (sums psum'ed over devices, predictions at label resolution).
 
   batch: "image" uint8 (n, H, W, 3), labels (n, H, W), "mask" (n,) bool, "hw" (n, 2);
@@ -48,7 +49,7 @@ def eval_step(variables: Any, batch: dict, protocol: dict, *, num_classes: int, 
   """
   chex.assert_rank([batch["image"], batch["mask"], batch["hw"]], [4, 1, 2])
   model = api.model_from_config(
-      {"num_classes": num_classes, "tasks": tasks, "align_corners": align_corners})
+      {"num_classes": num_classes, "tasks": tasks, "align_corners": align_corners}, impl=impl)
   raw = model.apply(variables, api.normalize(batch["image"]), train=False)
   label_hw = batch["image"].shape[1:3]
   out = api.postprocess(raw, label_hw, align_corners)
@@ -68,7 +69,8 @@ def eval_step(variables: Any, batch: dict, protocol: dict, *, num_classes: int, 
 
 @functools.lru_cache(maxsize=16)
 def _compiled_eval(key: tuple, devices: tuple) -> Any:
-  return jax.pmap(functools.partial(eval_step, **dict(key)), axis_name=AXIS,
+  impl = layers.resolve_impl("auto", devices[0].platform)
+  return jax.pmap(functools.partial(eval_step, **dict(key), impl=impl), axis_name=AXIS,
                   in_axes=(0, 0, None), devices=list(devices))
 
 

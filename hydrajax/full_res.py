@@ -57,7 +57,8 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _raw_outputs(net_vars, image, *, num_classes, tasks, align_corners):
   """(h, w, 3) image -> the network's raw outputs for it, task -> (ceil(h/4), ceil(w/4)[, C])."""
   model = api.model_from_config(
-      {"num_classes": num_classes, "tasks": tasks, "align_corners": align_corners})
+      {"num_classes": num_classes, "tasks": tasks, "align_corners": align_corners},
+      impl=layers.resolve_impl("auto"))
   raw = model.apply(net_vars, api.normalize(image[None]), train=False)
   return {task: value[0] for task, value in raw.items()}
 

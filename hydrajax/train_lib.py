@@ -31,7 +31,7 @@ from flax import traverse_util
 
 import hydrajax
 from hydrajax import api, losses, parallel, weights
-from hydrajax.models import HydraNet
+from hydrajax.models import HydraNet, layers
 from hydrajax.parallel import AXIS, replicate, unreplicate  # noqa: F401 (public here too)
 
 
@@ -77,9 +77,13 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   return jnp.dtype(name)
 
 
-def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None) -> HydraNet:
+def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None,
+               platform: str | None = None) -> HydraNet:
+  """The config's network, its layers in the form for `platform` (default: JAX's default
+  backend; see layers.resolve_impl)."""
   bn_axis = axis_name if config.sync_bn and not config.freeze_bn else None
-  return api.model_from_config(config, dtype=compute_dtype(config), bn_axis_name=bn_axis)
+  return api.model_from_config(config, dtype=compute_dtype(config), bn_axis_name=bn_axis,
+                               impl=layers.resolve_impl("auto", platform))
 
 
 def learning_rate_fn(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
@@ -108,7 +112,7 @@ def _poly(count: jax.Array, *, peak: float, power: float, steps: int) -> jax.Arr
   NaN at its end under jit on CPU for about half the run lengths, e.g. 1560 of 1..2999 at
   power 0.9 with optax 0.2.8: 1 - count / steps rounds slightly below 0 and its fractional
   power is NaN. Here steps - count is exact (integers below 2**24), so the end is 0;
-  tests/test_optimizer.py checks the end of every run length up to 199.)"""
+  tests/test_optimizer.py checks the end of every run length up to 63.)"""
   frac = (steps - jnp.minimum(count, steps)) / steps
   return peak * jnp.maximum(frac, 0.0) ** power
 
@@ -258,7 +262,7 @@ def _step_key(config: ml_collections.ConfigDict) -> tuple:
 @functools.lru_cache(maxsize=16)
 def _compiled_step(key: tuple, devices: tuple) -> Any:
   config = ml_collections.ConfigDict(dict(key))
-  step = functools.partial(train_step, model=make_model(config, AXIS), tx=make_optimizer(config),
+  step = functools.partial(train_step, model=make_model(config, AXIS, devices[0].platform), tx=make_optimizer(config),
                            freeze_bn=config.freeze_bn, sync_bn=config.sync_bn)
   return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), devices=list(devices),
                   donate_argnums=(0,))

@@ -7,12 +7,37 @@ _platform = os.environ.get("HYDRAJAX_TEST_PLATFORM", "cpu")
 if _platform != "default":
   os.environ.setdefault("JAX_PLATFORMS", _platform)
 
+# The suite is compile-bound (a train step: ~5 s to trace, ~40 CPU-s for XLA to compile at
+# the default LLVM level, a few ms to run at 64x96). XLA's backend at level 0 (LLVM without
+# its optimisations) halves the compile of the same HLO program; no fast-math at either
+# level, and the tolerances already allow any summation order.
+# Subprocesses inherit it. HYDRAJAX_TEST_XLA_OPT=default keeps XLA's own level.
+if os.environ.get("HYDRAJAX_TEST_XLA_OPT", "0") != "default":
+  os.environ["XLA_FLAGS"] = " ".join(
+      [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
+
 import chex  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 # Before any JAX computation in the session (chex raises if the backend already exists).
 chex.set_n_cpu_devices(4)
+
+# Several tests compile the same program through different jit objects (and subprocesses run
+# the same programs): JAX's persistent cache, keyed by the program, compiles each once per
+# session. A fresh folder per session (removed at exit), so a run never reads another's.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit  # noqa: E402
+  import shutil  # noqa: E402
+  import tempfile  # noqa: E402
+
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="hydrajax-test-xla-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
 
 import hydrajax  # noqa: E402
 

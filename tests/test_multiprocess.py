@@ -33,7 +33,10 @@ def _free_port() -> int:
 
 def _launch(mode: str, workdir: str) -> list[tuple[int, str]]:
   """Runs tests/multiprocess_worker.py as processes 0 and 1: [(return code, output)]."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  # 2 fake devices per process, and the suite's other XLA flags (tests/conftest.py).
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env = dict(os.environ, XLA_FLAGS=" ".join(["--xla_force_host_platform_device_count=2"] + flags),
              JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1", PYTHONUNBUFFERED="1")
   port = _free_port()
   procs = [subprocess.Popen(

@@ -73,7 +73,7 @@ def test_poly_schedule_is_finite_and_zero_at_the_end_under_jit():
   """The last update of a poly run: optax.polynomial_schedule(power=0.9) is NaN there under
   jit for 1560 of the run lengths 1..2999 (optax 0.2.8 on this CPU), which would freeze a
   run's final step; hydrajax's schedule clamps."""
-  for total in range(1, 200):
+  for total in range(1, 64):
     config = _config(lr_decoder=0.1, schedule="poly", poly_power=0.9, warmup_steps=0,
                      num_train_steps=total)
     lr = jax.jit(train_lib.learning_rate_fn(config, 0.1))
