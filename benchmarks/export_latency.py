@@ -12,6 +12,8 @@ Variants (batch 1, uint8 RGB in):
                        channels_last, outputs upsampled to H x W (benchmarks/compare_cases.py)
   hydrajax_apply       `hydrajax.apply` (outputs at H x W)
   stablehlo_full       the deserialized StableHLO export --full-resolution
+  hydrajax_apply_labels  `hydrajax.apply` plus the labels argmax in one jit: the outputs
+                       stablehlo_full computes (not in the default set)
 Each (variant, round) runs in a fresh process, one process at a time, and the variants'
 order rotates between rounds, so a change in machine load hits all alike and no idle
 runtime shares the cores. A process loads its model, warms up (2 calls), times `runs` calls,
@@ -37,9 +39,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 VARIANTS = ("onnxruntime_quarter", "onnxruntime_full", "torch_eager", "hydrajax_apply",
-            "stablehlo_full")
+            "stablehlo_full", "hydrajax_apply_labels")
 ARTIFACTS = {"onnxruntime_quarter": "quarter.onnx", "onnxruntime_full": "full.onnx",
-             "hydrajax_apply": "weights.npz", "stablehlo_full": "full.stablehlo"}
+             "hydrajax_apply": "weights.npz", "stablehlo_full": "full.stablehlo",
+             "hydrajax_apply_labels": "weights.npz"}
 
 
 # ----------------------------------------------------------------------------- worker
@@ -74,6 +77,20 @@ def _runner(variant: str, path: str, image: np.ndarray, threads: int):
     import hydrajax
     variables = hydrajax.load(path)
     return lambda: jax.block_until_ready(hydrajax.apply(variables, image))
+  if variant == "hydrajax_apply_labels":
+    import hydrajax
+    import jax.numpy as jnp
+    from hydrajax import api
+    variables = hydrajax.load(path)
+    model = hydrajax.model_from_variables(variables, impl="cpu")  # what apply runs on CPU
+    net = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+    @jax.jit
+    def with_labels(net, image):  # apply's computation, plus the labels
+      raw = model.apply(net, hydrajax.normalize(image), train=False)
+      out = api.postprocess(raw, image.shape[1:3], model.align_corners)
+      return dict(out, labels=jnp.argmax(out["segm"], axis=-1))
+    return lambda: jax.block_until_ready(with_labels(net, image))
   if variant == "stablehlo_full":
     with open(path, "rb") as f:
       exp = jax.export.deserialize(bytearray(f.read()))
@@ -157,7 +174,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--rounds", type=int, default=5, help="processes per variant")
   p.add_argument("--runs", type=int, default=10, help="timed calls per process")
   p.add_argument("--threads", type=int, default=2, help="onnxruntime / torch intra-op threads")
-  p.add_argument("--variants", default=",".join(VARIANTS))
+  p.add_argument("--variants", default=",".join(VARIANTS[:5]))
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "export_latency.json"))
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   p.add_argument("--artifact", default=None, help=argparse.SUPPRESS)
