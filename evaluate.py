@@ -3,7 +3,7 @@
 Uses WORKDIR's latest checkpoint (--which=best for the best one) or --weights FILE.npz.
 Writes WORKDIR/eval/metrics.json and WORKDIR/eval/samples.png and prints a table.
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -17,6 +17,10 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   del argv
+  # Orbax logs every checkpoint step at INFO (~30 lines per save); progress is on the bar.
+  # --verbosity=0 brings those logs back.
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
   from hydrajax import config_check, evaluate
   with config_check.exit_on_bad_input():
     evaluate.run(FLAGS.config, FLAGS.workdir, FLAGS.weights, FLAGS.which)

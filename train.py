@@ -3,7 +3,7 @@
 Any config field can be overridden: --config.batch_size=16 --config.num_train_steps=2000.
 A run resumes from WORKDIR/checkpoints when restarted with the same WORKDIR.
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -15,6 +15,10 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   del argv
+  # Orbax logs every checkpoint step at INFO (~30 lines per save); progress is on the bar.
+  # --verbosity=0 brings those logs back.
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
   from hydrajax import config_check, train_lib
   with config_check.exit_on_bad_input():
     train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -90,3 +90,26 @@ def test_labels_outside_the_classes_stop_evaluation_naming_the_file(weights_40, 
     evaluate.run(_nyud_config(tmp_path / "nyud", {"eval.max_examples": 0}),
                  str(tmp_path / "run"), weights_40)
   assert not (tmp_path / "run" / "eval" / "metrics.json").exists()
+
+
+def test_command_line_prints_one_error_line_without_orbax_info_logs(tmp_path):
+  """evaluate.py restores a checkpoint (Orbax logs ~30 INFO lines per restore) of a 6-class
+  model against the 40-class synthetic config: stderr is the error alone (train.py and
+  evaluate.py lower absl's verbosity unless --verbosity is given)."""
+  import os
+  import subprocess
+  import sys
+
+  from hydrajax import checkpoint
+  from tests.train_testlib import ROOT
+
+  ckpt = checkpoint.Checkpointer(tmp_path / "run" / "checkpoints")
+  ckpt.save(1, hydrajax.init(0, num_classes=6))
+  ckpt.close()
+  proc = subprocess.run([sys.executable, "evaluate.py", "--config", "configs/synthetic.py",
+                         "--workdir", str(tmp_path / "run")], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 2, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert lines[-1].startswith("error: ") and "6 classes" in lines[-1], proc.stderr
+  assert not [l for l in lines if "orbax" in l or "checkpoint_manager" in l], proc.stderr
