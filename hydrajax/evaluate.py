@@ -116,7 +116,7 @@ def evaluate(variables: dict, config: ml_collections.ConfigDict, source: Any = N
       shapes.add(batch["image"].shape)
       parallel.compile_everywhere(step, replicated, on_devices, protocol, name="eval_step")
     sums, preds = step(replicated, on_devices, protocol)
-    acc.add(jax.tree.map(lambda x: x[0], sums))
+    acc.add(parallel.unreplicate(sums))
     if len(samples) < num_samples:
       samples += _pictures(batch, preds, num_samples - len(samples))
   totals = acc.result()

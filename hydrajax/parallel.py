@@ -100,8 +100,21 @@ def replicate(tree: Any, devices_: Sequence[Any]) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-  """The first local device's copy, fetched to host numpy."""
-  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+  """The first local device's copy of each (local devices, ...) leaf, as host numpy.
+
+  Read straight from that device's buffer: `x[0]` would run a gather over all local devices,
+  which XLA partitions into a cross-device collective; with several processes on CPU, a few
+  hundred of those in a row deadlocked gloo (both processes idle at the checkpoint save).
+  """
+  return jax.tree.map(_first_copy, tree)
+
+
+def _first_copy(x: Any) -> Any:
+  if isinstance(x, jax.Array):
+    shard = np.asarray(x.addressable_data(0))
+    # A leading-axis shard keeps that axis (length 1); a PmapSharding one drops it.
+    return np.asarray(shard[0]) if shard.ndim == x.ndim else shard
+  return np.asarray(x)[0]
 
 
 def prefetch(batches: Iterable[dict], devices_: Sequence[Any], size: int

@@ -277,7 +277,7 @@ def pmapped_train_step(config: ml_collections.ConfigDict, devices: Sequence[Any]
 
 def _check_finite(rstate: TrainState, ckpt: Any) -> None:
   """Raise FloatingPointError if any step so far had a non-finite loss (state frozen since)."""
-  bad = int(jax.device_get(rstate.nonfinite_step[0]))
+  bad = int(unreplicate(rstate.nonfinite_step))
   if bad >= 0:
     last = ckpt.latest_step()
     where = (f"the last good checkpoint is step {last} in {ckpt.directory}" if last is not None
@@ -343,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bar.update(1)
     if step % config.log_every_steps == 0 or step == total:
       _check_finite(rstate, ckpt)
-      means = {k: float(np.mean([jax.device_get(m[k][0]) for m in pending])) for k in pending[0]}
+      means = {k: float(np.mean([unreplicate(m[k]) for m in pending])) for k in pending[0]}
       now = time.perf_counter()
       means["images_per_sec"] = config.batch_size * (step - tick_step) / max(now - tick, 1e-9)
       means["lr_encoder"] = lrs(step - 1)["encoder"]

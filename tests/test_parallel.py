@@ -46,3 +46,30 @@ def test_devices_take_the_first_of_each_process_and_the_batch_must_split():
   with pytest.raises(ValueError, match=r"config.batch_size=6 is not divisible by the 4 "
                                        r"devices \(1 process x 4 devices\): use a multiple of 4"):
     parallel.check_batch(6, parallel.devices())
+
+
+def test_unreplicate_reads_the_first_copy_without_running_a_program():
+  """unreplicate must not index x[0]: that compiles a gather that XLA partitions into a
+  collective over the local devices, and with several processes on CPU a run of those
+  deadlocked gloo at the checkpoint save (tests/test_multiprocess.py hung 1 run in 2)."""
+  devices = jax.local_devices()[:4]
+  # A shape no other test uses, so an x[0] here would have to compile.
+  tree = {"w": np.arange(3 * 5 * 7, dtype=np.float32).reshape(3, 5, 7) / 7,
+          "n": {"step": np.int32(11)}}
+  replicated = parallel.replicate(tree, devices)
+  assert len(replicated["w"].sharding.device_set) == len(devices)
+  compiles = []
+
+  def listen(event, duration, **kwargs):
+    if "compile" in event:
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    host = parallel.unreplicate(replicated)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert compiles == []
+  assert isinstance(host["w"], np.ndarray) and isinstance(host["n"]["step"], np.ndarray)
+  np.testing.assert_array_equal(host["w"], tree["w"])
+  assert host["n"]["step"] == 11
