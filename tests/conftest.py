@@ -25,7 +25,8 @@ chex.set_n_cpu_devices(4)
 
 # Several tests compile the same program through different jit objects (and subprocesses run
 # the same programs): JAX's persistent cache, keyed by the program, compiles each once per
-# session. A fresh folder per session (removed at exit), so a run never reads another's.
+# session. A fresh folder per session (removed at exit), so a run never reads another's;
+# under pytest-xdist the controller makes it and both workers inherit it.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import atexit  # noqa: E402
   import shutil  # noqa: E402
