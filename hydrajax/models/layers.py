@@ -238,7 +238,14 @@ def _max_pool_1d_with_arg(x: jax.Array, axis: int, window: int, barrier: bool
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool_1d(x: jax.Array, axis: int, window: int, barrier: bool) -> jax.Array:
-  # Without differentiation a 1-D reduce_window is fastest (~1.5 ms at 4x64x64x256).
+  if barrier:
+    # The cpu form: a max of the shifted views of the materialised pad, 2x faster than
+    # XLA:CPU's reduce_window (1x120x160x256, 4 separable 5x5 pools: 38 vs 81 ms).
+    views = _pool_windows(x, axis, window, -jnp.inf, barrier)
+    out = views[0]
+    for view in views[1:]:
+      out = jnp.maximum(out, view)
+    return out.reshape(x.shape)
   p = window // 2
   dims, pads = [1] * x.ndim, [(0, 0)] * x.ndim
   dims[axis], pads[axis] = window, (p, p)
