@@ -74,10 +74,11 @@ def _lax_depthwise(x, kernel, stride):
 
 
 @pytest.mark.parametrize("k,stride,hw", [(3, 1, (9, 10)), (3, 2, (9, 10)), (3, 2, (8, 8)),
-                                         (1, 1, (5, 6))])
+                                         (3, 2, (7, 9)), (3, 1, (7, 9)), (1, 1, (5, 6))])
 def test_depthwise_matches_grouped_conv_values_and_gradients(k, stride, hw):
+  # The cpu form: shifted slices forward, its own backward (layers.depthwise_shifts).
   x = _normal((2, *hw, 6))
-  mod = layers.DepthwiseConv(k, stride)
+  mod = layers.DepthwiseConv(k, stride, impl="cpu")
   params = mod.init(jax.random.key(0), x)
   kernel = params["params"]["kernel"]
   ours = lambda x, kern: mod.apply({"params": {"kernel": kern}}, x)

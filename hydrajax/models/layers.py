@@ -132,25 +132,70 @@ class DepthwiseConv(nn.Module):
     if k == 1 and s == 1:
       return x * kernel[0, 0, 0]
     native = lambda x, kernel: _conv_native(x, kernel, s, c)
-    return by_impl(self.impl, functools.partial(_depthwise_shifts, stride=s), native, x, kernel)
+    cpu = lambda x, kernel: depthwise_shifts(x, kernel, s)
+    return by_impl(self.impl, cpu, native, x, kernel)
+
+
+def _taps(xp: jax.Array, k: int, stride: int, ho: int, wo: int):
+  """(i, j, the (N, ho, wo, C) strided view of padded `xp` that tap (i, j) multiplies)."""
+  n, _, _, c = xp.shape
+  for i in range(k):
+    for j in range(k):
+      yield i, j, jax.lax.slice(
+          xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+          (1, stride, stride, 1))
 
 
 def _depthwise_shifts(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   """Depthwise conv (kernel (k, k, 1, C), padding k//2) as k*k strided slices times weights."""
   k, s = kernel.shape[0], stride
   p = k // 2
-  _, h, w, c = x.shape
+  _, h, w, _ = x.shape
   ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
   out = None
-  for i in range(k):
-    for j in range(k):
-      patch = jax.lax.slice(
-          xp, (0, i, j, 0), (xp.shape[0], i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c),
-          (1, s, s, 1))
-      term = patch * kernel[i, j, 0]
-      out = term if out is None else out + term
+  for i, j, patch in _taps(xp, k, s, ho, wo):
+    term = patch * kernel[i, j, 0]
+    out = term if out is None else out + term
   return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_shifts(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """`_depthwise_shifts` with a hand-written backward, 2x faster than differentiating the
+  slices (whose transposes XLA:CPU turns into k*k bounds-checked pads)."""
+  return _depthwise_shifts(x, kernel, stride)
+
+
+def _depthwise_shifts_fwd(x, kernel, stride):
+  return _depthwise_shifts(x, kernel, stride), (x, kernel)
+
+
+def _depthwise_shifts_bwd(stride, res, g):
+  # out[o] = sum_i x[s*o + i - p] k[i], so dx[m] = sum_i gu[m + p - i] k[i] with gu the
+  # cotangent spread to stride 1 (zeros between): the same shifted multiply-adds with the
+  # flipped kernel. dk[i] = sum over batch and pixels of tap i's view of x times g.
+  x, kernel = res
+  k, s = kernel.shape[0], stride
+  p = k // 2
+  _, h, w, c = x.shape
+  zero = jnp.zeros((), g.dtype)
+  gu = g if s == 1 else jax.lax.pad(g, zero, ((0, 0, 0), (0, 0, s - 1), (0, 0, s - 1), (0, 0, 0)))
+  # Left p, and to H + 2p in all (a negative right pad crops gu's spread tail).
+  gp = jax.lax.pad(gu, zero, ((0, 0, 0), (p, h + p - gu.shape[1], 0),
+                              (p, w + p - gu.shape[2], 0), (0, 0, 0)))
+  flipped = kernel[::-1, ::-1]
+  dx = None
+  for i, j, patch in _taps(gp, k, 1, h, w):
+    term = patch * flipped[i, j, 0]
+    dx = term if dx is None else dx + term
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  dk = jnp.stack([jnp.sum(patch * g, axis=(0, 1, 2))
+                  for _, _, patch in _taps(xp, k, s, g.shape[1], g.shape[2])])
+  return dx, dk.reshape(k, k, 1, c).astype(kernel.dtype)
+
+
+depthwise_shifts.defvjp(_depthwise_shifts_fwd, _depthwise_shifts_bwd)
 
 
 def _conv_as_matmul_shifts(x: jax.Array, kernel: jax.Array) -> jax.Array:
