@@ -9,7 +9,9 @@ layers (batch 4, 256x256 input), the pieces that decide the cost:
   - `sliced`: the same reduction reading a shifted slice (what XLA emits when the shifted
     copy is not materialised);
   - `materialise`: writing one shifted, zero-padded copy (what XLA does instead);
-  - and the whole layer's forward, and forward+backward, via autodiff of the slices.
+  - and the whole layer's forward; its forward+backward with hydrajax's own backward
+    (layers.depthwise_shifts, the module's cpu form), and via autodiff of the slices
+    (what it replaced).
 
   python benchmarks/depthwise_backward.py      # prints a table, writes results/depthwise_backward.json
 """
@@ -63,6 +65,9 @@ def main() -> None:
         "layer_forward_ms": median_ms(jax.jit(model.apply), params, x),
         "layer_forward_backward_ms": median_ms(jax.jit(jax.grad(loss, argnums=(0, 1))),
                                                params, x),
+        "autodiff_forward_backward_ms": median_ms(jax.jit(jax.grad(
+            lambda k, x: jnp.sum(layers._depthwise_shifts(x, k, 1) * g), argnums=(0, 1))),
+            params["params"]["kernel"], x),
     }
     rows.append(row)
     print(f"{str(shape):>20}  " + "  ".join(f"{k[:-3]} {v:6.2f}" for k, v in row.items()
