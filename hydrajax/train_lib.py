@@ -262,8 +262,9 @@ def _step_key(config: ml_collections.ConfigDict) -> tuple:
 @functools.lru_cache(maxsize=16)
 def _compiled_step(key: tuple, devices: tuple) -> Any:
   config = ml_collections.ConfigDict(dict(key))
-  step = functools.partial(train_step, model=make_model(config, AXIS, devices[0].platform), tx=make_optimizer(config),
-                           freeze_bn=config.freeze_bn, sync_bn=config.sync_bn)
+  step = functools.partial(train_step, model=make_model(config, AXIS, devices[0].platform),
+                           tx=make_optimizer(config), freeze_bn=config.freeze_bn,
+                           sync_bn=config.sync_bn)
   return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), devices=list(devices),
                   donate_argnums=(0,))
 
