@@ -62,6 +62,8 @@ LAYERS = {
                         (1, 7, 8, 3)),
     "head3x3_bias": (lambda impl: layers.Conv(3, 3, use_bias=True, dtype=F64, impl=impl),
                      (1, 5, 6, 64)),
+    "head3x3_40_outputs": (lambda impl: layers.Conv(40, 3, use_bias=True, dtype=F64,
+                                                    impl=impl), (1, 5, 6, 64)),
 }
 
 

@@ -116,6 +116,27 @@ def test_dense_conv_matches_lax_conv_values_and_gradients(stride, cin):
     assert _rel(a, b) < RTOL
 
 
+def test_head_conv_with_many_outputs_infers_as_a_convolution_and_trains_by_matmuls():
+  """A head with > 19 outputs (NYUD's 40 classes), cpu form: XLA's convolution when not
+  differentiated (its output written once), the taps' matmuls under autodiff; both exact."""
+  x = _normal((2, 9, 10, 64))
+  mod = layers.Conv(40, 3, use_bias=True, impl="cpu")
+  variables = mod.init(jax.random.key(0), x)
+  kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
+  ours = lambda x, kern: mod.apply({"params": {"kernel": kern, "bias": bias}}, x)
+  ref = lambda x, kern: jax.lax.conv_general_dilated(
+      x, kern, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=HIGHEST) + bias
+  assert _rel(ours(x, kernel), ref(x, kernel)) < RTOL
+  g = _normal(ref(x, kernel).shape, 2)
+  for a, b in zip(jax.vjp(ours, x, kernel)[1](g), jax.vjp(ref, x, kernel)[1](g)):
+    assert _rel(a, b) < RTOL
+  forward = str(jax.make_jaxpr(ours)(x, kernel))
+  assert "conv_general_dilated" in forward and "dot_general" not in forward
+  backward = str(jax.make_jaxpr(lambda x, k: jax.vjp(ours, x, k)[1](g))(x, kernel))
+  assert "dot_general" in backward and "conv_general_dilated" not in backward
+
+
 def test_relu6_has_pytorch_gradient():
   x = jnp.asarray([-1.0, 0.0, 3.0, 6.0, 7.0])
   np.testing.assert_array_equal(layers.relu6(x), [0, 0, 3, 6, 6])

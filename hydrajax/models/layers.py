@@ -200,8 +200,7 @@ depthwise_shifts.defvjp(_depthwise_shifts_fwd, _depthwise_shifts_bwd)
 
 def _conv_as_matmul_shifts(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """Stride-1 k x k conv, padding k//2: one matmul to all k*k taps' outputs, then a sum of
-  shifted slices. For the heads (256 -> few channels) its backward is plain matmuls, where
-  XLA:CPU's convolution weight gradient costs ~4x the forward plus two transposes."""
+  shifted slices. Differentiated, plain matmuls: the heads' backward (`Conv`)."""
   k, _, cin, cout = kernel.shape
   p = k // 2
   n, h, w, _ = x.shape
@@ -214,6 +213,31 @@ def _conv_as_matmul_shifts(x: jax.Array, kernel: jax.Array) -> jax.Array:
       t = jax.lax.slice(taps, (0, i, j, i * k + j, 0), (n, i + h, j + w, i * k + j + 1, cout))
       y = t[:, :, :, 0] if y is None else y + t[:, :, :, 0]
   return y
+
+
+@jax.custom_vjp
+def conv_matmul_backward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Stride-1 k x k conv, padding k//2, for the heads (256 -> few channels).
+
+  Not differentiated (inference), XLA's convolution: it writes its output once, where the
+  taps' 9-slice sum was fused into the output's consumers and recomputed there (the 4x
+  upsampling of the logits reads each value 8 times): 1x120x160x256 -> 40 plus that
+  upsampling to 480x640, 62 vs 89 ms. Under autodiff, `_conv_as_matmul_shifts` and its
+  backward of plain matmuls (XLA:CPU's convolution weight gradient costs ~4x the forward
+  plus two transposes; its forward measured no faster inside the train step)."""
+  return _conv_native(x, kernel)
+
+
+def _conv_matmul_backward_fwd(x, kernel):
+  return _conv_as_matmul_shifts(x, kernel), (x, kernel)
+
+
+def _conv_matmul_backward_bwd(res, g):
+  # A linear map's vjp needs only the inputs: XLA drops the unused taps forward.
+  return jax.vjp(_conv_as_matmul_shifts, *res)[1](g)
+
+
+conv_matmul_backward.defvjp(_conv_matmul_backward_fwd, _conv_matmul_backward_bwd)
 
 
 class Conv(nn.Module):
@@ -232,7 +256,10 @@ class Conv(nn.Module):
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     native = functools.partial(_conv_native, stride=self.stride)
     if self.stride == 1 and x.shape[-1] >= 64:  # the heads: 256 channels in
-      y = by_impl(self.impl, _conv_as_matmul_shifts, native, x, kernel)
+      # Inference at 1x120x160x256 plus the 4x upsampling, taps vs convolution forward:
+      # 1 output 2.5 vs 6 ms, 6 outputs 7 vs 10, 19 even, 40 outputs 99-102 vs 65-76 ms.
+      cpu = conv_matmul_backward if self.features > 19 else _conv_as_matmul_shifts
+      y = by_impl(self.impl, cpu, native, x, kernel)
     else:  # the stem: 3 channels in, where XLA:CPU's conv is fine
       y = native(x, kernel)
     if self.use_bias:
