@@ -144,7 +144,8 @@ def test_relu6_has_pytorch_gradient():
 
 
 @pytest.mark.parametrize("size_in,size_out", [((16, 20), (64, 80)), ((8, 8), (16, 16)),
-                                              ((13, 13), (25, 25)), ((5, 7), (3, 4))])
+                                              ((13, 13), (25, 25)), ((5, 7), (3, 4)),
+                                              ((1, 3), (4, 9))])
 def test_half_pixel_resize_matches_jax_image_resize(size_in, size_out):
   x = _normal((2, *size_in, 3))
   ours = lambda x: layers.resize_bilinear(x, size_out)
