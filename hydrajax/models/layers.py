@@ -405,27 +405,30 @@ def _phase_taps(factor: int):
     yield r, start, w0, w1
 
 
+def _interp_along_axis1(x: jax.Array, m: np.ndarray) -> jax.Array:
+  """m (n_out, n_in) applied along axis 1 of x (N, n_in, ...): a batched matmul with m
+  broadcast over the batch, so no transposes; XLA materialises x once as its operand."""
+  m = jnp.asarray(m, x.dtype)
+  out = jax.lax.dot_general(jnp.broadcast_to(m, (x.shape[0],) + m.shape),
+                            x.reshape(x.shape[0], m.shape[1], -1), (((2,), (1,)), ((0,), (0,))))
+  return out.reshape((x.shape[0], m.shape[0]) + x.shape[2:])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _upsample_axis(x: jax.Array, axis: int, factor: int) -> jax.Array:
   """Half-pixel bilinear upsampling by an integer factor along `axis`: output s*i + r is a
   fixed two-tap blend of x[i-1], x[i] or x[i], x[i+1] (edges replicated, which is PyTorch's
   clamping). On CPU along axis 1 a batched matmul, else shifted slices; no transposes."""
-  n = x.shape[axis]
-  shape = list(x.shape)
-  shape[axis] = n * factor
   slices = functools.partial(_upsample_slices, axis=axis, factor=factor)
-
-  def matmul(x):
-    # Along H (the batch the only outer axis) on CPU, as in the backward: a batched matmul
-    # with the (n * factor, n) interpolation matrix, whose operand XLA materialises once; the
-    # slices fused the heads' 9-slice sum into the loss's upsampling and recomputed it
-    # per read (train step 0.93-0.98x, alternating calls in one process; inference even).
-    m = jnp.asarray(_interp_matrix(n, n * factor, False), x.dtype)
-    out = jax.lax.dot_general(jnp.broadcast_to(m, (x.shape[0],) + m.shape),
-                              x.reshape(x.shape[0], n, -1), (((2,), (1,)), ((0,), (0,))))
-    return out.reshape(shape)
-
-  return by_impl("auto", matmul, slices, x) if axis == 1 else slices(x)
+  if axis != 1:
+    return slices(x)
+  # Along H (the batch the only outer axis) on CPU, as in the backward, the interpolation
+  # matrix as a matmul: the slices fused the heads' 9-slice sum into the loss's upsampling
+  # and recomputed it per read (train step 0.93-0.98x, alternating calls in one process;
+  # inference even).
+  n = x.shape[axis]
+  matmul = lambda x: _interp_along_axis1(x, _interp_matrix(n, n * factor, False))
+  return by_impl("auto", matmul, slices, x)
 
 
 def _upsample_slices(x: jax.Array, axis: int, factor: int) -> jax.Array:
@@ -451,22 +454,18 @@ def _upsample_axis_fwd(x, axis, factor):
 
 def _upsample_axis_bwd(axis, factor, _, g):
   n = g.shape[axis] // factor
-  shape = list(g.shape)
-  shape[axis] = n
   if axis == 1:
-    # Along H (the batch the only outer axis): a batched matmul with the (n, n * factor)
-    # interpolation matrix, no transposes. XLA materialises a matmul's operand, where the
-    # shifted reads below fused W's adjoint and the max-pool backward ahead of it into
-    # themselves and recomputed them per read (train step 719 vs 737 ms, alternating).
-    m = jnp.asarray(_interp_matrix(n, n * factor, False).T, g.dtype)
-    out = jax.lax.dot_general(jnp.broadcast_to(m, (g.shape[0],) + m.shape),
-                              g.reshape(g.shape[0], n * factor, -1),
-                              (((2,), (1,)), ((0,), (0,))))
-    return (out.reshape(shape),)
+    # Along H (the batch the only outer axis): the transposed interpolation matrix as a
+    # matmul, whose operand XLA materialises; the shifted reads below fused W's adjoint and
+    # the max-pool backward ahead of it into themselves and recomputed them per read (train
+    # step 719 vs 737 ms, alternating).
+    return (_interp_along_axis1(g, _interp_matrix(n, n * factor, False).T),)
   # Otherwise elementwise: xp[j] receives a[s][j - s] for s = 0, 1, 2, with a[s] the weighted
   # sum of the phases that read xp at offset s; then xp's two clamped edge rows fold into
   # x's first and last. 5-20x faster than the interpolation matrix applied between two
   # moveaxis transposes, which dominated (4x256x256x40, 4x: 1.6-1.8 vs 30-33 ms).
+  shape = list(g.shape)
+  shape[axis] = n
   g4 = g.reshape(-1, n, factor, int(np.prod(g.shape[axis + 1:])))
   a = [None, None, None]
   for r, start, w0, w1 in _phase_taps(factor):
