@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hydrajax import api, atomic, weights
+from hydrajax.models import cpu_kernels
 
 FORMATS = ("stablehlo", "onnx")
 INPUT_DTYPES = ("uint8", "float32")
@@ -92,7 +93,8 @@ def export_stablehlo(variables: Mapping[str, Any], height: int, width: int, *,
   spec = input_spec(height, width, batch, input_dtype)
   fn = jax.jit(inference_fn(variables, full_resolution=full_resolution))
   kwargs = {} if platforms is None else {"platforms": tuple(platforms)}
-  exported = jax.export.export(fn, **kwargs)(spec)
+  with cpu_kernels.disabled():  # the file must run where hydrajax's kernels are not loaded
+    exported = jax.export.export(fn, **kwargs)(spec)
   return bytes(exported.serialize())
 
 

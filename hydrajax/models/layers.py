@@ -1,8 +1,9 @@
 """Building blocks in two implementations of the same function, chosen by `impl`:
 
 - "cpu": rewrites for XLA:CPU: 1x1 convs as einsum with a hand-written backward, depthwise
-  convs as shifted multiply-adds, the CRP max-pool as two 1-D pools, optimization barriers
-  where XLA:CPU otherwise fuses badly (see REFERENCE.md, "Speed on a CPU").
+  convs as shifted multiply-adds, the CRP max-pool as two 1-D pools (an FFI kernel where
+  `cpu_kernels` is built), optimization barriers where XLA:CPU otherwise fuses badly (see
+  REFERENCE.md, "Speed on a CPU").
 - "native": XLA's own forms, for GPU/TPU: `lax.conv_general_dilated` for every conv
   (feature_group_count = C for depthwise), the separable max-pool with its deterministic
   int8-argmax gradient but no barriers.
@@ -23,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from hydrajax.models import cpu_kernels
 
 Dtype = Any
 IMPLS = ("auto", "cpu", "native")
@@ -352,6 +355,30 @@ def _max_pool_1d_vjp_bwd(axis, window, barrier, arg, g):
 _max_pool_1d.defvjp(_max_pool_1d_vjp_fwd, _max_pool_1d_vjp_bwd)
 
 
+@jax.custom_vjp
+def _max_pool_5x5_kernel(x: jax.Array) -> jax.Array:
+  return cpu_kernels.max_pool_kernel(x)
+
+
+def _max_pool_5x5_kernel_fwd(x):
+  y, arg_h, arg_w = cpu_kernels.max_pool_arg_kernel(x)
+  return y, (arg_h, arg_w)
+
+
+def _max_pool_5x5_kernel_bwd(res, g):
+  return (cpu_kernels.max_pool_bwd_kernel(g, *res),)
+
+
+_max_pool_5x5_kernel.defvjp(_max_pool_5x5_kernel_fwd, _max_pool_5x5_kernel_bwd)
+
+
+def kernels_apply(x: jax.Array) -> bool:
+  """Whether the cpu form runs `x` through the FFI kernels (cpu_kernels): float32, static
+  shapes, and the kernels built and not disabled."""
+  return (x.dtype == jnp.float32 and all(isinstance(d, int) for d in x.shape)
+          and cpu_kernels.available())
+
+
 def max_pool_5x5(x: jax.Array, impl: str = "auto") -> jax.Array:
   """PyTorch `MaxPool2d(5, stride=1, padding=2)` on NHWC, as a 5x1 then a 1x5 pool.
 
@@ -362,7 +389,12 @@ def max_pool_5x5(x: jax.Array, impl: str = "auto") -> jax.Array:
   """
   def pool(barrier: bool) -> Callable[[jax.Array], jax.Array]:
     return lambda x: _max_pool_1d(_max_pool_1d(x, 1, 5, barrier), 2, 5, barrier)
-  return by_impl(impl, pool(True), pool(False), x)
+
+  # The FFI kernels compute the same two passes (same maxima, offsets and sums) in one pass
+  # over memory each way, instead of XLA's padded copies. Chosen here, not inside the
+  # branch: JAX caches a branch's trace by function, and the choice can change (disabled()).
+  cpu = _max_pool_5x5_kernel if kernels_apply(x) and x.ndim == 4 else pool(True)
+  return by_impl(impl, cpu, pool(False), x)
 
 
 def interp_taps(n_in: int, n_out: int, align_corners: bool

@@ -1,16 +1,56 @@
 """Light-Weight RefineNet decoder with Chained Residual Pooling (CRP) blocks."""
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hydrajax.models import layers
+from hydrajax.models import cpu_kernels, layers
 
 DECODER_CHANNELS = 256
 CRP_STAGES = 4
+
+
+def crp_depthwise_chain(x: jax.Array, scales: jax.Array, impl: str = "cpu") -> jax.Array:
+  """crp1 in XLA: top = scales[k] * maxpool5x5(top); x += top, k = 0..3. scales (4, C)."""
+  top = x
+  for k in range(CRP_STAGES):
+    top = layers.max_pool_5x5(top, impl) * scales[k]
+    x = x + top
+  return x
+
+
+@jax.custom_vjp
+def _crp_depthwise_kernel(x: jax.Array, scales: jax.Array) -> jax.Array:
+  # Inference: one FFI kernel (cpu_kernels.cc). Under autodiff: the XLA chain and its VJP.
+  return cpu_kernels.crp_depthwise_kernel(x, scales)
+
+
+def _crp_depthwise_kernel_fwd(x, scales):
+  return jax.vjp(crp_depthwise_chain, x, scales)
+
+
+_crp_depthwise_kernel.defvjp(_crp_depthwise_kernel_fwd, lambda vjp, g: vjp(g))
+
+
+def crp_depthwise_cpu_fn(x: jax.Array) -> Callable[..., jax.Array]:
+  """crp1's cpu form for `x`: the FFI kernel where it is built (float32, static shapes),
+  which streams each band of rows through all four stages (apply: 7-8 ms against ~30 ms of
+  pools plus the sum that XLA recomputed inside each head); else the XLA chain. Same numbers
+  to float rounding (XLA contracts x + s * pool into an FMA). Chosen before tracing the
+  branch: JAX caches a branch's trace by function, and the choice can change (disabled())."""
+  return _crp_depthwise_kernel if layers.kernels_apply(x) else crp_depthwise_chain
+
+
+class _DepthwiseKernel1x1(nn.Module):
+  """The (1, 1, 1, C) kernel of a 1x1 depthwise conv: the param `layers.DepthwiseConv(1)`
+  makes (same name, shape and init), for blocks that apply it themselves."""
+  @nn.compact
+  def __call__(self, channels: int) -> jax.Array:
+    return self.param("kernel", layers.conv_init, (1, 1, 1, channels))
 
 
 class CRPBlock(nn.Module):
@@ -25,14 +65,17 @@ class CRPBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.depthwise:
+      scales = jnp.stack([_DepthwiseKernel1x1(name=f"conv{i}")(x.shape[-1])[0, 0, 0]
+                          for i in range(1, CRP_STAGES + 1)]).astype(self.dtype)
+      native = functools.partial(crp_depthwise_chain, impl="native")
+      x = x.astype(self.dtype)
+      return layers.by_impl(self.impl, crp_depthwise_cpu_fn(x), native, x, scales)
     top = x
     kw = dict(dtype=self.dtype, impl=self.impl)
     for i in range(1, CRP_STAGES + 1):
       top = layers.max_pool_5x5(top, self.impl)
-      if self.depthwise:
-        top = layers.DepthwiseConv(1, name=f"conv{i}", **kw)(top)
-      else:
-        top = layers.Conv1x1(x.shape[-1], name=f"conv{i}", **kw)(top)
+      top = layers.Conv1x1(x.shape[-1], name=f"conv{i}", **kw)(top)
       x = x + top
     return x
 
