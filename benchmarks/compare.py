@@ -7,7 +7,9 @@
 Variants: `jax` (`hydrajax.apply` for inference; the real `train_lib.train_step`, pmapped as
 training runs it, for training), `torch_eager` (the authors' network, tests/torch_reference.py,
 channels_last, 2 threads), `torch_compile` (the same forward under torch.compile, inference
-only), and with `--bf16` `jax_bf16` (bfloat16 compute). Each (round, variant) is one process
+only), `jax_xla` (hydrajax with HYDRAJAX_CPU_KERNELS=0: its XLA-only CPU form, without the
+FFI kernels of hydrajax/models/cpu_kernels.cc), and with `--bf16` `jax_bf16` (bfloat16
+compute). Each (round, variant) is one process
 that compiles, warms up, times `--runs` runs and exits, with nothing else of ours alive; the
 variants alternate within a round and their order rotates between rounds, so machine load
 drifts hit all alike. Reported per variant: median and minimum over all runs, the median of each
@@ -37,7 +39,9 @@ TINY_WORKLOADS = {  # --tiny: the same procedure in seconds (a smoke test, not a
     "infer_1x64x96": ("infer", 1, 64, 96),
     "train_2x64x64": ("train", 2, 64, 64),
 }
-VARIANTS = ("jax", "torch_eager", "torch_compile", "jax_bf16")
+VARIANTS = ("jax", "torch_eager", "torch_compile", "jax_xla", "jax_bf16")
+# Variant -> environment of its process.
+VARIANT_ENV = {"jax_xla": {"HYDRAJAX_CPU_KERNELS": "0"}}
 
 
 def _load() -> dict:
@@ -55,8 +59,11 @@ def _rss_mb() -> float:
 
 def _build(variant: str, kind: str, batch: int, h: int, w: int, threads: int):
   from benchmarks import compare_cases as cases
-  if variant in ("jax", "jax_bf16"):
-    return cases.build_jax(kind, batch, h, w, "bfloat16" if variant == "jax_bf16" else "float32")
+  if variant in ("jax", "jax_xla", "jax_bf16"):
+    from hydrajax.models import cpu_kernels
+    run, info = cases.build_jax(kind, batch, h, w,
+                                "bfloat16" if variant == "jax_bf16" else "float32")
+    return run, {**info, "cpu_kernels": cpu_kernels.available()}
   if variant in ("torch_eager", "torch_compile"):
     return cases.build_torch(kind, batch, h, w, compiled=variant == "torch_compile",
                              threads=threads)
@@ -79,7 +86,8 @@ def serve(variant: str, kind: str, batch: int, h: int, w: int, warmup: int, runs
 
 def run_process(variant: str, workload: tuple, warmup: int, runs: int, threads: int) -> dict:
   kind, batch, h, w = workload
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             **VARIANT_ENV.get(variant, {}))
   cmd = [sys.executable, os.path.abspath(__file__), "--serve",
          json.dumps([variant, kind, batch, h, w, warmup, runs, threads])]
   proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -115,6 +123,7 @@ def run_workload(workload: tuple, variants: list[str], rounds: int, warmup: int,
                             if "error" not in a],
         "compile_s": float(np.median(compile_s)) if compile_s else None,
         "flops": ok[0].get("flops"), "rss_peak_mb": max(a["rss_peak_mb"] for a in ok),
+        "cpu_kernels": ok[0].get("cpu_kernels"),
         "errors": [a["error"] for a in answers if "error" in a]}
   base = [a for a in per_round.get(baseline, [])]
   for v, answers in per_round.items():
@@ -190,7 +199,8 @@ def main(argv=None) -> int:
   table = TINY_WORKLOADS if args.tiny else WORKLOADS
   workloads = args.workloads or list(table)
   rounds = args.rounds or (1 if args.quick else 5)
-  variants = args.variants or [v for v in VARIANTS if v != "jax_bf16" or args.bf16]
+  variants = args.variants or [v for v in VARIANTS if v not in ("jax_bf16", "jax_xla") or
+                               (v == "jax_bf16" and args.bf16)]
   if args.skip_torch_compile:
     variants = [v for v in variants if v != "torch_compile"]
   report = {"load_before": _load(), "rounds": rounds, "runs": args.runs, "warmup": args.warmup,
