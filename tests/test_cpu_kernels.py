@@ -170,3 +170,27 @@ def test_disabled_holds_after_a_trace_with_the_kernels():
   with cpu_kernels.disabled():
     text = lower()
   assert cpu_kernels.CRP_TARGET not in text and "hydrajax_max_pool" not in text
+
+
+# Strides 1 and 2 on even and odd sizes (stride 2 of an odd size keeps the last row), one
+# pixel, and widths of one channel up to a vector and more.
+@pytest.mark.parametrize("shape,stride", [((2, 9, 7, 5), 1), ((2, 9, 7, 5), 2), ((1, 8, 6, 3), 2),
+                                          ((1, 1, 1, 4), 1), ((1, 2, 3, 33), 2),
+                                          ((3, 17, 12, 16), 1)])
+def test_depthwise_kernel_matches_the_xla_form_forward_and_gradients(shape, stride):
+  if not cpu_kernels.available():
+    pytest.fail("the CPU kernels did not build (see the warning log)")
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(4), 3)
+  x = jax.random.normal(kx, shape)
+  k = jax.random.normal(kk, (3, 3, 1, shape[-1]))
+  y, vjp = jax.vjp(lambda x, k: layers.depthwise_kernel(x, k, stride), x, k)
+  g = jax.random.normal(kg, y.shape)
+  with jax.enable_x64(True):
+    f64 = lambda a: jnp.asarray(a, jnp.float64)
+    want, want_vjp = jax.vjp(lambda x, k: layers._depthwise_shifts(x, k, stride), f64(x), f64(k))
+    want_dx, want_dk = want_vjp(f64(g))
+  dx, dk = vjp(g)
+  assert y.shape == want.shape and dk.shape == k.shape
+  # At most 9 products per output and input; the kernel gradient sums rows in double.
+  assert _rel(y, want) < 1e-6 and _rel(dx, want_dx) < 1e-6 and _rel(dk, want_dk) < 1e-6
+  np.testing.assert_array_equal(jax.jit(lambda x, k: layers.depthwise_kernel(x, k, stride))(x, k), y)

@@ -327,6 +327,155 @@ ffi::Error MaxPoolBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
   return ffi::Error::Success();
 }
 
+// Depthwise 3x3 conv, padding 1, stride s: y[i, j] = sum_ab x[s*i+a-1, s*j+b-1] k[a, b]
+// (taps outside the image are zero), per channel; k is (3, 3, C).
+constexpr int64_t kRowsPerItem = 4;  // work items of fixed size: the same sums on any pool
+
+void dw_forward_rows(const float* x, const float* k, float* y, int64_t h, int64_t w, int64_t c,
+                     int64_t wo, int64_t s, int64_t i0, int64_t i1) {
+  for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t j = 0; j < wo; ++j) {
+      float* __restrict o = y + (i * wo + j) * c;
+      bool first = true;
+      for (int64_t a = 0; a < 3; ++a) {
+        const int64_t r = s * i + a - 1;
+        if (r < 0 || r >= h) continue;
+        for (int64_t b = 0; b < 3; ++b) {
+          const int64_t q = s * j + b - 1;
+          if (q < 0 || q >= w) continue;
+          const float* __restrict xv = x + (r * w + q) * c;
+          const float* __restrict kv = k + (a * 3 + b) * c;
+          if (first) {
+            for (int64_t l = 0; l < c; ++l) o[l] = xv[l] * kv[l];
+            first = false;
+          } else {
+            for (int64_t l = 0; l < c; ++l) o[l] += xv[l] * kv[l];
+          }
+        }
+      }
+      if (first) std::fill(o, o + c, 0.0f);
+    }
+  }
+}
+
+// dx[p, q] = sum of g[i, j] k[a, b] over the outputs (i, j) whose tap (a, b) read x[p, q].
+void dw_dx_rows(const float* g, const float* k, float* dx, int64_t h, int64_t w, int64_t c,
+                int64_t ho, int64_t wo, int64_t s, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t q = 0; q < w; ++q) {
+      float* __restrict o = dx + (p * w + q) * c;
+      std::fill(o, o + c, 0.0f);
+      for (int64_t a = 0; a < 3; ++a) {
+        const int64_t ri = p + 1 - a;
+        if (ri < 0 || ri % s || ri / s >= ho) continue;
+        const int64_t i = ri / s;
+        for (int64_t b = 0; b < 3; ++b) {
+          const int64_t rj = q + 1 - b;
+          if (rj < 0 || rj % s || rj / s >= wo) continue;
+          const float* __restrict gv = g + (i * wo + rj / s) * c;
+          const float* __restrict kv = k + (a * 3 + b) * c;
+          for (int64_t l = 0; l < c; ++l) o[l] += gv[l] * kv[l];
+        }
+      }
+    }
+  }
+}
+
+// dk partial over output rows [i0, i1): acc[ab, l] += sum_j g[i, j, l] x[s*i+a-1, s*j+b-1, l],
+// each row summed in float, rows added in double.
+void dw_dk_rows(const float* x, const float* g, double* acc, float* row_acc, int64_t h,
+                int64_t w, int64_t c, int64_t wo, int64_t s, int64_t i0, int64_t i1) {
+  for (int64_t i = i0; i < i1; ++i) {
+    std::fill(row_acc, row_acc + 9 * c, 0.0f);
+    for (int64_t j = 0; j < wo; ++j) {
+      const float* __restrict gv = g + (i * wo + j) * c;
+      for (int64_t a = 0; a < 3; ++a) {
+        const int64_t r = s * i + a - 1;
+        if (r < 0 || r >= h) continue;
+        for (int64_t b = 0; b < 3; ++b) {
+          const int64_t q = s * j + b - 1;
+          if (q < 0 || q >= w) continue;
+          const float* __restrict xv = x + (r * w + q) * c;
+          float* __restrict ra = row_acc + (a * 3 + b) * c;
+          for (int64_t l = 0; l < c; ++l) ra[l] += gv[l] * xv[l];
+        }
+      }
+    }
+    for (int64_t l = 0; l < 9 * c; ++l) acc[l] += row_acc[l];
+  }
+}
+
+struct DwShape {
+  int64_t n, h, w, c, ho, wo, s;
+};
+
+ffi::Error dw_shape(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& k,
+                    int64_t stride, DwShape* out) {
+  const auto d = x.dimensions();
+  const auto kd = k.dimensions();
+  if (d.size() != 4) return ffi::Error::InvalidArgument("depthwise: x must be NHWC");
+  if (kd.size() != 3 || kd[0] != 3 || kd[1] != 3 || kd[2] != d[3])
+    return ffi::Error::InvalidArgument("depthwise: kernel must be (3, 3, C)");
+  if (stride < 1) return ffi::Error::InvalidArgument("depthwise: stride must be >= 1");
+  *out = {d[0], d[1], d[2], d[3], (d[1] - 1) / stride + 1, (d[2] - 1) / stride + 1, stride};
+  return ffi::Error::Success();
+}
+
+ffi::Error DepthwiseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                         ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
+  DwShape sh;
+  if (auto e = dw_shape(x, k, stride, &sh); e.failure()) return e;
+  if (sh.n * sh.h * sh.w * sh.c == 0) return ffi::Error::Success();
+  const float* xp = x.typed_data();
+  const float* kp = k.typed_data();
+  float* yp = y->typed_data();
+  const int64_t per_image = (sh.ho + kRowsPerItem - 1) / kRowsPerItem;
+  parallel_for(pool, sh.n * per_image, [=](int64_t item) {
+    const int64_t img = item / per_image, i0 = (item % per_image) * kRowsPerItem;
+    dw_forward_rows(xp + img * sh.h * sh.w * sh.c, kp, yp + img * sh.ho * sh.wo * sh.c, sh.h,
+                    sh.w, sh.c, sh.wo, sh.s, i0, std::min(sh.ho, i0 + kRowsPerItem));
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error DepthwiseBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                            ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> g,
+                            ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dk,
+                            int64_t stride) {
+  DwShape sh;
+  if (auto e = dw_shape(x, k, stride, &sh); e.failure()) return e;
+  const int64_t c = sh.c;
+  float* dkp = dk->typed_data();
+  std::fill(dkp, dkp + 9 * c, 0.0f);
+  if (sh.n * sh.h * sh.w * c == 0) return ffi::Error::Success();
+  const float* xp = x.typed_data();
+  const float* kp = k.typed_data();
+  const float* gp = g.typed_data();
+  float* dxp = dx->typed_data();
+  const int64_t in_items = (sh.h + kRowsPerItem - 1) / kRowsPerItem;
+  parallel_for(pool, sh.n * in_items, [=](int64_t item) {
+    const int64_t img = item / in_items, p0 = (item % in_items) * kRowsPerItem;
+    dw_dx_rows(gp + img * sh.ho * sh.wo * c, kp, dxp + img * sh.h * sh.w * c, sh.h, sh.w, c,
+               sh.ho, sh.wo, sh.s, p0, std::min(sh.h, p0 + kRowsPerItem));
+  });
+  // dk: one double partial per fixed item, summed in item order (deterministic).
+  const int64_t out_items = (sh.ho + kRowsPerItem - 1) / kRowsPerItem;
+  std::vector<double> partial(static_cast<size_t>(sh.n * out_items * 9 * c), 0.0);
+  double* pp = partial.data();
+  parallel_for(pool, sh.n * out_items, [=](int64_t item) {
+    const int64_t img = item / out_items, i0 = (item % out_items) * kRowsPerItem;
+    std::vector<float> row_acc(static_cast<size_t>(9 * c));
+    dw_dk_rows(xp + img * sh.h * sh.w * c, gp + img * sh.ho * sh.wo * c, pp + item * 9 * c,
+               row_acc.data(), sh.h, sh.w, c, sh.wo, sh.s, i0,
+               std::min(sh.ho, i0 + kRowsPerItem));
+  });
+  std::vector<double> total(static_cast<size_t>(9 * c), 0.0);
+  for (int64_t item = 0; item < sh.n * out_items; ++item)
+    for (int64_t l = 0; l < 9 * c; ++l) total[l] += pp[item * 9 * c + l];
+  for (int64_t l = 0; l < 9 * c; ++l) dkp[l] = static_cast<float>(total[l]);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HjCrpDepthwise, CrpDepthwiseImpl,
@@ -357,3 +506,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HjMaxPoolBwd, MaxPoolBwdImpl,
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HjDepthwise, DepthwiseImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HjDepthwiseBwd, DepthwiseBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));

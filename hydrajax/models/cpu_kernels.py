@@ -24,6 +24,7 @@ import threading
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 SOURCE = pathlib.Path(__file__).with_name("cpu_kernels.cc")
 ENV_SWITCH = "HYDRAJAX_CPU_KERNELS"
@@ -31,7 +32,8 @@ ENV_CACHE = "HYDRAJAX_CACHE"
 CRP_TARGET = "hydrajax_crp_depthwise"
 # target name -> the handler symbol in cpu_kernels.cc
 TARGETS = {CRP_TARGET: "HjCrpDepthwise", "hydrajax_max_pool": "HjMaxPool",
-           "hydrajax_max_pool_arg": "HjMaxPoolArg", "hydrajax_max_pool_bwd": "HjMaxPoolBwd"}
+           "hydrajax_max_pool_arg": "HjMaxPoolArg", "hydrajax_max_pool_bwd": "HjMaxPoolBwd",
+           "hydrajax_depthwise": "HjDepthwise", "hydrajax_depthwise_bwd": "HjDepthwiseBwd"}
 
 _state = threading.local()
 _registered = False
@@ -146,3 +148,27 @@ def max_pool_bwd_kernel(g: jax.Array, arg_h: jax.Array, arg_w: jax.Array) -> jax
   """The pool's input cotangent from its output cotangent g and the two offset maps."""
   return jax.ffi.ffi_call("hydrajax_max_pool_bwd", jax.ShapeDtypeStruct(g.shape, g.dtype),
                           vmap_method="sequential")(g, arg_h, arg_w)
+
+
+def _depthwise_out(x: jax.Array, stride: int) -> jax.ShapeDtypeStruct:
+  n, h, w, c = x.shape
+  return jax.ShapeDtypeStruct((n, (h - 1) // stride + 1, (w - 1) // stride + 1, c), x.dtype)
+
+
+def depthwise_kernel(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """Depthwise 3x3 conv, padding 1: x (N, H, W, C) float32, kernel (3, 3, 1, C)."""
+  c = x.shape[-1]
+  return jax.ffi.ffi_call("hydrajax_depthwise", _depthwise_out(x, stride),
+                          vmap_method="sequential")(
+      x, kernel.reshape(3, 3, c), stride=np.int64(stride))
+
+
+def depthwise_bwd_kernel(x: jax.Array, kernel: jax.Array, g: jax.Array, stride: int
+                         ) -> tuple[jax.Array, jax.Array]:
+  """(dx, dkernel) of `depthwise_kernel` for the output cotangent g; dkernel (3, 3, 1, C)."""
+  c = x.shape[-1]
+  dx, dk = jax.ffi.ffi_call(
+      "hydrajax_depthwise_bwd", (jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                 jax.ShapeDtypeStruct((3, 3, c), x.dtype)),
+      vmap_method="sequential")(x, kernel.reshape(3, 3, c), g, stride=np.int64(stride))
+  return dx, dk.reshape(3, 3, 1, c)

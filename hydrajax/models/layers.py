@@ -135,7 +135,10 @@ class DepthwiseConv(nn.Module):
     if k == 1 and s == 1:
       return x * kernel[0, 0, 0]
     native = lambda x, kernel: _conv_native(x, kernel, s, c)
-    cpu = lambda x, kernel: depthwise_shifts(x, kernel, s)
+    if k == 3 and kernels_apply(x):
+      cpu = lambda x, kernel: depthwise_kernel(x, kernel, s)
+    else:
+      cpu = lambda x, kernel: depthwise_shifts(x, kernel, s)
     return by_impl(self.impl, cpu, native, x, kernel)
 
 
@@ -207,6 +210,24 @@ def _depthwise_shifts_bwd(stride, res, g):
 
 
 depthwise_shifts.defvjp(_depthwise_shifts_fwd, _depthwise_shifts_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_kernel(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """The 3x3 depthwise conv as FFI kernels (cpu_kernels), forward and backward: each reads
+  its inputs once, where XLA materialises padded and shifted copies."""
+  return cpu_kernels.depthwise_kernel(x, kernel, stride)
+
+
+def _depthwise_kernel_fwd(x, kernel, stride):
+  return cpu_kernels.depthwise_kernel(x, kernel, stride), (x, kernel)
+
+
+def _depthwise_kernel_bwd(stride, res, g):
+  return cpu_kernels.depthwise_bwd_kernel(*res, g, stride)
+
+
+depthwise_kernel.defvjp(_depthwise_kernel_fwd, _depthwise_kernel_bwd)
 
 
 def _conv_as_matmul_shifts(x: jax.Array, kernel: jax.Array) -> jax.Array:
