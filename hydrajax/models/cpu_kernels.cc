@@ -173,6 +173,21 @@ ffi::Error CrpDepthwiseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// m = max(m, p) elementwise; with `arg`, arg = k where p won (strictly: the first maximum
+// of a window keeps its offset, as the XLA form's `views[k] > out`).
+void max_into(float* __restrict m, const float* __restrict p, int8_t* __restrict arg, int8_t k,
+              int64_t len) {
+  if (arg) {
+    for (int64_t i = 0; i < len; ++i) {
+      const bool better = p[i] > m[i];
+      m[i] = better ? p[i] : m[i];
+      arg[i] = better ? k : arg[i];
+    }
+  } else {
+    for (int64_t i = 0; i < len; ++i) m[i] = fmax_like_xla(m[i], p[i]);
+  }
+}
+
 // max_pool5x5 (PyTorch MaxPool2d(5, 1, 2)) as layers.max_pool_5x5 computes it: a 5x1 pool
 // along H, then 1x5 along W, each keeping the first maximum of its window (strict >), and
 // with `args` the int8 window offset each pass took, for the backward.
@@ -186,19 +201,7 @@ void pool_rows(const float* x, float* y, int8_t* a1, int8_t* a2, int64_t h, int6
     int8_t* arg1 = a1 ? a1 + r * row : nullptr;
     if (arg1) std::memset(arg1, static_cast<int>(lo - r + kPad), row);
     for (int64_t q = lo + 1; q <= hi; ++q) {
-      const float* __restrict p = x + q * row;
-      float* __restrict m = m1;
-      if (arg1) {
-        const int8_t k = static_cast<int8_t>(q - r + kPad);
-        int8_t* __restrict ar = arg1;
-        for (int64_t i = 0; i < row; ++i) {
-          const bool better = p[i] > m[i];
-          m[i] = better ? p[i] : m[i];
-          ar[i] = better ? k : ar[i];
-        }
-      } else {
-        for (int64_t i = 0; i < row; ++i) m[i] = fmax_like_xla(m[i], p[i]);
-      }
+      max_into(m1, x + q * row, arg1, static_cast<int8_t>(q - r + kPad), row);
     }
     // W pass over m1.
     float* out = y + r * row;
@@ -210,17 +213,7 @@ void pool_rows(const float* x, float* y, int8_t* a1, int8_t* a2, int64_t h, int6
       int8_t* __restrict ar = arg2 ? arg2 + j * c : nullptr;
       if (ar) std::memset(ar, static_cast<int>(jlo - j + kPad), c);
       for (int64_t q = jlo + 1; q <= jhi; ++q) {
-        const float* __restrict p = m1 + q * c;
-        if (ar) {
-          const int8_t k = static_cast<int8_t>(q - j + kPad);
-          for (int64_t i = 0; i < c; ++i) {
-            const bool better = p[i] > o[i];
-            o[i] = better ? p[i] : o[i];
-            ar[i] = better ? k : ar[i];
-          }
-        } else {
-          for (int64_t i = 0; i < c; ++i) o[i] = fmax_like_xla(o[i], p[i]);
-        }
+        max_into(o, m1 + q * c, ar, static_cast<int8_t>(q - j + kPad), c);
       }
     }
   }
@@ -478,49 +471,27 @@ ffi::Error DepthwiseBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 
 }  // namespace
 
+// The handlers' bindings: XLA's intra-op thread pool first, then operands and results.
+using F32 = ffi::Buffer<ffi::F32>;
+using S8 = ffi::Buffer<ffi::S8>;
+inline auto BindWithPool() { return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>(); }
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HjCrpDepthwise, CrpDepthwiseImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              BindWithPool().Arg<F32>().Arg<F32>().Ret<F32>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HjMaxPool, MaxPoolImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              BindWithPool().Arg<F32>().Ret<F32>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HjMaxPoolArg, MaxPoolArgImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S8>>()
-                                  .Ret<ffi::Buffer<ffi::S8>>());
+                              BindWithPool().Arg<F32>().Ret<F32>().Ret<S8>().Ret<S8>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HjMaxPoolBwd, MaxPoolBwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              BindWithPool().Arg<F32>().Arg<S8>().Arg<S8>().Ret<F32>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HjDepthwise, DepthwiseImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                              BindWithPool().Arg<F32>().Arg<F32>().Ret<F32>()
                                   .Attr<int64_t>("stride"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HjDepthwiseBwd, DepthwiseBwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                              BindWithPool().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>().Ret<F32>()
                                   .Attr<int64_t>("stride"));
