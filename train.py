@@ -25,4 +25,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from hydrajax import hugepages
+  hugepages.relaunch()  # huge pages for XLA's per-step buffers (hydrajax/hugepages.py)
   app.run(main)

@@ -9,8 +9,11 @@ training runs it, for training), `torch_eager` (the authors' network, tests/torc
 channels_last, 2 threads), `torch_compile` (the same forward under torch.compile, inference
 only), `jax_xla` (hydrajax with HYDRAJAX_CPU_KERNELS=0: its XLA-only CPU form, without the
 FFI kernels of hydrajax/models/cpu_kernels.cc), and with `--bf16` `jax_bf16` (bfloat16
-compute). Each (round, variant) is one process
-that compiles, warms up, times `--runs` runs and exits, with nothing else of ours alive; the
+compute). The jax processes relaunch themselves with glibc's huge-page tunable as train.py and
+evaluate.py do (hydrajax/hugepages.py); `jax_4k` is hydrajax without it (a plain Python process
+importing hydrajax), and `torch_eager_hugepages` / `torch_compile_hugepages` give PyTorch the
+same tunable. Each process records the GLIBC_TUNABLES it ran with. Each (round, variant) is
+one process that compiles, warms up, times `--runs` runs and exits, with nothing else of ours alive; the
 variants alternate within a round and their order rotates between rounds, so machine load
 drifts hit all alike. Reported per variant: median and minimum over all runs, the median of each
 round, compile time, peak RSS; and per round the ratio of medians to `--baseline`, with its
@@ -39,9 +42,14 @@ TINY_WORKLOADS = {  # --tiny: the same procedure in seconds (a smoke test, not a
     "infer_1x64x96": ("infer", 1, 64, 96),
     "train_2x64x64": ("train", 2, 64, 64),
 }
-VARIANTS = ("jax", "torch_eager", "torch_compile", "jax_xla", "jax_bf16")
-# Variant -> environment of its process.
-VARIANT_ENV = {"jax_xla": {"HYDRAJAX_CPU_KERNELS": "0"}}
+VARIANTS = ("jax", "torch_eager", "torch_compile", "jax_xla", "jax_4k", "torch_eager_hugepages",
+            "torch_compile_hugepages", "jax_bf16")
+JAX_VARIANTS = ("jax", "jax_xla", "jax_4k", "jax_bf16")
+# Variant -> environment of its process. The jax variants also relaunch as hydrajax's command-
+# line tools do (hydrajax/hugepages.py), except jax_4k: hydrajax in a plain Python process.
+VARIANT_ENV = {"jax_xla": {"HYDRAJAX_CPU_KERNELS": "0"}, "jax_4k": {"HYDRAJAX_HUGEPAGES": "0"},
+               "torch_eager_hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+               "torch_compile_hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
 
 
 def _load() -> dict:
@@ -59,13 +67,13 @@ def _rss_mb() -> float:
 
 def _build(variant: str, kind: str, batch: int, h: int, w: int, threads: int):
   from benchmarks import compare_cases as cases
-  if variant in ("jax", "jax_xla", "jax_bf16"):
+  if variant in JAX_VARIANTS:
     from hydrajax.models import cpu_kernels
     run, info = cases.build_jax(kind, batch, h, w,
                                 "bfloat16" if variant == "jax_bf16" else "float32")
     return run, {**info, "cpu_kernels": cpu_kernels.available()}
-  if variant in ("torch_eager", "torch_compile"):
-    return cases.build_torch(kind, batch, h, w, compiled=variant == "torch_compile",
+  if variant.startswith("torch_"):
+    return cases.build_torch(kind, batch, h, w, compiled=variant.startswith("torch_compile"),
                              threads=threads)
   raise ValueError(f"unknown variant {variant!r}")
 
@@ -73,6 +81,9 @@ def _build(variant: str, kind: str, batch: int, h: int, w: int, threads: int):
 def serve(variant: str, kind: str, batch: int, h: int, w: int, warmup: int, runs: int,
           threads: int) -> dict:
   """One process's whole life: build (compile), warm up, time `runs` runs."""
+  if variant in JAX_VARIANTS:
+    from hydrajax import hugepages
+    hugepages.relaunch()  # as train.py and evaluate.py do; HYDRAJAX_HUGEPAGES=0 for jax_4k
   base_rss = _rss_mb()
   t0 = time.perf_counter()
   run, info = _build(variant, kind, batch, h, w, threads)
@@ -81,6 +92,7 @@ def serve(variant: str, kind: str, batch: int, h: int, w: int, warmup: int, runs
     run()
   info["times_s"] = [run() for _ in range(runs)]
   info["rss_base_mb"], info["rss_peak_mb"] = base_rss, _rss_mb()
+  info["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES")
   return info
 
 
@@ -88,6 +100,9 @@ def run_process(variant: str, workload: tuple, warmup: int, runs: int, threads: 
   kind, batch, h, w = workload
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
              **VARIANT_ENV.get(variant, {}))
+  if variant == "jax_4k" and "GLIBC_TUNABLES" in env:  # 4 KiB pages even if the shell set it
+    env["GLIBC_TUNABLES"] = ":".join(t for t in env["GLIBC_TUNABLES"].split(":")
+                                     if not t.startswith("glibc.malloc.hugetlb="))
   cmd = [sys.executable, os.path.abspath(__file__), "--serve",
          json.dumps([variant, kind, batch, h, w, warmup, runs, threads])]
   proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -123,7 +138,7 @@ def run_workload(workload: tuple, variants: list[str], rounds: int, warmup: int,
                             if "error" not in a],
         "compile_s": float(np.median(compile_s)) if compile_s else None,
         "flops": ok[0].get("flops"), "rss_peak_mb": max(a["rss_peak_mb"] for a in ok),
-        "cpu_kernels": ok[0].get("cpu_kernels"),
+        "cpu_kernels": ok[0].get("cpu_kernels"), "glibc_tunables": ok[0].get("glibc_tunables"),
         "errors": [a["error"] for a in answers if "error" in a]}
   base = [a for a in per_round.get(baseline, [])]
   for v, answers in per_round.items():
@@ -142,19 +157,19 @@ def print_table(report: dict) -> None:
   base = report["baseline"]
   print(f"\nload: {report['load_before']} -> {report['load_after']}; {report['rounds']} "
         f"round(s) of {report['runs']} runs per process")
-  head = (f"{'workload':18} {'variant':14} {'median ms':>10} {'min ms':>9} "
+  head = (f"{'workload':18} {'variant':24} {'median ms':>10} {'min ms':>9} "
           f"{'ratio to ' + base + ' (rounds)':>34} {'compile s':>10} {'peak RSS MB':>12}")
   print(head)
   print("-" * len(head))
   for wl, res in report["workloads"].items():
     for v, r in res.items():
       if "error" in r:
-        print(f"{wl:18} {v:14} error: {r['error'][:80]}")
+        print(f"{wl:18} {v:24} error: {r['error'][:80]}")
         continue
       q = r.get(f"ratio_to_{base}")
       ratio = (f"{q['median']:.2f}x ({q['min']:.2f}-{q['max']:.2f})" if q else "-")
       comp = f"{r['compile_s']:.1f}" if r.get("compile_s") is not None else "-"
-      print(f"{wl:18} {v:14} {r['median_ms']:10.1f} {r['min_ms']:9.1f} {ratio:>34} "
+      print(f"{wl:18} {v:24} {r['median_ms']:10.1f} {r['min_ms']:9.1f} {ratio:>34} "
             f"{comp:>10} {r['rss_peak_mb']:12.0f}")
 
 
@@ -199,10 +214,10 @@ def main(argv=None) -> int:
   table = TINY_WORKLOADS if args.tiny else WORKLOADS
   workloads = args.workloads or list(table)
   rounds = args.rounds or (1 if args.quick else 5)
-  variants = args.variants or [v for v in VARIANTS if v not in ("jax_bf16", "jax_xla") or
-                               (v == "jax_bf16" and args.bf16)]
+  variants = args.variants or (["jax", "torch_eager", "torch_compile"] +
+                               (["jax_bf16"] if args.bf16 else []))
   if args.skip_torch_compile:
-    variants = [v for v in variants if v != "torch_compile"]
+    variants = [v for v in variants if not v.startswith("torch_compile")]
   report = {"load_before": _load(), "rounds": rounds, "runs": args.runs, "warmup": args.warmup,
             "baseline": args.baseline, "torch_threads": args.torch_threads,
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": _versions(),
@@ -211,7 +226,7 @@ def main(argv=None) -> int:
   for wl in workloads:
     print(f"[{time.strftime('%H:%M:%S')}] {wl} ...", flush=True)
     kind = all_workloads[wl][0]
-    wl_variants = [v for v in variants if v != "torch_compile" or kind == "infer"]
+    wl_variants = [v for v in variants if not v.startswith("torch_compile") or kind == "infer"]
     report["workloads"][wl] = run_workload(all_workloads[wl], wl_variants, rounds, args.warmup,
                                            args.runs, args.torch_threads, args.baseline)
   report["load_after"] = _load()

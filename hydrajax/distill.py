@@ -115,6 +115,8 @@ def main(argv):
 
 def cli() -> None:
   """The `hydrajax-distill` console script (also `python -m hydrajax.distill`)."""
+  from hydrajax import hugepages
+  hugepages.relaunch()  # huge pages for XLA's per-step buffers
   from absl import app, flags
   from ml_collections import config_flags
 
