@@ -5,7 +5,8 @@ and frees it afterwards; glibc serves it with a fresh mmap, so every step first-
 ~200k 4 KiB pages: 0.4 s of kernel time per step on 2 cores. With the glibc tunable
 `glibc.malloc.hugetlb=1` malloc asks for transparent huge pages on its mmaps and the step
 takes ~900 faults instead (benchmarks/compare.py). glibc reads tunables only at process
-start, so the command-line tools relaunch themselves once with it set: `relaunch()`.
+start, so the command-line tools that run the network many times (train.py, evaluate.py,
+hydrajax-distill, hydrajax-predict for a video) relaunch themselves once with it set.
 HYDRAJAX_HUGEPAGES=0 turns this off.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from hydrajax import api, atomic, full_res, video, visualize, weights
+from hydrajax import api, atomic, full_res, hugepages, video, visualize, weights
 
 @dataclasses.dataclass
 class PredictReport:
@@ -157,5 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 1 if report.failed else 0
 
 
+def cli() -> int:
+  """The `hydrajax-predict` console script (and `python -m hydrajax.predict`). A video is many
+  runs of the network, so for one it first relaunches with huge pages (hydrajax/hugepages.py);
+  a few images are not worth the second start-up."""
+  if build_parser().parse_known_args()[0].video is not None:
+    hugepages.relaunch()
+  return main()
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli())

@@ -189,4 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  from hydrajax import hugepages
+  hugepages.relaunch()  # many runs of the network: huge pages for XLA's buffers
   sys.exit(main())

@@ -97,3 +97,17 @@ def test_tunable_cuts_the_page_faults_of_xla_temp_buffers():
   plain, huge = faults(), faults(GLIBC_TUNABLES=hugepages.TUNABLE)
   # 48 MiB of fresh 4 KiB pages is ~12k faults a run; huge pages make it a few dozen.
   assert plain > 8000 and huge < plain / 4, (plain, huge)
+
+
+@pytest.mark.parametrize("argv,relaunched", [
+    (["--weights", "w.npz", "--video", "in.mp4", "--out", "out.mp4"], True),
+    (["--weights", "w.npz", "--video=in.mp4", "--out", "out.mp4"], True),
+    (["--weights", "w.npz", "a.png", "b.png", "--out", "out"], False)])
+def test_predict_relaunches_for_a_video_only(monkeypatch, argv, relaunched):
+  from hydrajax import predict
+  calls = []
+  monkeypatch.setattr(hugepages, "relaunch", lambda: calls.append("relaunch"))
+  monkeypatch.setattr(predict, "main", lambda argv=None: calls.append("main") or 0)
+  monkeypatch.setattr(sys, "argv", ["hydrajax-predict"] + argv)
+  assert predict.cli() == 0
+  assert calls == (["relaunch", "main"] if relaunched else ["main"])
