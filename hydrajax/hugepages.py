@@ -64,7 +64,7 @@ def relaunch() -> None:
   env = launch_env(os.environ, _glibc_version(), _thp_mode())
   if env is None:
     return
-  argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+  argv = sys.orig_argv  # the interpreter's own options (-m, -X, ...) too; Python >= 3.10
   sys.stdout.flush()
   sys.stderr.flush()
   try:

@@ -324,28 +324,36 @@ ffi::Error MaxPoolBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
 // (taps outside the image are zero), per channel; k is (3, 3, C).
 constexpr int64_t kRowsPerItem = 4;  // work items of fixed size: the same sums on any pool
 
+// f(tap, pixel) for each tap (a * 3 + b) of output (i, j) that reads inside the h x w image,
+// in tap order; pixel = r * w + q for the input pixel (r, q) = (s*i + a - 1, s*j + b - 1).
+template <typename F>
+inline void for_taps(int64_t i, int64_t j, int64_t h, int64_t w, int64_t s, F f) {
+  for (int64_t a = 0; a < 3; ++a) {
+    const int64_t r = s * i + a - 1;
+    if (r < 0 || r >= h) continue;
+    for (int64_t b = 0; b < 3; ++b) {
+      const int64_t q = s * j + b - 1;
+      if (q >= 0 && q < w) f(a * 3 + b, r * w + q);
+    }
+  }
+}
+
 void dw_forward_rows(const float* x, const float* k, float* y, int64_t h, int64_t w, int64_t c,
                      int64_t wo, int64_t s, int64_t i0, int64_t i1) {
   for (int64_t i = i0; i < i1; ++i) {
     for (int64_t j = 0; j < wo; ++j) {
       float* __restrict o = y + (i * wo + j) * c;
       bool first = true;
-      for (int64_t a = 0; a < 3; ++a) {
-        const int64_t r = s * i + a - 1;
-        if (r < 0 || r >= h) continue;
-        for (int64_t b = 0; b < 3; ++b) {
-          const int64_t q = s * j + b - 1;
-          if (q < 0 || q >= w) continue;
-          const float* __restrict xv = x + (r * w + q) * c;
-          const float* __restrict kv = k + (a * 3 + b) * c;
-          if (first) {
-            for (int64_t l = 0; l < c; ++l) o[l] = xv[l] * kv[l];
-            first = false;
-          } else {
-            for (int64_t l = 0; l < c; ++l) o[l] += xv[l] * kv[l];
-          }
+      for_taps(i, j, h, w, s, [&](int64_t tap, int64_t pixel) {
+        const float* __restrict xv = x + pixel * c;
+        const float* __restrict kv = k + tap * c;
+        if (first) {
+          for (int64_t l = 0; l < c; ++l) o[l] = xv[l] * kv[l];
+          first = false;
+        } else {
+          for (int64_t l = 0; l < c; ++l) o[l] += xv[l] * kv[l];
         }
-      }
+      });
       if (first) std::fill(o, o + c, 0.0f);
     }
   }
@@ -382,17 +390,11 @@ void dw_dk_rows(const float* x, const float* g, double* acc, float* row_acc, int
     std::fill(row_acc, row_acc + 9 * c, 0.0f);
     for (int64_t j = 0; j < wo; ++j) {
       const float* __restrict gv = g + (i * wo + j) * c;
-      for (int64_t a = 0; a < 3; ++a) {
-        const int64_t r = s * i + a - 1;
-        if (r < 0 || r >= h) continue;
-        for (int64_t b = 0; b < 3; ++b) {
-          const int64_t q = s * j + b - 1;
-          if (q < 0 || q >= w) continue;
-          const float* __restrict xv = x + (r * w + q) * c;
-          float* __restrict ra = row_acc + (a * 3 + b) * c;
-          for (int64_t l = 0; l < c; ++l) ra[l] += gv[l] * xv[l];
-        }
-      }
+      for_taps(i, j, h, w, s, [&](int64_t tap, int64_t pixel) {
+        const float* __restrict xv = x + pixel * c;
+        float* __restrict ra = row_acc + tap * c;
+        for (int64_t l = 0; l < c; ++l) ra[l] += gv[l] * xv[l];
+      });
     }
     for (int64_t l = 0; l < 9 * c; ++l) acc[l] += row_acc[l];
   }
