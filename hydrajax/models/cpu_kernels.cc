@@ -416,6 +416,17 @@ ffi::Error dw_shape(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>&
   return ffi::Error::Success();
 }
 
+// fn(item, image, r0, r1) over items of kRowsPerItem rows [r0, r1) of each of n images of
+// `rows` rows: the same split on any pool, so per-item partial sums are deterministic.
+template <typename F>
+void for_row_items(ffi::ThreadPool& pool, int64_t n, int64_t rows, F fn) {
+  const int64_t per_image = (rows + kRowsPerItem - 1) / kRowsPerItem;
+  parallel_for(pool, n * per_image, [=](int64_t item) {
+    const int64_t r0 = (item % per_image) * kRowsPerItem;
+    fn(item, item / per_image, r0, std::min(rows, r0 + kRowsPerItem));
+  });
+}
+
 ffi::Error DepthwiseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
                          ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
   DwShape sh;
@@ -424,11 +435,9 @@ ffi::Error DepthwiseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
   const float* xp = x.typed_data();
   const float* kp = k.typed_data();
   float* yp = y->typed_data();
-  const int64_t per_image = (sh.ho + kRowsPerItem - 1) / kRowsPerItem;
-  parallel_for(pool, sh.n * per_image, [=](int64_t item) {
-    const int64_t img = item / per_image, i0 = (item % per_image) * kRowsPerItem;
+  for_row_items(pool, sh.n, sh.ho, [=](int64_t, int64_t img, int64_t i0, int64_t i1) {
     dw_forward_rows(xp + img * sh.h * sh.w * sh.c, kp, yp + img * sh.ho * sh.wo * sh.c, sh.h,
-                    sh.w, sh.c, sh.wo, sh.s, i0, std::min(sh.ho, i0 + kRowsPerItem));
+                    sh.w, sh.c, sh.wo, sh.s, i0, i1);
   });
   return ffi::Error::Success();
 }
@@ -447,22 +456,18 @@ ffi::Error DepthwiseBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float* kp = k.typed_data();
   const float* gp = g.typed_data();
   float* dxp = dx->typed_data();
-  const int64_t in_items = (sh.h + kRowsPerItem - 1) / kRowsPerItem;
-  parallel_for(pool, sh.n * in_items, [=](int64_t item) {
-    const int64_t img = item / in_items, p0 = (item % in_items) * kRowsPerItem;
+  for_row_items(pool, sh.n, sh.h, [=](int64_t, int64_t img, int64_t p0, int64_t p1) {
     dw_dx_rows(gp + img * sh.ho * sh.wo * c, kp, dxp + img * sh.h * sh.w * c, sh.h, sh.w, c,
-               sh.ho, sh.wo, sh.s, p0, std::min(sh.h, p0 + kRowsPerItem));
+               sh.ho, sh.wo, sh.s, p0, p1);
   });
   // dk: one double partial per fixed item, summed in item order (deterministic).
   const int64_t out_items = (sh.ho + kRowsPerItem - 1) / kRowsPerItem;
   std::vector<double> partial(static_cast<size_t>(sh.n * out_items * 9 * c), 0.0);
   double* pp = partial.data();
-  parallel_for(pool, sh.n * out_items, [=](int64_t item) {
-    const int64_t img = item / out_items, i0 = (item % out_items) * kRowsPerItem;
+  for_row_items(pool, sh.n, sh.ho, [=](int64_t item, int64_t img, int64_t i0, int64_t i1) {
     std::vector<float> row_acc(static_cast<size_t>(9 * c));
     dw_dk_rows(xp + img * sh.h * sh.w * c, gp + img * sh.ho * sh.wo * c, pp + item * 9 * c,
-               row_acc.data(), sh.h, sh.w, c, sh.wo, sh.s, i0,
-               std::min(sh.ho, i0 + kRowsPerItem));
+               row_acc.data(), sh.h, sh.w, c, sh.wo, sh.s, i0, i1);
   });
   std::vector<double> total(static_cast<size_t>(9 * c), 0.0);
   for (int64_t item = 0; item < sh.n * out_items; ++item)
