@@ -21,12 +21,13 @@ def main(argv):
   # --verbosity=0 brings those logs back.
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from hydrajax import config_check, evaluate
+  from hydrajax.train import config_check
+  from hydrajax.evaluate import loop as evaluate
   with config_check.exit_on_bad_input():
     evaluate.run(FLAGS.config, FLAGS.workdir, FLAGS.weights, FLAGS.which)
 
 
 if __name__ == "__main__":
-  from hydrajax import hugepages
-  hugepages.relaunch()  # huge pages for XLA's per-step buffers (hydrajax/hugepages.py)
+  from hydrajax.runtime import hugepages
+  hugepages.relaunch()  # huge pages for XLA's per-step buffers (hydrajax/runtime/hugepages.py)
   app.run(main)

@@ -19,12 +19,13 @@ def main(argv):
   # --verbosity=0 brings those logs back.
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from hydrajax import config_check, train_lib
+  from hydrajax.train import config_check
+  from hydrajax.train import loop as train_lib
   with config_check.exit_on_bad_input():
     train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  from hydrajax import hugepages
-  hugepages.relaunch()  # huge pages for XLA's per-step buffers (hydrajax/hugepages.py)
+  from hydrajax.runtime import hugepages
+  hugepages.relaunch()  # huge pages for XLA's per-step buffers (hydrajax/runtime/hugepages.py)
   app.run(main)

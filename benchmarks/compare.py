@@ -10,7 +10,7 @@ channels_last, 2 threads), `torch_compile` (the same forward under torch.compile
 only), `jax_xla` (hydrajax with HYDRAJAX_CPU_KERNELS=0: its XLA-only CPU form, without the
 FFI kernels of hydrajax/models/cpu_kernels.cc), and with `--bf16` `jax_bf16` (bfloat16
 compute). The jax processes relaunch themselves with glibc's huge-page tunable as train.py and
-evaluate.py do (hydrajax/hugepages.py); `jax_4k` is hydrajax without it (a plain Python process
+evaluate.py do (hydrajax/runtime/hugepages.py); `jax_4k` is hydrajax without it (a plain Python process
 importing hydrajax), and `torch_eager_hugepages` / `torch_compile_hugepages` give PyTorch the
 same tunable. Each process records the GLIBC_TUNABLES it ran with. Each (round, variant) is
 one process that compiles, warms up, times `--runs` runs and exits, with nothing else of ours alive; the
@@ -46,7 +46,7 @@ VARIANTS = ("jax", "torch_eager", "torch_compile", "jax_xla", "jax_4k", "torch_e
             "torch_compile_hugepages", "jax_bf16")
 JAX_VARIANTS = ("jax", "jax_xla", "jax_4k", "jax_bf16")
 # Variant -> environment of its process. The jax variants also relaunch as hydrajax's command-
-# line tools do (hydrajax/hugepages.py), except jax_4k: hydrajax in a plain Python process.
+# line tools do (hydrajax/runtime/hugepages.py), except jax_4k: hydrajax in a plain Python process.
 VARIANT_ENV = {"jax_xla": {"HYDRAJAX_CPU_KERNELS": "0"}, "jax_4k": {"HYDRAJAX_HUGEPAGES": "0"},
                "torch_eager_hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
                "torch_compile_hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
@@ -82,7 +82,7 @@ def serve(variant: str, kind: str, batch: int, h: int, w: int, warmup: int, runs
           threads: int) -> dict:
   """One process's whole life: build (compile), warm up, time `runs` runs."""
   if variant in JAX_VARIANTS:
-    from hydrajax import hugepages
+    from hydrajax.runtime import hugepages
     hugepages.relaunch()  # as train.py and evaluate.py do; HYDRAJAX_HUGEPAGES=0 for jax_4k
   base_rss = _rss_mb()
   t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def print_table(report: dict) -> None:
 def write_json(path: str, report: dict) -> None:
   """Atomically (readers never see half a file); imported here so the parent stays light
   while the timed processes run."""
-  from hydrajax import atomic
+  from hydrajax.runtime import atomic
   atomic.write_bytes_atomic(path, (json.dumps(report, indent=1) + "\n").encode())
 
 

@@ -111,7 +111,7 @@ def build_train_lib_step(batch: int, h: int, w: int, dtype: str = "float32",
 
   import jax
 
-  from hydrajax import train_lib
+  from hydrajax.train import loop as train_lib
 
   config = train_lib_config(batch, h, w, dtype)
   devices = jax.local_devices()[:1]

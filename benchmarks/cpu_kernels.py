@@ -91,7 +91,7 @@ def main(argv=None) -> int:
             f"{row['kernel_median_ms']:7.2f} ({row['kernel_min_ms']:6.2f}) "
             f"{row['xla_median_ms']:7.2f} ({row['xla_min_ms']:6.2f}) "
             f"{row['xla_median_ms'] / row['kernel_median_ms']:9.1f}x")
-  from hydrajax import atomic
+  from hydrajax.runtime import atomic
   report = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": args.runs, "rows": rows,
             "jax": jax.__version__, "cpu": cpu_kernels._cpu_id()[:300]}
   atomic.write_bytes_atomic(args.out, (json.dumps(report, indent=1) + "\n").encode())

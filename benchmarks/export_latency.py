@@ -118,7 +118,8 @@ def worker(variant: str, path: str, height: int, width: int, runs: int, threads:
 def make_artifacts(args: argparse.Namespace, folder: str) -> dict[str, float]:
   """Write the weights and the exports into `folder`; returns export seconds by file."""
   import hydrajax
-  from hydrajax import atomic, export
+  from hydrajax.runtime import atomic
+  from hydrajax.export import cli as export
   variables = hydrajax.load(args.weights) if args.weights else hydrajax.init(0, num_classes=40)
   hydrajax.save(os.path.join(folder, ARTIFACTS["hydrajax_apply"]), variables)
   seconds = {}
@@ -204,7 +205,7 @@ def main(argv=None) -> int:
                  "machine": platform.machine(),
                  **{pkg: version(pkg) for pkg in ("jax", "onnxruntime", "torch")},
                  "load_average_at_end": os.getloadavg()}}
-  from hydrajax import atomic
+  from hydrajax.runtime import atomic
   atomic.write_bytes_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
   for variant, stats in result["variants"].items():
     print(f"{variant:20s} median {stats['median_ms']:8.1f} ms  min {stats['min_ms']:8.1f} ms"

@@ -1,4 +1,4 @@
-"""Peak memory and wall time of `python -m hydrajax.predict` on one 4000x3000 JPEG.
+"""Peak memory and wall time of `python -m hydrajax.inference.predict` on one 4000x3000 JPEG.
 
 Fabricates the photo (smooth colour ramps plus noise, so it compresses like a photo) and a
 40-class segm+depth model with random weights, then runs the CLI in a fresh subprocess per
@@ -38,7 +38,7 @@ def fabricate_photo(path: str, height: int = 3000, width: int = 4000) -> None:
 
 def run_predict(weights: str, photo: str, out_dir: str, max_side: int) -> dict:
   """One CLI run in a child process: its exit code, peak RSS (MB) and seconds."""
-  cmd = [sys.executable, "-m", "hydrajax.predict", "--weights", weights, photo,
+  cmd = [sys.executable, "-m", "hydrajax.inference.predict", "--weights", weights, photo,
          "--out", out_dir, "--no-progress", "--max-side", str(max_side)]
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   start = time.perf_counter()
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     for max_side in args.max_side:
       rows.append(run_predict(weights, photo, os.path.join(tmp, f"out{max_side}"), max_side))
 
-  print("python -m hydrajax.predict on a 4000x3000 JPEG, 40 classes + depth, "
+  print("python -m hydrajax.inference.predict on a 4000x3000 JPEG, 40 classes + depth, "
         f"{os.cpu_count()} CPUs")
   print("| --max-side | peak RSS | seconds | exit |\n|---|---|---|---|")
   for r in rows:

@@ -40,7 +40,7 @@ def main() -> None:
   p.add_argument("--runs", type=int, default=3)
   p.add_argument("--top", type=int, default=30)
   args = p.parse_args()
-  from hydrajax import hugepages
+  from hydrajax.runtime import hugepages
   hugepages.relaunch()  # profile the step as train.py runs it (HYDRAJAX_HUGEPAGES=0: without)
   import jax
 

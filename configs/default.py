@@ -13,9 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- data ---------------------------------------------------------------------------
   c.dataset = "synthetic"        # "synthetic" | "nyud" | "nyud_raw" | "kitti" |
-                                 # "kitti_semantics" (see hydrajax/sources.py)
+                                 # "kitti_semantics" (see hydrajax/data/sources.py)
   c.data_dir = ""                # dataset root (unused by "synthetic")
-  c.teacher_dir = ""             # labels written by `python -m hydrajax.distill` ("" = none)
+  c.teacher_dir = ""             # labels written by `python -m hydrajax.train.distill` ("" = none)
   c.crop_size = (96, 128)        # training crop (H, W); smaller scaled images are padded
   c.scale_range = (0.5, 2.0)     # random rescale factor range (depth divided by the factor)
   c.flip = True                  # random horizontal mirror

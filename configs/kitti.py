@@ -2,7 +2,7 @@
 
 Training mixes the KITTI-6 images (segmentation only) with KITTI depth frames (depth only);
 `teacher_dir` fills each one's missing modality with a teacher's hard labels
-(`python -m hydrajax.distill`). Lists are relative to data_dir (see hydrajax/data/kitti.py).
+(`python -m hydrajax.train.distill`). Lists are relative to data_dir (see hydrajax/data/kitti.py).
 
   python train.py --config configs/kitti.py --workdir runs/kitti --config.data_dir=/data/kitti \\
       --config.teacher_dir=/data/kitti_teacher --config.init_from=weights/nyud.npz

@@ -3,7 +3,7 @@
 Lists (relative to data_dir, lines "image label", labels as Cityscapes label-id PNGs) choose
 the training and validation frames; an empty list name reads all of `training/image_2` with
 `training/semantic` (see hydrajax/data/kitti.py). For joint training add "depth" to the
-tasks with a depth teacher's labels in `teacher_dir` (`python -m hydrajax.distill`).
+tasks with a depth teacher's labels in `teacher_dir` (`python -m hydrajax.train.distill`).
 
   python train.py --config configs/kitti_semantics.py --workdir runs/kitti_semantics \\
       --config.data_dir=/data/kitti_semantics --config.init_from=weights/kitti.npz

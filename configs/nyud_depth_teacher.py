@@ -2,7 +2,7 @@
 
   python train.py --config configs/nyud_depth_teacher.py --workdir runs/teacher \\
       --config.data_dir=/data/nyud
-  python -m hydrajax.distill --config configs/nyud_depth_teacher.py \\
+  python -m hydrajax.train.distill --config configs/nyud_depth_teacher.py \\
       --config.data_dir=/data/nyud --workdir runs/teacher --out /data/nyud_teacher
   python train.py --config configs/nyud.py --config.teacher_dir=/data/nyud_teacher ...
 

@@ -3,7 +3,7 @@ raw frames of TFDS `nyu_depth_v2`, whose segmentation comes from a teacher (hard
 distillation). Validation: the 654 labelled test frames.
 
   tfds build nyu_depth_v2          # once, on any machine (needs TensorFlow; reading does not)
-  python -m hydrajax.distill --config configs/nyud_raw.py --config.data_dir=/data/nyud \\
+  python -m hydrajax.train.distill --config configs/nyud_raw.py --config.data_dir=/data/nyud \\
       --weights segm_teacher.npz --out /data/nyud_raw_teacher
   python train.py --config configs/nyud_raw.py --workdir runs/nyud_raw \\
       --config.data_dir=/data/nyud --config.teacher_dir=/data/nyud_raw_teacher

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from hydrajax import api, atomic
+from hydrajax import api
+from hydrajax.runtime import atomic
 
 _META_ENTRY = "__meta__"
-_CONVERT_HINT = " (PyTorch checkpoints: convert with `python -m hydrajax.convert SRC DST.npz`)"
+_CONVERT_HINT = " (PyTorch checkpoints: convert with `python -m hydrajax.convert.official SRC DST.npz`)"
 FORMAT_VERSION = 1
 
 
@@ -39,7 +40,7 @@ def save(path: str | os.PathLike, variables: Mapping[str, Any]) -> None:
 
 
 def load(path: str | os.PathLike) -> dict:
-  """Read a weights file written by `save` (or `python -m hydrajax.convert`)."""
+  """Read a weights file written by `save` (or `python -m hydrajax.convert.official`)."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"weights file not found: {path}")

@@ -4,7 +4,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from hydrajax.visualize import KITTI6_PALETTE
+from hydrajax.inference.visualize import KITTI6_PALETTE
 
 
 def png(path, array):

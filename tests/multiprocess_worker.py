@@ -18,7 +18,9 @@ from tests.train_testlib import stop_after_checkpoint, tiny_config
 
 def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str,
          overrides: dict) -> None:
-  from hydrajax import evaluate, parallel, train_lib
+  from hydrajax.evaluate import loop as evaluate
+  from hydrajax.runtime import parallel
+  from hydrajax.train import loop as train_lib
 
   config = tiny_config(**overrides)
   config.distributed = True

@@ -1,4 +1,4 @@
-"""Bad input to `python -m hydrajax.convert`: every failure is one line naming the file and
+"""Bad input to `python -m hydrajax.convert.official`: every failure is one line naming the file and
 what is wrong, exit code 1, nothing written; damaged real-format checkpoints are fuzzed."""
 import collections
 import os
@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import hydrajax
-from hydrajax import convert, torch_pickle, weights
+from hydrajax import weights
+from hydrajax.convert import official as convert
+from hydrajax.convert import torch_pickle
 from tests import legacy_py2
 from tests.torch_reference import OfficialNet
 

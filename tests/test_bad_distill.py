@@ -1,4 +1,4 @@
-"""Bad input to `python -m hydrajax.distill`: a bad config, an output path that is a file,
+"""Bad input to `python -m hydrajax.train.distill`: a bad config, an output path that is a file,
 missing or mismatched teacher weights and labels outside the classes each stop it with one
 `error:` line naming the culprit (exit 2) before any label is written."""
 import pytest
@@ -7,7 +7,8 @@ from tests.test_bad_evaluate import weights_40  # noqa: F401
 from tests.test_bad_train import _bad_labels, _nyud_config
 from tests.test_distill import _config, kitti_dir  # noqa: F401
 
-from hydrajax import config_check, distill
+from hydrajax.train import config_check
+from hydrajax.train import distill
 from hydrajax.data import BadSampleError
 
 

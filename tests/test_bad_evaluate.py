@@ -1,4 +1,4 @@
-"""Bad input to evaluation (evaluate.py, hydrajax.evaluate.run): a bad config, weights of
+"""Bad input to evaluation (evaluate.py, hydrajax.evaluate.loop.run): a bad config, weights of
 other classes or tasks, unreadable weights and labels outside the classes each stop it with
 one message naming what is wrong, before any number is produced."""
 import pytest
@@ -6,7 +6,8 @@ import pytest
 from tests.test_bad_train import _bad_labels, _nyud_config
 
 import hydrajax
-from hydrajax import config_check, evaluate
+from hydrajax.train import config_check
+from hydrajax.evaluate import loop as evaluate
 from hydrajax.data import BadSampleError
 
 
@@ -100,7 +101,7 @@ def test_command_line_prints_one_error_line_without_orbax_info_logs(tmp_path):
   import subprocess
   import sys
 
-  from hydrajax import checkpoint
+  from hydrajax.train import checkpoint
   from tests.train_testlib import ROOT
 
   ckpt = checkpoint.Checkpointer(tmp_path / "run" / "checkpoints")

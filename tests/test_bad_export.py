@@ -1,10 +1,10 @@
-"""Bad input to `python -m hydrajax.export`: unusable weights, an output path that cannot
+"""Bad input to `python -m hydrajax.export.cli`: unusable weights, an output path that cannot
 be written and bad sizes each give one `error:` line naming the culprit, exit 2, before
 the (slow) export starts, and nothing is written. (Option errors such as --height 0 or an
 unknown --format: tests/test_export.py.)"""
 import pytest
 
-from hydrajax import export
+from hydrajax.export import cli as export
 from tests.test_bad_predict import assert_one_error_line, bad_weights, weights_file  # noqa: F401
 
 

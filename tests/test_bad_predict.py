@@ -1,11 +1,11 @@
-"""Bad input to `python -m hydrajax.predict`: unreadable or mismatched weights, a file for
+"""Bad input to `python -m hydrajax.inference.predict`: unreadable or mismatched weights, a file for
 the output directory, bad options and bad inputs each give one `error:` line naming the
 culprit (exit 2, nothing written) or, per image, a named failure (exit 1)."""
 import numpy as np
 import pytest
 
 import hydrajax
-from hydrajax import predict
+from hydrajax.inference import predict
 from tests import legacy_py2
 from tests.test_predict import NYUD
 
@@ -49,7 +49,7 @@ def bad_weights(tmp_path, weights_file):
   shapes = tmp_path / "shapes.npz"
   np.savez(shapes, **arrays)
   return {"text": (text, "not a zip archive"), "truncated": (cut, "not a hydrajax weights"),
-          "pytorch": (ckpt, "python -m hydrajax.convert"),
+          "pytorch": (ckpt, "python -m hydrajax.convert.official"),
           "other-arrays": (other, "no '__meta__' entry"),
           "wrong-shape": (shapes, "wrong shape (1): params/head_segm/segm/kernel")}
 

@@ -14,7 +14,8 @@ from PIL import Image
 from tests.test_data_bad import _corrupt, _layout
 from tests.train_testlib import ROOT, set_fields, tiny_config
 
-from hydrajax import config_check, train_lib
+from hydrajax.train import config_check
+from hydrajax.train import loop as train_lib
 from hydrajax.data import BadSampleError
 
 
@@ -192,7 +193,7 @@ def test_unexpected_read_error_names_the_sample_files(tmp_path, monkeypatch):
 
 
 def test_normals_task_on_data_without_normals_is_refused_for_training(tmp_path):
-  from hydrajax import sources
+  from hydrajax.data import sources
   _layout(str(tmp_path))  # list files without a normals column
   (tmp_path / "val_list_depth.txt").write_text((tmp_path / "train_list_depth.txt").read_text())
   config = config_check.validate(

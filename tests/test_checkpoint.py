@@ -7,7 +7,7 @@ import grain
 import numpy as np
 import pytest
 
-from hydrajax import checkpoint
+from hydrajax.train import checkpoint
 
 
 def _state(seed=0):

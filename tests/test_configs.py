@@ -9,7 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import default
-from hydrajax import config_check, sources
+from hydrajax.train import config_check
+from hydrajax.data import sources
 from hydrajax.data import teacher
 from tests import fabricate
 

@@ -1,4 +1,4 @@
-"""hydrajax.torch_pickle and hydrajax.convert against PyTorch (test-only torch import)."""
+"""hydrajax.convert.torch_pickle and hydrajax.convert.official against PyTorch (test-only torch import)."""
 import collections
 import io
 import os
@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import hydrajax
-from hydrajax import api, convert, torch_pickle
+from hydrajax import api
+from hydrajax.convert import official as convert
+from hydrajax.convert import torch_pickle
 from hydrajax.models.mobilenet_v2 import MobileNetV2Encoder
 from tests import legacy_py2
 from tests.torch_reference import (OfficialNet, densetorch_state_dict, randomize,

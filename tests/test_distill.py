@@ -11,7 +11,8 @@ import pytest
 from tests import fabricate
 
 import hydrajax
-from hydrajax import distill, sources
+from hydrajax.train import distill
+from hydrajax.data import sources
 from hydrajax.data import pngio, teacher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,7 +180,7 @@ def test_command_line_writes_the_same_labels_as_run(distilled, kitti_dir, teache
   out = str(tmp_path / "cli")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "-m", "hydrajax.distill", "--config", "configs/kitti.py:runlocal",
+      [sys.executable, "-m", "hydrajax.train.distill", "--config", "configs/kitti.py:runlocal",
        f"--config.data_dir={kitti_dir}", "--weights", teacher_npz, "--out", out],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import hydrajax
-from hydrajax import api, export
+from hydrajax import api
+from hydrajax.export import cli as export
 
 H, W = 64, 96
 

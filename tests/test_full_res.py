@@ -1,4 +1,4 @@
-"""hydrajax.full_res: input-size labels, depth and normals in row blocks, equal to
+"""hydrajax.inference.full_res: input-size labels, depth and normals in row blocks, equal to
 hydrajax.apply for images up to max_side and to apply's postprocess on a shrunk copy above."""
 import jax
 import numpy as np
@@ -6,7 +6,9 @@ import pytest
 from PIL import Image
 
 import hydrajax
-from hydrajax import api, full_res, predict
+from hydrajax import api
+from hydrajax.inference import full_res
+from hydrajax.inference import predict
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from flax import traverse_util
 
 torch = pytest.importorskip("torch")
 
-from hydrajax import convert  # noqa: E402
+from hydrajax.convert import official as convert  # noqa: E402
 from hydrajax.models import HydraNet  # noqa: E402
 from tests.torch_reference import OfficialNet, randomize  # noqa: E402
 

@@ -1,11 +1,11 @@
-"""The huge-page relaunch of the command-line tools (hydrajax/hugepages.py)."""
+"""The huge-page relaunch of the command-line tools (hydrajax/runtime/hugepages.py)."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from hydrajax import hugepages
+from hydrajax.runtime import hugepages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +47,7 @@ def test_thp_mode_reads_the_bracketed_policy(tmp_path, monkeypatch):
 
 _RELAUNCHED = """
 import os, sys
-from hydrajax import hugepages
+from hydrajax.runtime import hugepages
 hugepages._thp_mode = lambda: "madvise"        # as on a stock Linux kernel
 hugepages._glibc_version = lambda: (2, 36)
 print("start", os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:], flush=True)
@@ -104,7 +104,7 @@ def test_tunable_cuts_the_page_faults_of_xla_temp_buffers():
     (["--weights", "w.npz", "--video=in.mp4", "--out", "out.mp4"], True),
     (["--weights", "w.npz", "a.png", "b.png", "--out", "out"], False)])
 def test_predict_relaunches_for_a_video_only(monkeypatch, argv, relaunched):
-  from hydrajax import predict
+  from hydrajax.inference import predict
   calls = []
   monkeypatch.setattr(hugepages, "relaunch", lambda: calls.append("relaunch"))
   monkeypatch.setattr(predict, "main", lambda argv=None: calls.append("main") or 0)

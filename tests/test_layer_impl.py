@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import hydrajax
-from hydrajax import export
+from hydrajax.export import cli as export
 from hydrajax.models import HydraNet, layers
 from hydrajax.models.hydranet import Head
 from hydrajax.models.refinenet import CRPBlock

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hydrajax import losses
+from hydrajax.train import losses
 from hydrajax.models import layers
 
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hydrajax import metrics
+from hydrajax.evaluate import metrics
 
 
 def _segm_case():

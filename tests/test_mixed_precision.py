@@ -9,7 +9,7 @@ from flax import traverse_util
 from tests.train_testlib import tiny_config
 
 import hydrajax
-from hydrajax import train_lib
+from hydrajax.train import loop as train_lib
 
 # bfloat16 keeps 8 significant bits: unit roundoff u = 2**-8 = 3.9e-3, and a rounding's error is
 # spread over [-u, u] (RMS u / sqrt(3) = 2.3e-3). The longest path from image to logits rounds

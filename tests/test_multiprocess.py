@@ -14,7 +14,9 @@ import pytest
 
 from tests.train_testlib import ROOT, tiny_config
 
-from hydrajax import checkpoint, evaluate, train_lib
+from hydrajax.train import checkpoint
+from hydrajax.evaluate import loop as evaluate
+from hydrajax.train import loop as train_lib
 
 # 4 devices in all, one example each; 5 validation examples: the second global eval batch
 # of 4 holds 3 masked padding examples. float64 (with 64-bit JAX): over 4 steps at these

@@ -1,4 +1,4 @@
-"""The optimizer (hydrajax.train_lib.make_optimizer): per-group learning rates, the schedules
+"""The optimizer (hydrajax.train.loop.make_optimizer): per-group learning rates, the schedules
 kept in the optimizer state, gradient accumulation against one large batch, frozen BatchNorm."""
 import functools
 
@@ -10,7 +10,7 @@ import pytest
 
 import hydrajax
 from configs import default
-from hydrajax import train_lib
+from hydrajax.train import loop as train_lib
 from hydrajax.models import HydraNet
 
 

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from hydrajax import checkpoint, parallel
+from hydrajax.train import checkpoint
+from hydrajax.runtime import parallel
 from hydrajax.data import SyntheticScenes, train_dataset
 
 

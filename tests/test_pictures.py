@@ -4,7 +4,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from hydrajax import pictures
+from hydrajax.inference import pictures
 
 
 def _sample(seed, h=32, w=48):

@@ -1,4 +1,4 @@
-"""hydrajax.predict (CLI and library) and hydrajax.visualize on the real sample frames."""
+"""hydrajax.inference.predict (CLI and library) and hydrajax.inference.visualize on the real sample frames."""
 import contextlib
 import io
 import os
@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 import hydrajax
-from hydrajax import predict, visualize
+from hydrajax.inference import predict
+from hydrajax.inference import visualize
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 NYUD = os.path.join(DATA, "nyud", "000464_rgb.png")

@@ -10,7 +10,9 @@ import pytest
 from tests import fabricate
 from tests.train_testlib import stop_after_checkpoint, tiny_config
 
-from hydrajax import checkpoint, evaluate, train_lib
+from hydrajax.train import checkpoint
+from hydrajax.evaluate import loop as evaluate
+from hydrajax.train import loop as train_lib
 
 
 @pytest.fixture(scope="module")

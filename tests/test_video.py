@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import hydrajax
-from hydrajax import predict, video
+from hydrajax.inference import predict
+from hydrajax.inference import video
 
 iio = pytest.importorskip("imageio.v3")
 pytest.importorskip("imageio_ffmpeg")

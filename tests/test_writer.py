@@ -6,7 +6,7 @@ import os
 
 from tensorboard.backend.event_processing import event_accumulator
 
-from hydrajax import writer
+from hydrajax.train import writer
 
 
 def _scalars(workdir):

@@ -36,7 +36,7 @@ def set_fields(config, overrides: dict):
 def stop_after_checkpoint(step: int, error: type[BaseException]):
   """Within the block, Checkpointer.save raises `error` right after writing `step`: a run
   stopped as a crash would leave it."""
-  from hydrajax import checkpoint
+  from hydrajax.train import checkpoint
 
   original = checkpoint.Checkpointer.save
 

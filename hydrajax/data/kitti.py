@@ -16,7 +16,6 @@ import os
 import numpy as np
 
 from hydrajax.data import pngio
-from hydrajax.visualize import KITTI6_PALETTE  # RGB, row i = class i; the last row (void) -> 255
 
 KITTI6_CLASSES = ("sky", "building", "road", "sidewalk", "vegetation", "car")
 
@@ -31,6 +30,12 @@ for _id, _train in _CITYSCAPES_TRAIN_IDS.items():
   CITYSCAPES_ID_TO_TRAIN_ID[_id] = _train
 
 KITTI_DEPTH_DIVISOR = 256.0  # the KITTI depth benchmark's PNG value per metre
+
+# The authors' cmap_kitti.npy: sky, building, road, sidewalk, vegetation, car, void (black).
+# Also the colour code of KITTI-6 label files (decoded with it below); RGB, row i = class i, the
+# last row (void) -> 255.
+KITTI6_PALETTE = np.array([[128, 128, 128], [128, 0, 0], [128, 64, 128], [0, 0, 192],
+                           [128, 128, 0], [64, 0, 128], [0, 0, 0]], np.uint8)
 
 
 def read_pairs(list_file: str, root: str, columns: int = 2) -> list[list[str | None]]:

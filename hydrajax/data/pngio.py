@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from hydrajax import atomic
+from hydrajax.runtime import atomic
 
 
 class BadSampleError(ValueError):

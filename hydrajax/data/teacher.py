@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from hydrajax import atomic
+from hydrajax.runtime import atomic
 from hydrajax.data import pngio
 
 TEACHER_FORMAT = 1

@@ -4,7 +4,7 @@ Predictions are upsampled (bilinear) to the label resolution. Segmentation: one 
 matrix over the whole set -> mIoU, pixel and mean accuracy, per-class IoU. Depth: error sums
 over every valid pixel of the set -> RMSE, RMSE(log), abs/sq rel, delta < 1.25^k. Baselines
 printed alongside: the mIoU of uniformly random labels and the RMSE of predicting the mean
-ground-truth depth. Runs on the devices of every process (hydrajax.parallel): each process
+ground-truth depth. Runs on the devices of every process (hydrajax.runtime.parallel): each process
 feeds its rows of every global batch and the sums are psum'ed over all devices, so every
 process gets the whole set's metrics, the same for any process count.
 
@@ -24,9 +24,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hydrajax import api, atomic, metrics, parallel, sources
+from hydrajax import api
+from hydrajax.runtime import atomic
+from hydrajax.evaluate import metrics
+from hydrajax.runtime import parallel
+from hydrajax.data import sources
 from hydrajax.models import layers
-from hydrajax.parallel import AXIS
+from hydrajax.runtime.parallel import AXIS
 
 
 def eval_params(config: ml_collections.ConfigDict) -> dict:
@@ -216,7 +220,7 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str, weights: str
   """Variables from a weights file, or the latest / best checkpoint of `workdir`.
   Returns (variables, a description of where they came from)."""
   import hydrajax
-  from hydrajax import checkpoint
+  from hydrajax.train import checkpoint
 
   if weights:
     return hydrajax.load(weights), weights
@@ -251,7 +255,8 @@ def check_model_matches_config(variables: dict, config: ml_collections.ConfigDic
 def run(config: ml_collections.ConfigDict, workdir: str, weights: str = "",
         which: str = "latest") -> dict:
   """Evaluate and write WORKDIR/eval/metrics.json and WORKDIR/eval/samples.png."""
-  from hydrajax import config_check, pictures
+  from hydrajax.train import config_check
+  from hydrajax.inference import pictures
 
   config = config_check.validate(config, "evaluate")
   parallel.initialize(config)

@@ -11,6 +11,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from hydrajax.data.kitti import KITTI6_PALETTE
+
 
 def voc_colormap(n: int = 256) -> np.ndarray:
   """(n, 3) uint8 PASCAL-VOC bit-interleaved colour map (row i = colour of id i)."""
@@ -29,10 +31,6 @@ def voc_colormap(n: int = 256) -> np.ndarray:
 # The authors' NYUD notebook colours label l with CMAP[l + 1] of the VOC map (255 wraps to
 # black), so class i's colour is row i + 1: identical to the published cmap_nyud.npy.
 NYUD_PALETTE = voc_colormap(41)[1:]
-# The authors' cmap_kitti.npy: sky, building, road, sidewalk, vegetation, car, void (black).
-# Also the colour code of KITTI-6 label files (hydrajax.data.kitti decodes with it).
-KITTI6_PALETTE = np.array([[128, 128, 128], [128, 0, 0], [128, 64, 128], [0, 0, 192],
-                           [128, 128, 0], [64, 0, 128], [0, 0, 0]], np.uint8)
 PALETTES = {"nyud": NYUD_PALETTE, "kitti": KITTI6_PALETTE[:6]}
 DEFAULT_MAX_DEPTH = {"nyud": 8.0, "kitti": 80.0, "generic": 10.0}  # metres, display clip
 

@@ -24,17 +24,17 @@ import ml_collections
 from hydrajax.data.kitti import CITYSCAPES_CLASSES, KITTI6_CLASSES
 from hydrajax.data.nyud import NYUD_NUM_CLASSES
 from hydrajax.data.synthetic import SYNTHETIC_CLASSES
-from hydrajax.metrics import CROPS
+from hydrajax.evaluate.metrics import CROPS
 from hydrajax.models import TASKS
 
-# The classes of each dataset of hydrajax.sources (KITTI: the KITTI-6 labels).
+# The classes of each dataset of hydrajax.data.sources (KITTI: the KITTI-6 labels).
 DATASET_CLASSES = {"synthetic": len(SYNTHETIC_CLASSES), "nyud": NYUD_NUM_CLASSES,
                    "nyud_raw": NYUD_NUM_CLASSES, "kitti": len(KITTI6_CLASSES),
                    "kitti_semantics": len(CITYSCAPES_CLASSES)}
 # NYUD: if its lists have normals; nyud_raw's TFDS frames have none.
 DATASET_NORMALS = {"synthetic": True, "nyud_raw": False, "kitti": False,
                    "kitti_semantics": False}
-SCHEDULES = ("poly", "step", "constant")  # hydrajax.train_lib.learning_rate_fn
+SCHEDULES = ("poly", "step", "constant")  # hydrajax.train.loop.learning_rate_fn
 # What evaluation reports per task, and which direction is better.
 METRICS_MAX = {"segm": ("miou", "pixel_acc", "mean_acc"), "depth": ("delta1", "delta2", "delta3")}
 METRICS_MIN = {"segm": (), "depth": ("rmse", "rmse_log", "abs_rel", "sq_rel")}
@@ -151,7 +151,7 @@ def _check_data(c: _Checker, purpose: str) -> None:
   teacher_dir = c.text("teacher_dir")
   if purpose == "train" and teacher_dir and not os.path.isfile(
       os.path.join(teacher_dir, "teacher.json")):
-    c.fail("teacher_dir", teacher_dir, "a directory written by `python -m hydrajax.distill` "
+    c.fail("teacher_dir", teacher_dir, "a directory written by `python -m hydrajax.train.distill` "
            "(with teacher.json), or ''")
   _size_pair(c, "crop_size")
   scale = c.get("scale_range")
@@ -300,7 +300,7 @@ def _check_local_devices(c: _Checker) -> None:
   if wanted > available:
     c.fail("num_devices", wanted, f"at most the {available} local devices (0 = all)")
     return
-  from hydrajax import parallel
+  from hydrajax.runtime import parallel
 
   try:
     parallel.check_batch(c.config.batch_size, jax.local_devices()[:wanted or available])

@@ -1,10 +1,10 @@
 """Run a converted or trained model on image files and write pictures and raw maps.
 
-    python -m hydrajax.predict --weights nyud.npz photo.jpg frame.png --out preds/
+    python -m hydrajax.inference.predict --weights nyud.npz photo.jpg frame.png --out preds/
 
 Images larger than `--max-side` pixels (default 1280) on their long side go through the
 network as a copy shrunk to that size (PIL bilinear, aspect kept); the outputs are upsampled
-back to the input size in blocks of rows (`hydrajax.full_res`), so a 4000x3000 photo needs
+back to the input size in blocks of rows (`hydrajax.inference.full_res`), so a 4000x3000 photo needs
 no full-size logits. `--max-side 0` runs the network at the input's own resolution (memory
 then grows with the image: the network's activations at full size).
 
@@ -28,7 +28,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from hydrajax import api, atomic, full_res, hugepages, video, visualize, weights
+from hydrajax import api, weights
+from hydrajax.runtime import atomic
+from hydrajax.inference import full_res
+from hydrajax.runtime import hugepages
+from hydrajax.inference import video
+from hydrajax.inference import visualize
 
 @dataclasses.dataclass
 class PredictReport:
@@ -104,10 +109,10 @@ def _unique_stem(stem: str, used: set[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
   """The CLI's arguments (kept separate so other inputs, e.g. video, can be added)."""
   parser = argparse.ArgumentParser(
-      prog="python -m hydrajax.predict",
+      prog="python -m hydrajax.inference.predict",
       description="Predict segmentation and depth for images with hydrajax weights.")
   parser.add_argument("--weights", required=True,
-                      help="hydrajax weights (.npz from hydrajax.convert or training)")
+                      help="hydrajax weights (.npz from hydrajax.convert.official or training)")
   parser.add_argument("images", nargs="*", help="image files (PNG, JPEG, ...)")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--palette", default="auto", choices=("auto", "nyud", "kitti", "generic"),
@@ -158,8 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cli() -> int:
-  """The `hydrajax-predict` console script (and `python -m hydrajax.predict`). A video is many
-  runs of the network, so for one it first relaunches with huge pages (hydrajax/hugepages.py);
+  """The `hydrajax-predict` console script (and `python -m hydrajax.inference.predict`). A video is many
+  runs of the network, so for one it first relaunches with huge pages (hydrajax/runtime/hugepages.py);
   a few images are not worth the second start-up."""
   if build_parser().parse_known_args()[0].video is not None:
     hugepages.relaunch()

@@ -1,5 +1,5 @@
 """The evaluation picture: one row per example, image | true segm | predicted segm |
-true depth | predicted depth. Uses hydrajax.visualize's colourings when present (the
+true depth | predicted depth. Uses hydrajax.inference.visualize's colourings when present (the
 project's shared palette), else a small built-in palette and a grey-to-yellow depth ramp."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from hydrajax import atomic, visualize
+from hydrajax.runtime import atomic
+from hydrajax.inference import visualize
 
 
 def colorize_segm(labels: np.ndarray) -> np.ndarray:
@@ -40,7 +41,7 @@ def _title_row(titles: Sequence[str], widths: Sequence[int], gap: int) -> np.nda
 
 
 def save_grid(path: str, samples: Sequence[dict], max_depth: float | None = None) -> None:
-  """Write a PNG grid of `samples` (dicts from hydrajax.evaluate) atomically, one row per
+  """Write a PNG grid of `samples` (dicts from hydrajax.evaluate.loop) atomically, one row per
   example under a row of column titles; depth colours span 0..max_depth (default: the
   largest true depth of all rows), given in the title."""
   gap = 4

@@ -1,9 +1,9 @@
 """Training: the train state, the optimizer, one pmapped step, and the loop.
 
 One pure `train_step(state, batch, loss_weights) -> (state, metrics)` is pmapped once over
-the devices of every process (axis "batch"; hydrajax.parallel). Each device sees its share
+the devices of every process (axis "batch"; hydrajax.runtime.parallel). Each device sees its share
 of the global batch; the loss is built from (sum, count) pieces whose counts are summed over
-devices (hydrajax.losses),
+devices (hydrajax.train.losses),
 gradients are summed with psum, and BatchNorm statistics are taken over the global batch
 (`sync_bn`), so N devices give the parameters one device gives on the same global batch.
 Images travel as uint8 and are normalised on device.
@@ -30,9 +30,11 @@ import optax
 from flax import traverse_util
 
 import hydrajax
-from hydrajax import api, losses, parallel, weights
+from hydrajax import api, weights
+from hydrajax.train import losses
+from hydrajax.runtime import parallel
 from hydrajax.models import HydraNet, layers
-from hydrajax.parallel import AXIS, replicate, unreplicate  # noqa: F401 (public here too)
+from hydrajax.runtime.parallel import AXIS, replicate, unreplicate  # noqa: F401 (public here too)
 
 
 @flax.struct.dataclass
@@ -290,7 +292,7 @@ def _check_finite(rstate: TrainState, ckpt: Any) -> None:
 
 def _train_pipeline(config: ml_collections.ConfigDict, num_devices: int | None) -> Any:
   """This process's rows of the global batches, split over its `num_devices` devices."""
-  from hydrajax import sources
+  from hydrajax.data import sources
   from hydrajax.data import pipeline
   return pipeline.train_dataset(
       sources.build_source(config, "train"), global_batch_size=config.batch_size,
@@ -304,7 +306,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   `eval_every_steps` and at the end, checkpoint. Returns the last validation metrics."""
   import tqdm
 
-  from hydrajax import checkpoint, config_check, evaluate, writer
+  from hydrajax.train import checkpoint
+  from hydrajax.train import config_check
+  from hydrajax.evaluate import loop as evaluate
+  from hydrajax.train import writer
 
   config = config_check.validate(config, "train")
   parallel.initialize(config)

@@ -6,9 +6,9 @@ depth in metres) and the label is written to OUT in hydrajax.data.teacher's form
 with `--config.teacher_dir=OUT` then reads them back, filling only the missing parts
 (real annotations always win).
 
-  python -m hydrajax.distill --config configs/kitti.py --config.data_dir=/data/kitti \\
+  python -m hydrajax.train.distill --config configs/kitti.py --config.data_dir=/data/kitti \\
       --weights depth_teacher.npz --out /data/kitti_teacher
-  python -m hydrajax.distill --config configs/nyud.py --workdir runs/teacher --out DIR
+  python -m hydrajax.train.distill --config configs/nyud.py --workdir runs/teacher --out DIR
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 
 import hydrajax
-from hydrajax import api, sources
+from hydrajax import api
+from hydrajax.data import sources
 
 
 def _parts(source: Any) -> list:
@@ -81,7 +82,8 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
         workdir: str = "", overwrite: bool = False) -> dict[str, int]:
   """Load the teacher (weights file, or WORKDIR's latest checkpoint under `config`) and
   label the training split of `config`'s dataset."""
-  from hydrajax import config_check, evaluate
+  from hydrajax.train import config_check
+  from hydrajax.evaluate import loop as evaluate
 
   config = config_check.validate(config, "distill")
   if not (weights or workdir):
@@ -107,15 +109,15 @@ def main(argv):
   del argv
   from absl import flags
 
-  from hydrajax import config_check
+  from hydrajax.train import config_check
   f = flags.FLAGS
   with config_check.exit_on_bad_input():
     run(f.config, f.out, f.weights, f.workdir, f.overwrite)
 
 
 def cli() -> None:
-  """The `hydrajax-distill` console script (also `python -m hydrajax.distill`)."""
-  from hydrajax import hugepages
+  """The `hydrajax-distill` console script (also `python -m hydrajax.train.distill`)."""
+  from hydrajax.runtime import hugepages
   hugepages.relaunch()  # huge pages for XLA's per-step buffers
   from absl import app, flags
   from ml_collections import config_flags

@@ -163,7 +163,7 @@ def head(g: GraphBuilder, x: str, params: Mapping, name: str) -> str:
 def build_model(variables: Mapping[str, Any], cfg: Mapping[str, Any], height: int, width: int,
                 *, batch: int | None, full_resolution: bool, input_dtype: str,
                 input_name: str, output_order: tuple[str, ...], opset: int):
-  """onnx.ModelProto computing export.inference_fn (see hydrajax.export's doc for the
+  """onnx.ModelProto computing export.inference_fn (see hydrajax.export.cli's doc for the
   inputs and outputs): image (N, H, W, 3) -> NHWC outputs, NCHW inside."""
   import onnx
   from onnx import TensorProto, helper

@@ -1,6 +1,6 @@
 """Export the network, with its input normalisation, to StableHLO (jax.export) or ONNX.
 
-    python -m hydrajax.export --weights W.npz --format stablehlo --height 480 --width 640 \
+    python -m hydrajax.export.cli --weights W.npz --format stablehlo --height 480 --width 640 \
         --out model.stablehlo [--batch N] [--full-resolution] [--input-dtype float32]
 
 The exported function takes RGB images (N, H, W, 3), uint8 (or float32 in [0, 255]), and
@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hydrajax import api, atomic, weights
+from hydrajax import api, weights
+from hydrajax.runtime import atomic
 from hydrajax.models import cpu_kernels
 
 FORMATS = ("stablehlo", "onnx")
@@ -112,7 +113,7 @@ def export_onnx(variables: Mapping[str, Any], height: int, width: int, *,
   """Serialized ONNX ModelProto computing `inference_fn`: input "image" (batch|N, H, W, 3),
   outputs named as in OUTPUT_ORDER. The graph is written node by node (onnx_ops): NCHW
   Conv / Clip / MaxPool / Resize with BatchNorm folded into the convolutions."""
-  from hydrajax import onnx_ops
+  from hydrajax.export import onnx_graph as onnx_ops
   _import_onnx()
   _check_args(height, width, batch, input_dtype)
   model = onnx_ops.build_model(
@@ -158,7 +159,7 @@ def export(variables: Mapping[str, Any], fmt: str, height: int, width: int, **kw
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m hydrajax.export", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m hydrajax.export.cli", description=__doc__.split("\n")[0])
   p.add_argument("--weights", required=True, help="hydrajax weights file (.npz)")
   p.add_argument("--format", required=True, choices=FORMATS)
   p.add_argument("--height", required=True, type=int, help="input height in pixels")

@@ -1,8 +1,8 @@
 """Convert PyTorch checkpoints of this network (and ImageNet MobileNet-v2 backbones) to
 hydrajax weights, without torch.
 
-    python -m hydrajax.convert ExpNYUD_joint.ckpt nyud.npz
-    python -m hydrajax.convert mobilenetv2-e6e8dd43.pth init.npz --num-classes 40
+    python -m hydrajax.convert.official ExpNYUD_joint.ckpt nyud.npz
+    python -m hydrajax.convert.official mobilenetv2-e6e8dd43.pth init.npz --num-classes 40
 
 Layouts, detected from the keys (REFERENCE.md, "Official checkpoint layouts"):
 - "official": multi-task-refinenet's `layer1..8`, `conv3..8`, `crpK.0.{i}_outvar_dimred`,
@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from hydrajax import api, torch_pickle, weights
+from hydrajax import api, weights
+from hydrajax.convert import torch_pickle
 from hydrajax.models import HEAD_NAMES, TASKS
 from hydrajax.models.mobilenet_v2 import MOBILENET_V2_SETTINGS
 
@@ -285,7 +286,7 @@ def one_line(message: str, path: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m hydrajax.convert",
+      prog="python -m hydrajax.convert.official",
       description="Convert a PyTorch checkpoint (official multi-task-refinenet, DenseTorch, or "
                   "an ImageNet MobileNet-v2) to hydrajax weights (.npz). torch is not needed.")
   parser.add_argument("src", help="PyTorch checkpoint (.ckpt / .pth / .pt, zip or legacy)")

@@ -1,7 +1,7 @@
 """Video and camera-like streams: batched inference, side-by-side visualisation per frame.
 
-    python -m hydrajax.video --weights nyud.npz IN.mp4 --out OUT.mp4 [--batch 4]
-    python -m hydrajax.predict --weights nyud.npz --video IN.mp4 --out OUT.mp4   (same)
+    python -m hydrajax.inference.video --weights nyud.npz IN.mp4 --out OUT.mp4 [--batch 4]
+    python -m hydrajax.inference.predict --weights nyud.npz --video IN.mp4 --out OUT.mp4   (same)
 
 Frames are decoded with imageio's FFMPEG plugin (imageio-ffmpeg ships the ffmpeg binary),
 grouped into batches of `batch_size` (the last batch is padded by repeating its last frame,
@@ -23,7 +23,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from hydrajax import api, atomic, visualize
+from hydrajax import api
+from hydrajax.runtime import atomic
+from hydrajax.inference import visualize
 
 DEFAULT_BATCH = 4
 
@@ -147,7 +149,7 @@ def process_video(variables: Mapping[str, Any], src: str | os.PathLike, dst: str
 
 
 def add_video_args(parser: argparse.ArgumentParser) -> None:
-  """Options shared by `hydrajax.video` and `hydrajax.predict --video`."""
+  """Options shared by `hydrajax.inference.video` and `hydrajax.inference.predict --video`."""
   parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
                       help=f"frames per network call (default {DEFAULT_BATCH})")
   parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
@@ -173,7 +175,7 @@ def run(variables_path: str, src: str, dst: str, *, batch_size: int = DEFAULT_BA
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m hydrajax.video",
+  parser = argparse.ArgumentParser(prog="python -m hydrajax.inference.video",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--weights", required=True, help="hydrajax weights (.npz)")
   parser.add_argument("video", help="input video file (.mp4, ...)")
@@ -189,6 +191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from hydrajax import hugepages
+  from hydrajax.runtime import hugepages
   hugepages.relaunch()  # many runs of the network: huge pages for XLA's buffers
   sys.exit(main())

@@ -1,0 +1,2 @@
+"""Process-level plumbing: devices and processes (parallel), huge pages for XLA's buffers
+(hugepages), and files written atomically (atomic)."""
