@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"            # compute dtype: "float32" or "bfloat16" (mixed precision for
                                  # GPU/TPU: bf16 convs and activations; parameters, BatchNorm
                                  # statistics, outputs, losses and metrics stay float32;
-                                 # evaluation always runs float32). ~2x slower on a CPU.
+                                 # evaluation always runs float32). Slower on a CPU.
                                  # "float64" (with jax_enable_x64) serves exactness tests.
 
   # --- optimisation -------------------------------------------------------------------

@@ -10,7 +10,7 @@ distillation). Validation: the 654 labelled test frames.
 
 Without `teacher_dir` the raw frames train depth only (their segmentation is ignored).
 Each batch draws labelled and raw frames by the two weights below: equal by default, as
-configs/kitti.py mixes its two parts (REFERENCE.md gives no NYUD mixing ratio).
+configs/kitti.py mixes its two parts (the paper publishes no NYUD mixing ratio).
 `--config configs/nyud_raw.py:runlocal` shrinks it to a few steps.
 """
 import ml_collections

@@ -19,7 +19,7 @@ def get_config(arg: str | None = None):
   c.crop_size = (64, 96)
   c.scale_range = (0.8, 1.25)
   c.batch_size = 8
-  c.num_train_steps = 2000  # ~5 min at ~50 images/s on 2 cores
+  c.num_train_steps = 2000  # a few minutes on 2 CPU cores (docs/performance.md)
   c.lr_encoder = 2e-3
   c.lr_decoder = 8e-3   # 2e-2 diverged here (the depth head died: relu(pred) = 0)
   c.warmup_steps = 20

@@ -34,8 +34,8 @@ def init(key: jax.Array | int, *, num_classes: int = 40, tasks: Sequence[str] = 
 
   Weights follow PyTorch's default init (uniform +-1/sqrt(fan_in) for conv kernels and
   biases; BN scale 1, bias 0, mean 0, var 1), drawn with numpy from a seed taken from `key`:
-  the same key (or int seed) gives the same variables, in about a second instead of the
-  ~10 s that XLA takes to compile ~170 random initialisers. Runs on the host (not traceable);
+  the same key (or int seed) gives the same variables, without XLA compiling ~170 random
+  initialisers (which takes far longer than drawing them). Runs on the host (not traceable);
   for a traceable init use `HydraNet(...).init(key, x)`.
   """
   # Shapes only: any impl gives the same tree ("cpu" traces one form instead of two).

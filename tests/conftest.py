@@ -7,10 +7,10 @@ _platform = os.environ.get("HYDRAJAX_TEST_PLATFORM", "cpu")
 if _platform != "default":
   os.environ.setdefault("JAX_PLATFORMS", _platform)
 
-# The suite is compile-bound (a train step: ~5 s to trace, ~40 CPU-s for XLA to compile at
-# the default LLVM level, a few ms to run at 64x96). XLA's backend at level 0 (LLVM without
-# its optimisations) halves the compile of the same HLO program; no fast-math at either
-# level, and the tolerances already allow any summation order.
+# The suite is compile-bound: a train step at 64x96 takes far longer to trace and compile
+# than to run (figures in docs/testing.md). XLA's backend at level 0 (LLVM without its
+# optimisations) compiles the same HLO program much faster; no fast-math at either level,
+# and the tolerances already allow any summation order.
 # Subprocesses inherit it. HYDRAJAX_TEST_XLA_OPT=default keeps XLA's own level.
 if os.environ.get("HYDRAJAX_TEST_XLA_OPT", "0") != "default":
   os.environ["XLA_FLAGS"] = " ".join(
@@ -20,12 +20,12 @@ import chex  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# Before any JAX computation in the session (chex raises if the backend already exists).
+# Before any JAX computation in the test run (chex raises if the backend already exists).
 chex.set_n_cpu_devices(4)
 
 # Several tests compile the same program through different jit objects (and subprocesses run
 # the same programs): JAX's persistent cache, keyed by the program, compiles each once per
-# session. A fresh folder per session (removed at exit), so a run never reads another's;
+# test run. A fresh folder per run (removed at exit), so a run never reads another's;
 # under pytest-xdist the controller makes it and both workers inherit it.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import atexit  # noqa: E402

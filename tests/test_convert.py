@@ -20,7 +20,7 @@ from tests import legacy_py2
 from tests.torch_reference import (OfficialNet, densetorch_state_dict, randomize,
                                    torchvision_state_dict)
 
-# One torch thread: on a shared 2-core machine more threads only contend (10x slower here).
+# One torch thread: on a shared 2-core machine more threads only contend.
 torch.set_num_threads(1)
 PARITY_SIZE = (240, 320)
 BACKBONE_SIZE = (64, 96)

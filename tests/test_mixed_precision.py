@@ -112,8 +112,9 @@ def test_bfloat16_train_step_keeps_float32_state_and_matches_loss(runs):
   cosine = step16 @ step32 / (np.linalg.norm(step16) * np.linalg.norm(step32))
   # Measured 0.87 (the steps differ by 52% in L2): BatchNorm gradients on this batch's 2x3
   # maps at stride 32 cancel heavily, where even float32 differs from float64 by 10-30%
-  # (REFERENCE.md), and bf16 rounding is 2**16 times float32's. Not a derived bound: 0.5 only
-  # rejects a broken gradient path (an unrelated direction gives ~0 in 3M dimensions).
+  # (PyTorch's own float32 gradients do the same), and bf16 rounding is 2**16 times
+  # float32's. Not a derived bound: 0.5 only rejects a broken gradient path (an unrelated
+  # direction gives ~0 in 3M dimensions).
   assert cosine > 0.5
 
 

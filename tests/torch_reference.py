@@ -1,8 +1,8 @@
 """PyTorch reference of the official multi-task network (Nekrasov et al., ICRA 2019), for
 parity tests and benchmarks. Test-only: hydrajax itself never imports torch.
 
-Written from the published architecture (REFERENCE.md) so that `OfficialNet(...).state_dict()`
-has exactly the keys of the official checkpoints (`layer1.0.weight`,
+Written from the published architecture (docs/architecture.md) so that
+`OfficialNet(...).state_dict()` has exactly the keys of the official checkpoints (`layer1.0.weight`,
 `layer2.0.output.0.0.weight`, `crp1.0.1_outvar_dimred.weight`, `pre_segm.weight`, ...).
 `densetorch_state_dict` renames such a state dict to the layout of the authors' DenseTorch
 MTLWRefineNet training script (`module.0.layer1...`, `module.1.stem_convs.0...`); a model

@@ -4,7 +4,7 @@ hydrajax weights, without torch.
     python -m hydrajax.convert.official ExpNYUD_joint.ckpt nyud.npz
     python -m hydrajax.convert.official mobilenetv2-e6e8dd43.pth init.npz --num-classes 40
 
-Layouts, detected from the keys (REFERENCE.md, "Official checkpoint layouts"):
+Layouts, detected from the keys (all PyTorch state dicts; convs OIHW, Flax kernels HWIO):
 - "official": multi-task-refinenet's `layer1..8`, `conv3..8`, `crpK.0.{i}_outvar_dimred`,
   `conv_adaptK`, `pre_X`/`X` heads (2 or 3 tasks; classes from `segm.weight`);
 - "densetorch": DenseTorch MTLWRefineNet, `0.layer*` / `1.stem_convs.N`, `1.crp_blocks.N`,
@@ -38,7 +38,8 @@ LAYOUTS = ("official", "densetorch", "lwrefinenet", "torchvision")
 BACKBONE_LAYOUTS = ("lwrefinenet", "torchvision")
 _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _BLOCK_PARTS = ("expand", "depthwise", "project")
-# DenseTorch decoder module lists, in order, as official names (REFERENCE.md, verified order).
+# DenseTorch decoder module lists, in order, as official names (this order loads a DenseTorch
+# checkpoint 1:1 into the official model).
 _DT_STEM = ("conv8", "conv7", "conv6", "conv5", "conv4", "conv3")
 _DT_CRP = ("crp4", "crp3", "crp2", "crp1")
 _DT_ADAPT = ("conv_adapt4", "conv_adapt3", "conv_adapt2")

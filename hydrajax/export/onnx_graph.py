@@ -184,8 +184,8 @@ def build_model(variables: Mapping[str, Any], cfg: Mapping[str, Any], height: in
   size = (height, width) if full_resolution else feats[0][1]  # l3: stride 4
 
   # segm / normals change layout once, at 1/4 resolution, and are resized in NHWC, so the
-  # full-resolution logits exist once, as the output. (onnxruntime, 120x160x40 -> 480x640,
-  # 8 alternating runs on a loaded machine: 208 ms against 550 ms for NCHW resize + Transpose.)
+  # full-resolution logits exist once, as the output (in onnxruntime this is faster than an
+  # NCHW resize followed by a Transpose; figures in docs/performance.md).
   outs = {}
   for task in cfg["tasks"]:
     name = HEAD_NAMES[task]

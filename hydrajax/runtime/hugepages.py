@@ -1,10 +1,10 @@
 """Back XLA's per-step buffers with transparent huge pages (Linux, glibc >= 2.35).
 
-XLA:CPU allocates one temp buffer per executable run (815 MB for a 4x256x256 train step)
-and frees it afterwards; glibc serves it with a fresh mmap, so every step first-touches
-~200k 4 KiB pages: 0.4 s of kernel time per step on 2 cores. With the glibc tunable
-`glibc.malloc.hugetlb=1` malloc asks for transparent huge pages on its mmaps and the step
-takes ~900 faults instead (benchmarks/compare.py). glibc reads tunables only at process
+XLA:CPU allocates one large temp buffer per executable run and frees it afterwards; glibc
+serves it with a fresh mmap, so every step first-touches all of it in 4 KiB pages, a page
+fault each. With the glibc tunable `glibc.malloc.hugetlb=1` malloc asks for transparent huge
+pages on its mmaps and a step takes a few hundred faults instead of hundreds of thousands
+(figures in docs/cpu_backend.md). glibc reads tunables only at process
 start, so the command-line tools that run the network many times (train.py, evaluate.py,
 hydrajax-distill, hydrajax-predict for a video) relaunch themselves once with it set.
 HYDRAJAX_HUGEPAGES=0 turns this off.
