@@ -12,7 +12,13 @@ Per input `NAME.ext` it writes to the output directory:
 - `NAME_vis.png`: input | colour-coded segmentation | colour-mapped depth [| normals];
 - `NAME_segm.png`: class ids (uint8, or uint16 for > 256 classes), at the input size;
 - `NAME_depth.png`: depth in millimetres, 16-bit (values above 65.535 m saturate);
-- `NAME_normals.png` (3-task models): normals as RGB, (n + 1) / 2 * 255.
+- `NAME_normals.png` (3-task models): normals as RGB, (n + 1) / 2 * 255;
+- with `--points`, `NAME.ply`: the metric point cloud (binary PLY: x, y, z float32 metres,
+  the image's RGB, the class id `label` and its colour class_red/green/blue), from every
+  pixel (every k-th row and column above `--max-side`). The camera's intrinsics come from
+  `--intrinsics fx,fy,cx,cy` (pixels at the image's size), else `--fov DEG` (horizontal),
+  else the weights' stored intrinsics, else the dataset's camera (NYUDv2's Kinect for 40
+  classes, KITTI's P2 for 6), each rescaled to the image; the choice is printed.
 A missing or unreadable file is reported by name; the other images are still processed and
 the command exits with status 1 at the end.
 """
@@ -31,6 +37,7 @@ from tqdm import tqdm
 from hydrajax import api, weights
 from hydrajax.runtime import atomic
 from hydrajax.inference import full_res
+from hydrajax.inference import points as points_lib
 from hydrajax.runtime import hugepages
 from hydrajax.inference import video
 from hydrajax.inference import visualize
@@ -65,13 +72,14 @@ def _write_png(path: str, array: np.ndarray) -> None:
 def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLike],
                   out_dir: str | os.PathLike, *, palette: str = "auto",
                   max_depth: float | None = None, progress: bool = True,
-                  max_side: int = full_res.DEFAULT_MAX_SIDE) -> PredictReport:
+                  max_side: int = full_res.DEFAULT_MAX_SIDE,
+                  camera: CameraChoice | None = None) -> PredictReport:
   """Predict every image in `paths` and write its files into `out_dir` (created).
 
   Images may have any size (each new size compiles the network once); above `max_side`
   pixels on the long side the network sees a shrunk copy (0: never), see
-  `full_res.dense_predictions`. Failures do not stop the loop; they are collected in the
-  returned report by input path.
+  `full_res.dense_predictions`. With `camera`, a PLY point cloud per image too. Failures do
+  not stop the loop; they are collected in the returned report by input path.
   """
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
@@ -92,8 +100,66 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
       target = os.path.join(out_dir, f"{stem}_{suffix}.png")
       _write_png(target, array)
       written.append(target)
+    if camera is not None:
+      written.append(_write_points(os.path.join(out_dir, f"{stem}.ply"), image, outputs,
+                                   camera, colours, max_side))
     report.written[path] = written
   return report
+
+
+@dataclasses.dataclass
+class CameraChoice:
+  """How `--points` finds an image's intrinsics: the CLI's `--intrinsics` text or `--fov`
+  degrees (both for the image's own size), else `stored` (weights metadata) or `default`
+  (the dataset's camera), rescaled. Each distinct choice is printed once."""
+  intrinsics: str | None = None
+  fov: float | None = None
+  stored: points_lib.Intrinsics | None = None
+  default: points_lib.Intrinsics | None = None
+  printed: set = dataclasses.field(default_factory=set)
+
+  def for_image(self, height: int, width: int) -> points_lib.Intrinsics:
+    if self.intrinsics is not None:
+      k = points_lib.parse_intrinsics(self.intrinsics, height, width)
+    elif self.fov is not None:
+      k = points_lib.from_fov(self.fov, height, width)
+    else:
+      k = self.stored or self.default
+    if k.describe() not in self.printed:
+      self.printed.add(k.describe())
+      print(f"point clouds: intrinsics {k.describe()}")
+    return k
+
+
+def camera_choice(variables: Mapping[str, Any], intrinsics: str | None = None,
+                  fov: float | None = None, weights_path: str = "weights") -> CameraChoice:
+  """The `--points` camera for a model: explicit arguments first, then the intrinsics in
+  `variables["meta"]` (weights metadata), then the dataset default for its class count."""
+  # Checked before any image is processed.
+  if intrinsics is not None:
+    points_lib.parse_intrinsics(intrinsics, 1, 1)
+  if fov is not None:
+    points_lib.from_fov(fov, 1, 1)
+  stored = variables.get(api.META_KEY, {}).get("intrinsics")
+  stored = points_lib.from_mapping(stored, f"{weights_path} metadata") if stored else None
+  num_classes = api.model_config(variables)["num_classes"]
+  default = points_lib.DATASET_DEFAULTS.get(num_classes)
+  if intrinsics is None and fov is None and stored is None and default is None:
+    raise ValueError(f"--points needs the camera: give --intrinsics fx,fy,cx,cy or --fov DEG "
+                     f"({weights_path} stores no intrinsics and {num_classes} classes match "
+                     f"no dataset default)")
+  return CameraChoice(intrinsics, fov, stored, default)
+
+
+def _write_points(target: str, image: np.ndarray, outputs: Mapping[str, np.ndarray],
+                  camera: CameraChoice, colours: np.ndarray, max_side: int) -> str:
+  """Back-project one image's predicted depth and write `target` (.ply); returns it."""
+  height, width = image.shape[:2]
+  stride = max(1, -(-max(height, width) // max_side)) if max_side > 0 else 1
+  cloud = points_lib.points(outputs["depth"], camera.for_image(height, width), colors=image,
+                            labels=outputs.get("segm"), stride=stride)
+  points_lib.write_ply(target, cloud, colours if "segm" in outputs else None)
+  return target
 
 
 def _unique_stem(stem: str, used: set[str]) -> str:
@@ -124,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "long side; outputs are still at the input size (default "
                            f"{full_res.DEFAULT_MAX_SIDE}; 0 = the input's own size)")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  parser.add_argument("--points", action="store_true",
+                      help="also write NAME.ply: the metric point cloud (needs plyfile: "
+                           "pip install hydrajax[points])")
+  parser.add_argument("--intrinsics", default=None, metavar="FX,FY,CX,CY",
+                      help="camera intrinsics in pixels at the images' size, for --points")
+  parser.add_argument("--fov", type=float, default=None, metavar="DEG",
+                      help="horizontal field of view in degrees, for --points (used when "
+                           "--intrinsics is not given)")
   parser.add_argument("--video", default=None,
                       help="input video: write the visualisation video to --out (a .mp4 file)")
   video.add_video_args(parser)
@@ -150,9 +224,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
       raise ValueError(f"--out {args.out} is a file; give a directory for the predictions")
     variables = weights.load(args.weights)
+    camera = None
+    if args.points:
+      if "depth" not in api.model_config(variables)["tasks"]:
+        raise ValueError(f"--points needs depth: {args.weights} has no depth head")
+      camera = camera_choice(variables, args.intrinsics, args.fov, args.weights)
     report = predict_files(variables, args.images, args.out, palette=args.palette,
                            max_depth=args.max_depth, progress=not args.no_progress,
-                           max_side=args.max_side)
+                           max_side=args.max_side, camera=camera)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
