@@ -1,9 +1,9 @@
 """Latency of the exported models next to `hydrajax.apply` and the PyTorch reference, CPU.
 
     python benchmarks/export_latency.py [--weights W.npz] [--height 480 --width 640]
-        [--rounds 5] [--runs 10] [--threads 2] [--out benchmarks/export_latency.json]
-    python benchmarks/export_latency.py --height 64 --width 96 --rounds 1 --runs 2 \
-        --out /tmp/smoke.json                                   # smoke run, ~1 minute
+        [--rounds 5] [--runs 10] [--threads 2] [--out benchmarks/results/export_latency.json]
+    python benchmarks/export_latency.py --height 64 --width 96 --rounds 1 --runs 2 \\
+        --out /tmp/smoke.json      # smoke run
 
 Variants (batch 1, uint8 RGB in):
   onnxruntime_quarter  ONNX export, outputs at 1/4 resolution
@@ -176,7 +176,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--runs", type=int, default=10, help="timed calls per process")
   p.add_argument("--threads", type=int, default=2, help="onnxruntime / torch intra-op threads")
   p.add_argument("--variants", default=",".join(VARIANTS[:5]))
-  p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "export_latency.json"))
+  p.add_argument("--out",
+                 default=os.path.join(ROOT, "benchmarks", "results", "export_latency.json"))
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   p.add_argument("--artifact", default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
