@@ -85,3 +85,40 @@ def test_video_missing_weights_fails(tmp_path, capsys):
   assert rc == 2
   assert "weights file not found" in capsys.readouterr().err
   assert not (tmp_path / "o.mp4").exists()
+
+
+def test_frames_above_max_side_are_shrunk_before_the_network(weights_file, tmp_path, capsys):
+  synthetic_clip(str(tmp_path / "in.mp4"), frames=3)
+  out = tmp_path / "vis.mp4"
+  rc = video.main(["--weights", weights_file, str(tmp_path / "in.mp4"), "--out", str(out),
+                   "--max-side", str(W // 2), "--batch", "3", "--no-progress"])
+  assert rc == 0, capsys.readouterr().err
+  frames = np.stack(list(iio.imiter(out, plugin="FFMPEG")))
+  gap = 4
+  assert frames.shape == (3, H // 2, 3 * (W // 2) + 2 * gap, 3)
+
+
+def test_shrink_frames_keeps_small_frames_and_the_aspect():
+  small, wide = np.zeros((10, 20, 3), np.uint8), np.zeros((1080, 3840, 3), np.uint8)
+  out = list(video.shrink_frames([small, wide], 1280))
+  assert out[0] is small and out[1].shape == (360, 1280, 3)
+  assert list(video.shrink_frames([wide], 0))[0] is wide
+
+
+def test_out_of_memory_names_the_frame_size_and_writes_nothing(weights_file, tmp_path, capsys,
+                                                               monkeypatch):
+  import jax
+  synthetic_clip(str(tmp_path / "in.mp4"), frames=2)
+
+  def apply(variables, images):
+    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1.3GiB")
+
+  monkeypatch.setattr(video.api, "apply", apply)
+  out = tmp_path / "o.mp4"
+  rc = video.main(["--weights", weights_file, str(tmp_path / "in.mp4"), "--out", str(out),
+                   "--batch", "2", "--no-progress"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2
+  assert err == [f"error: {tmp_path / 'in.mp4'}: out of memory running the network on 2 "
+                 f"frame(s) of {W}x{H}; lower --max-side or --batch"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]

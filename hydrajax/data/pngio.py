@@ -1,16 +1,20 @@
-"""PNG reading and writing shared by the file-based sources, with errors that name the file.
+"""Image reading and PNG writing shared by the file-based sources and inference, with errors
+that name the file.
 
-Every reader raises `BadSampleError` (a ValueError) naming the path for a missing, truncated or
-wrongly shaped file, so a bad frame is found at once and `skip_bad` can recognise it.
+Every reader raises `BadSampleError` (a ValueError) naming the path for a missing, truncated,
+oversized or wrongly shaped file, so a bad frame is found at once and `skip_bad` can recognise
+it. `load_rgb` is the one function that turns any image file (PNG, JPEG, TIFF, ...; palette,
+CMYK, grey, 16-bit, EXIF-rotated) into the RGB uint8 array the network takes.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from hydrajax.runtime import atomic
 
@@ -27,28 +31,92 @@ def check_exist(paths: Iterable[str], what: str) -> None:
     raise FileNotFoundError(f"{len(missing)} file(s) named in {what} do not exist:\n  {shown}")
 
 
-def read_png(path: str) -> np.ndarray:
+# Width * height above which a file is refused before its pixels are decoded: ~11600 x 11600,
+# above a 108-megapixel phone photo (an RGB copy is 3 bytes a pixel, the outputs ~10).
+DEFAULT_MAX_PIXELS = 2 ** 27
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _open(path: str, max_pixels: int) -> Image.Image:
+  """Image.open with the size checked from the header, before any pixel is decoded."""
+  if max_pixels < 1:
+    raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+  if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+    # PIL refuses at twice its own limit before we see the size; an explicitly larger
+    # limit raises PIL's (every reader here checks `max_pixels` itself).
+    Image.MAX_IMAGE_PIXELS = max_pixels
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit is below
+      im = Image.open(path)
+  except Image.DecompressionBombError as e:
+    raise BadSampleError(f"{path}: too many pixels to read ({e})") from e
+  w, h = im.size
+  if w * h > max_pixels:
+    im.close()
+    raise BadSampleError(f"{path}: {w}x{h} = {w * h} pixels, above the limit of {max_pixels} "
+                         "(raise max_pixels / --max-pixels to read it)")
+  return im
+
+
+def read_png(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
   """Decodes an image file to a numpy array (mode as stored: RGB, L, I;16, ...)."""
   try:
-    with Image.open(path) as im:
+    with _open(path, max_pixels) as im:
       im.load()
       if im.mode == "I;16B":
         return np.asarray(im).astype(np.uint16)
       return np.asarray(im)
   except FileNotFoundError as e:
     raise BadSampleError(f"missing file {path}") from e
+  except BadSampleError:
+    raise
   except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt data
     raise BadSampleError(f"cannot decode {path}: {e}") from e
 
 
+def to_rgb(image: Image.Image) -> np.ndarray:
+  """A decoded PIL image of any mode -> (H, W, 3) RGB uint8. 16-bit grey ("I;16", "I") is
+  scaled (65535 -> 255, not wrapped); palette, CMYK, grey and alpha modes go through PIL's
+  own conversion (alpha dropped)."""
+  if image.mode in _SIXTEEN_BIT:
+    a = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+    grey = ((a * 255 + 32767) // 65535).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if image.mode == "F":
+    raise ValueError("a 32-bit float image has no fixed range; save it as 8- or 16-bit")
+  if image.mode in ("P", "PA"):  # the palette may carry transparency
+    image = image.convert("RGBA")
+  return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+
+
+def load_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+  """Read any image file as (H, W, 3) RGB uint8, its EXIF orientation applied (phone photos
+  upright). Raises BadSampleError naming the file: missing, a directory, not an image,
+  truncated or corrupt, or above `max_pixels` (checked from the header)."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    raise BadSampleError(f"{path}: a directory, not an image file")
+  if not os.path.isfile(path):
+    raise BadSampleError(f"{path}: no such file")
+  try:
+    with _open(path, max_pixels) as im:
+      im.load()
+      return to_rgb(ImageOps.exif_transpose(im))
+  except BadSampleError:
+    raise
+  except MemoryError as e:
+    raise BadSampleError(f"{path}: out of memory decoding it") from e
+  except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+    raise BadSampleError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
 def read_rgb(path: str) -> np.ndarray:
-  """RGB image as uint8 (H, W, 3); grey or RGBA files are converted."""
-  a = read_png(path)
-  if a.ndim == 2:
-    a = np.repeat(a[..., None], 3, axis=-1)
-  if a.ndim != 3 or a.shape[-1] < 3:
-    raise BadSampleError(f"{path}: expected an RGB image, got shape {a.shape}")
-  return np.ascontiguousarray(a[..., :3].astype(np.uint8))
+  """RGB image as uint8 (H, W, 3), converted from any mode as `load_rgb` does."""
+  if not os.path.isfile(path):
+    raise BadSampleError(f"missing file {path}")
+  return load_rgb(path)
 
 
 def read_label(path: str, shape: Sequence[int]) -> np.ndarray:

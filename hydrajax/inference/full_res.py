@@ -29,6 +29,16 @@ DEFAULT_MAX_SIDE = 1280  # pixels on the long side the network sees; 0 = the inp
 DEFAULT_BLOCK_ROWS = 256  # output rows per upsampling step
 
 
+class OutOfMemory(RuntimeError):
+  """The network ran out of memory; the message names the input size that caused it."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+  """True for Python's MemoryError and XLA's RESOURCE_EXHAUSTED (a buffer it cannot allocate)."""
+  return isinstance(error, MemoryError) or (
+      isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error))
+
+
 def working_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
   """(H, W) -> the (h, w) the network runs at: unchanged if max(H, W) <= max_side or
   max_side <= 0, else scaled so the long side is max_side (aspect kept, short side >= 1)."""

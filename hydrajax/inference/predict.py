@@ -19,8 +19,11 @@ Per input `NAME.ext` it writes to the output directory:
   `--intrinsics fx,fy,cx,cy` (pixels at the image's size), else `--fov DEG` (horizontal),
   else the weights' stored intrinsics, else the dataset's camera (NYUDv2's Kinect for 40
   classes, KITTI's P2 for 6), each rescaled to the image; the choice is printed.
-A missing or unreadable file is reported by name; the other images are still processed and
-the command exits with status 1 at the end.
+Images are read by `hydrajax.data.pngio.load_rgb`: any mode (palette, CMYK, grey, 16-bit) as
+RGB, EXIF orientation applied, and files above `--max-pixels` (width x height, read from the
+header) refused before decoding. A missing, unreadable, oversized file, or one the network runs
+out of memory on (named with its size), is reported by name; the other images are still
+processed and the command exits with status 1 at the end.
 """
 from __future__ import annotations
 
@@ -31,10 +34,11 @@ import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from hydrajax import api, weights
+from hydrajax.data import pngio
 from hydrajax.runtime import atomic
 from hydrajax.inference import full_res
 from hydrajax.inference import points as points_lib
@@ -49,18 +53,11 @@ class PredictReport:
   failed: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-  """Read a PNG/JPEG/... file as (H, W, 3) RGB uint8; errors name the file."""
-  path = os.fspath(path)
-  if os.path.isdir(path):
-    raise ValueError(f"{path}: a directory, not an image file")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: no such file")
-  try:
-    with Image.open(path) as img:
-      return np.asarray(img.convert("RGB"))
-  except (UnidentifiedImageError, OSError) as e:
-    raise ValueError(f"{path}: not a readable image ({e})") from e
+def load_image(path: str | os.PathLike, *,
+               max_pixels: int = pngio.DEFAULT_MAX_PIXELS) -> np.ndarray:
+  """Read an image file as (H, W, 3) RGB uint8 (`pngio.load_rgb`); errors (ValueError) name
+  the file."""
+  return pngio.load_rgb(path, max_pixels=max_pixels)
 
 
 def _write_png(path: str, array: np.ndarray) -> None:
@@ -73,13 +70,15 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
                   out_dir: str | os.PathLike, *, palette: str = "auto",
                   max_depth: float | None = None, progress: bool = True,
                   max_side: int = full_res.DEFAULT_MAX_SIDE,
-                  camera: CameraChoice | None = None) -> PredictReport:
+                  camera: CameraChoice | None = None,
+                  max_pixels: int = pngio.DEFAULT_MAX_PIXELS) -> PredictReport:
   """Predict every image in `paths` and write its files into `out_dir` (created).
 
   Images may have any size (each new size compiles the network once); above `max_side`
   pixels on the long side the network sees a shrunk copy (0: never), see
-  `full_res.dense_predictions`. With `camera`, a PLY point cloud per image too. Failures do
-  not stop the loop; they are collected in the returned report by input path.
+  `full_res.dense_predictions`. Files above `max_pixels` (width x height) are refused unread.
+  With `camera`, a PLY point cloud per image too. Failures (unreadable files, out of memory)
+  do not stop the loop; they are collected in the returned report by input path.
   """
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
@@ -89,11 +88,20 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
   paths = [os.fspath(p) for p in paths]
   for path in tqdm(paths, desc="predict", unit="image", disable=not progress):
     try:
-      image = load_image(path)
-    except (OSError, ValueError) as e:
+      image = load_image(path, max_pixels=max_pixels)
+    except ValueError as e:
       report.failed[path] = str(e)
       continue
-    outputs = full_res.dense_predictions(variables, image, max_side=max_side)
+    try:
+      outputs = full_res.dense_predictions(variables, image, max_side=max_side)
+    except Exception as e:  # noqa: BLE001 - only out-of-memory is caught, the rest re-raised
+      if not full_res.is_out_of_memory(e):
+        raise
+      h, w = image.shape[:2]
+      sh, sw = full_res.working_size((h, w), max_side)
+      report.failed[path] = (f"{path}: out of memory for a {w}x{h} image (network input "
+                             f"{sw}x{sh}); lower --max-side")
+      continue
     stem = _unique_stem(os.path.splitext(os.path.basename(path))[0], used_stems)
     written = []
     for suffix, array in visualize.render(image, outputs, colours, clip).items():
@@ -189,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run the network on a copy of at most this many pixels on the "
                            "long side; outputs are still at the input size (default "
                            f"{full_res.DEFAULT_MAX_SIDE}; 0 = the input's own size)")
+  parser.add_argument("--max-pixels", type=int, default=pngio.DEFAULT_MAX_PIXELS,
+                      help="refuse image files with more pixels (width x height) than this, "
+                           f"before decoding them (default {pngio.DEFAULT_MAX_PIXELS})")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   parser.add_argument("--points", action="store_true",
                       help="also write NAME.ply: the metric point cloud (needs plyfile: "
@@ -212,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 2
     return video.run(args.weights, args.video, args.out, batch_size=args.batch,
                      palette=args.palette, max_depth=args.max_depth,
-                     max_frames=args.max_frames, progress=not args.no_progress)
+                     max_frames=args.max_frames, progress=not args.no_progress,
+                     max_side=args.max_side)
   if not args.images:
     print("error: no input images given", file=sys.stderr)
     return 2
@@ -221,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError(f"--max-depth must be a positive number of metres, got {args.max_depth}")
     if args.max_side < 0:
       raise ValueError(f"--max-side must be >= 0 pixels (0 = no limit), got {args.max_side}")
+    if args.max_pixels < 1:
+      raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
       raise ValueError(f"--out {args.out} is a file; give a directory for the predictions")
     variables = weights.load(args.weights)
@@ -231,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       camera = camera_choice(variables, args.intrinsics, args.fov, args.weights)
     report = predict_files(variables, args.images, args.out, palette=args.palette,
                            max_depth=args.max_depth, progress=not args.no_progress,
-                           max_side=args.max_side, camera=camera)
+                           max_side=args.max_side, camera=camera,
+                           max_pixels=args.max_pixels)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

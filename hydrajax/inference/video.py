@@ -8,6 +8,10 @@ grouped into batches of `batch_size` (the last batch is padded by repeating its 
 so one compiled shape serves the whole video), run through `hydrajax.apply`, rendered as
 input | segmentation | depth [| normals] (`visualize.render`), and encoded as H.264 at the
 input's frame rate. The output is written to a temp file beside OUT and renamed at the end.
+Frames above `--max-side` pixels on the long side (default 1280, as for photos) are shrunk
+before the network (PIL bilinear, aspect kept) and the video is rendered at that size: a 4K
+frame's full-size logits would be ~1.3 GB at 40 classes. Running out of memory stops with one
+line naming the frame size and batch.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from tqdm import tqdm
 
 from hydrajax import api
 from hydrajax.runtime import atomic
+from hydrajax.inference import full_res
 from hydrajax.inference import visualize
 
 DEFAULT_BATCH = 4
@@ -72,22 +77,40 @@ def batches(frames: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarra
     yield np.stack(buffer)
 
 
+def shrink_frames(frames: Iterable[np.ndarray], max_side: int) -> Iterator[np.ndarray]:
+  """Frames whose long side exceeds `max_side` pixels shrunk to it (`full_res.working_size`,
+  PIL bilinear), the others unchanged; max_side <= 0 leaves all unchanged."""
+  for frame in frames:
+    frame = np.asarray(frame)
+    yield full_res.resize_image(frame, full_res.working_size(frame.shape[:2], max_side))
+
+
 def predict_stream(variables: Mapping[str, Any], frames: Iterable[np.ndarray], *,
                    batch_size: int = DEFAULT_BATCH,
-                   timing: list[tuple[int, float]] | None = None
+                   timing: list[tuple[int, float]] | None = None, max_side: int = 0
                    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
   """Yield (frame, outputs) per frame of any iterable (a video reader, a camera loop).
 
   outputs are `hydrajax.apply`'s at the frame's resolution: "segm" logits (H, W, C),
-  "depth" (H, W) metres[, "normals"]. Batches are padded to `batch_size` so the network
-  compiles once; `timing`, if given, receives (frames, seconds in the model) per batch.
+  "depth" (H, W) metres[, "normals"]. Frames above `max_side` are shrunk first and yielded
+  shrunk (0: never). Batches are padded to `batch_size` so the network compiles once;
+  `timing`, if given, receives (frames, seconds in the model) per batch. Out of memory in
+  the network raises full_res.OutOfMemory naming the frame size and batch.
   """
-  for batch in batches(frames, batch_size):
+  for batch in batches(shrink_frames(frames, max_side), batch_size):
     n = len(batch)
     padded = batch if n == batch_size else np.concatenate(
         [batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
     start = time.perf_counter()
-    out = jax.block_until_ready(api.apply(variables, padded))
+    try:
+      out = jax.block_until_ready(api.apply(variables, padded))
+    except Exception as e:  # noqa: BLE001 - only out-of-memory is caught, the rest re-raised
+      if not full_res.is_out_of_memory(e):
+        raise
+      h, w = batch.shape[1:3]
+      raise full_res.OutOfMemory(
+          f"out of memory running the network on {batch_size} frame(s) of {w}x{h}; lower "
+          "--max-side or --batch") from e
     if timing is not None:
       timing.append((n, time.perf_counter() - start))
     out = {k: np.asarray(v[:n]) for k, v in out.items()}
@@ -104,10 +127,13 @@ def _even(image: np.ndarray, background: int = 255) -> np.ndarray:
 def process_video(variables: Mapping[str, Any], src: str | os.PathLike, dst: str | os.PathLike,
                   *, batch_size: int = DEFAULT_BATCH, palette: str = "auto",
                   max_depth: float | None = None, max_frames: int | None = None,
-                  progress: bool = True) -> VideoReport:
+                  progress: bool = True,
+                  max_side: int = full_res.DEFAULT_MAX_SIDE) -> VideoReport:
   """Read video `src`, write the side-by-side visualisation of every frame to `dst` (.mp4).
 
-  Returns frame count and timings. `dst` appears only when all frames were written.
+  Frames above `max_side` pixels on the long side are shrunk first (0: never). Returns frame
+  count and timings. `dst` appears only when all frames were written; out of memory raises
+  ValueError naming `src`, the frame size and the batch.
   """
   import imageio.v2 as imageio_v2
   import imageio.v3 as iio
@@ -135,12 +161,15 @@ def process_video(variables: Mapping[str, Any], src: str | os.PathLike, dst: str
     writer = imageio_v2.get_writer(tmp, format="FFMPEG", fps=fps_in, codec="libx264",
                                    macro_block_size=2)
     with writer, tqdm(total=total, desc="video", unit="frame", disable=not progress) as bar:
-      for frame, outputs in predict_stream(variables, frames, batch_size=batch_size,
-                                           timing=timing):
-        writer.append_data(_even(visualize.render(frame, outputs, colours, clip)["vis"]))
-        count += 1
-        bar.update(1)
-        bar.set_postfix(fps=f"{count / (time.perf_counter() - start):.1f}")
+      try:
+        for frame, outputs in predict_stream(variables, frames, batch_size=batch_size,
+                                             timing=timing, max_side=max_side):
+          writer.append_data(_even(visualize.render(frame, outputs, colours, clip)["vis"]))
+          count += 1
+          bar.update(1)
+          bar.set_postfix(fps=f"{count / (time.perf_counter() - start):.1f}")
+      except full_res.OutOfMemory as e:
+        raise ValueError(f"{src}: {e}") from e
     if count == 0:
       raise ValueError(f"{src}: no frames decoded")
   steady = timing[1:] or timing
@@ -157,15 +186,18 @@ def add_video_args(parser: argparse.ArgumentParser) -> None:
 
 def run(variables_path: str, src: str, dst: str, *, batch_size: int = DEFAULT_BATCH,
         palette: str = "auto", max_depth: float | None = None, max_frames: int | None = None,
-        progress: bool = True) -> int:
+        progress: bool = True, max_side: int = full_res.DEFAULT_MAX_SIDE) -> int:
   """CLI body: load weights, process, print frames and fps; errors -> message, exit 2."""
   from hydrajax import weights
   try:
     if batch_size < 1:
       raise ValueError(f"--batch must be >= 1, got {batch_size}")
+    if max_side < 0:
+      raise ValueError(f"--max-side must be >= 0 pixels (0 = no limit), got {max_side}")
     variables = weights.load(variables_path)
     report = process_video(variables, src, dst, batch_size=batch_size, palette=palette,
-                           max_depth=max_depth, max_frames=max_frames, progress=progress)
+                           max_depth=max_depth, max_frames=max_frames, progress=progress,
+                           max_side=max_side)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -182,12 +214,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--out", required=True, help="output video file (.mp4)")
   parser.add_argument("--palette", default="auto", choices=("auto", "nyud", "kitti", "generic"))
   parser.add_argument("--max-depth", type=float, default=None, help="depth colour clip, metres")
+  parser.add_argument("--max-side", type=int, default=full_res.DEFAULT_MAX_SIDE,
+                      help="shrink frames whose long side is larger to this many pixels "
+                           f"(default {full_res.DEFAULT_MAX_SIDE}; 0 = never)")
   parser.add_argument("--no-progress", action="store_true")
   add_video_args(parser)
   args = parser.parse_args(argv)
   return run(args.weights, args.video, args.out, batch_size=args.batch, palette=args.palette,
              max_depth=args.max_depth, max_frames=args.max_frames,
-             progress=not args.no_progress)
+             progress=not args.no_progress, max_side=args.max_side)
 
 
 if __name__ == "__main__":
