@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- data ---------------------------------------------------------------------------
   c.dataset = "synthetic"        # "synthetic" | "nyud" | "nyud_raw" | "kitti" |
-                                 # "kitti_semantics" (see hydrajax/data/sources.py)
+                                 # "kitti_semantics" | "folder" (hydrajax/data/registry.py)
   c.data_dir = ""                # dataset root (unused by "synthetic")
   c.teacher_dir = ""             # labels written by `python -m hydrajax.train.distill` ("" = none)
   c.crop_size = (96, 128)        # training crop (H, W); smaller scaled images are padded

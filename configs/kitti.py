@@ -11,6 +11,7 @@ Training mixes the KITTI-6 images (segmentation only) with KITTI depth frames (d
 import ml_collections
 
 from configs import default
+from hydrajax.data import registry
 
 
 def get_config(arg: str | None = None):
@@ -33,8 +34,8 @@ def get_config(arg: str | None = None):
   c.checkpoint_every_steps = 1000
   c.num_workers = 2
   c.eval.batch_size = 2
-  c.eval.max_depth = 80.0
-  c.eval.crop = "garg"
+  c.eval.max_depth = registry.DATASETS["kitti"].max_depth  # the protocol's cap, metres
+  c.eval.crop = registry.DATASETS["kitti"].eval_crop
   if arg == "runlocal":
     default.shrink(c)
   return c

@@ -13,6 +13,7 @@ with Light-Weight RefineNet's random scale 0.5-2.0.
 `--config configs/nyud.py:runlocal` shrinks it to a few steps.
 """
 from configs import default
+from hydrajax.data import registry
 
 
 def get_config(arg: str | None = None):
@@ -28,8 +29,8 @@ def get_config(arg: str | None = None):
   c.log_every_steps = 50
   c.num_workers = 2
   c.eval.batch_size = 4
-  c.eval.max_depth = 10.0
-  c.eval.crop = "none"
+  c.eval.max_depth = registry.DATASETS["nyud"].max_depth  # the protocol's cap, metres
+  c.eval.crop = registry.DATASETS["nyud"].eval_crop
   if arg == "runlocal":
     default.shrink(c)
   return c

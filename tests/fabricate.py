@@ -55,3 +55,17 @@ def kitti_semantics(root, h=64, w=96):
     lines.append(f"training/image_2/{i:06d}_10.png\ttraining/semantic/{i:06d}_10.png")
   for split in ("train", "val"):
     (root / f"semantics_{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def folder(root, n=4, h=64, w=96, classes=("floor", "wall", "chair")):
+  """A folder dataset (hydrajax/data/folder.py): classes.txt, train/ frames with both labels,
+  one with segm only and one with depth only (millimetre PNGs), no val/ (a seeded split)."""
+  rng = np.random.default_rng(3)
+  (root / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+  for i in range(n):
+    png(f"{root}/train/images/f{i}.png", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    if i != n - 1:
+      png(f"{root}/train/segm/f{i}.png",
+          rng.choice([0, 1, len(classes) - 1, 255], (h, w)).astype(np.uint8))
+    if i != n - 2:
+      png(f"{root}/train/depth/f{i}.png", rng.integers(0, 9000, (h, w)).astype(np.uint16))

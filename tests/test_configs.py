@@ -17,7 +17,7 @@ from tests import fabricate
 CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.dirname(default.__file__))
                  if f.endswith(".py") and f != "__init__.py")
 FABRICATE = {"nyud": fabricate.nyud, "nyud_raw": fabricate.nyud, "kitti": fabricate.kitti,
-             "kitti_semantics": fabricate.kitti_semantics}
+             "kitti_semantics": fabricate.kitti_semantics, "folder": fabricate.folder}
 
 
 def _config(name, tmp_path):

@@ -45,6 +45,39 @@ class Mixture:
     return any(getattr(s, "has_normals", False) for s in self.sources)
 
 
+class Concat:
+  """Several sources one after the other (an evaluation set made of parts)."""
+
+  def __init__(self, parts: Sequence[Any]):
+    self.parts = list(parts)
+    self.has_normals = all(getattr(p, "has_normals", False) for p in self.parts)
+
+  def __len__(self) -> int:
+    return sum(len(p) for p in self.parts)
+
+  def _locate(self, index: int) -> tuple[Any, int]:
+    if not 0 <= index < len(self):
+      raise IndexError(index)
+    for p in self.parts:
+      if index < len(p):
+        return p, index
+      index -= len(p)
+    raise IndexError(index)
+
+  def __getitem__(self, index: int) -> dict:
+    part, i = self._locate(index)
+    return part[i]
+
+  def key(self, index: int) -> str:
+    part, i = self._locate(index)
+    return part.key(i)
+
+  def files(self, index: int) -> list[str]:
+    part, i = self._locate(index)
+    files = getattr(part, "files", None)
+    return list(files(i)) if files is not None else []
+
+
 class SkipBad:
   """Wraps a source so a sample that fails to load becomes None (filtered out later).
 

@@ -11,28 +11,17 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from hydrajax.data.kitti import KITTI6_PALETTE
+from hydrajax.data import registry
+from hydrajax.data.kitti import KITTI6_PALETTE  # noqa: F401 (public here too)
+from hydrajax.data.palettes import NYUD_PALETTE, generic_palette, voc_colormap  # noqa: F401
 
-
-def voc_colormap(n: int = 256) -> np.ndarray:
-  """(n, 3) uint8 PASCAL-VOC bit-interleaved colour map (row i = colour of id i)."""
-  cmap = np.zeros((n, 3), np.uint8)
-  for i in range(n):
-    c, r, g, b = i, 0, 0, 0
-    for j in range(8):
-      r |= ((c >> 0) & 1) << (7 - j)
-      g |= ((c >> 1) & 1) << (7 - j)
-      b |= ((c >> 2) & 1) << (7 - j)
-      c >>= 3
-    cmap[i] = (r, g, b)
-  return cmap
-
-
-# The authors' NYUD notebook colours label l with CMAP[l + 1] of the VOC map (255 wraps to
-# black), so class i's colour is row i + 1: identical to the published cmap_nyud.npy.
-NYUD_PALETTE = voc_colormap(41)[1:]
-PALETTES = {"nyud": NYUD_PALETTE, "kitti": KITTI6_PALETTE[:6]}
-DEFAULT_MAX_DEPTH = {"nyud": 8.0, "kitti": 80.0, "generic": 10.0}  # metres, display clip
+# Palettes and depth colour clips (metres) by name: the datasets' own (hydrajax.data.registry)
+# plus "generic".
+PALETTES = registry.palettes()
+DEFAULT_MAX_DEPTH = {**{n: registry.DATASETS[n].display_max_depth for n in PALETTES},
+                     "generic": 10.0}
+# Class count -> palette name for models that do not name their dataset ("auto").
+_AUTO = {len(p): n for n, p in reversed(PALETTES.items())}
 
 # Plasma-like colour map: matplotlib's `plasma` sampled at 0, 1/8, ..., 1, interpolated
 # linearly in RGB (dark blue-violet for near, yellow for far).
@@ -42,16 +31,11 @@ _PLASMA_ANCHORS = np.array([
 _PLASMA_CHUNK = 1 << 18  # values per step of colormap_plasma (its float64 temporaries)
 
 
-def generic_palette(num_classes: int) -> np.ndarray:
-  """(num_classes, 3) uint8 distinct colours (VOC map without black) for other datasets."""
-  return voc_colormap(num_classes + 1)[1:]
-
-
 def palette_for(num_classes: int, name: str = "auto") -> np.ndarray:
-  """The palette for a model: 'nyud' (40 classes), 'kitti' (6), 'generic', or 'auto'
-  (chosen from num_classes)."""
+  """The palette for a model: a name of PALETTES ('nyud' 40 classes, 'kitti' 6), 'generic',
+  or 'auto' (chosen from num_classes)."""
   if name == "auto":
-    name = {40: "nyud", 6: "kitti"}.get(num_classes, "generic")
+    name = _AUTO.get(num_classes, "generic")
   if name == "generic":
     return generic_palette(num_classes)
   if name not in PALETTES:
@@ -142,7 +126,7 @@ def display_settings(num_classes: int, palette: str = "auto",
   """(palette array, depth clip in metres) for a model with `num_classes` (0: depth only):
   NYUD colours and 8 m for 40 classes, KITTI colours and 80 m for 6, a generic palette and
   10 m otherwise, unless overridden."""
-  name = palette if palette != "auto" else {40: "nyud", 6: "kitti"}.get(num_classes, "generic")
+  name = palette if palette != "auto" else _AUTO.get(num_classes, "generic")
   colours = palette_for(max(num_classes, 1), name)
   return colours, float(max_depth if max_depth is not None else DEFAULT_MAX_DEPTH[name])
 

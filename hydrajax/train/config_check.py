@@ -21,19 +21,10 @@ from typing import Any, Iterator, Sequence
 
 import ml_collections
 
-from hydrajax.data.kitti import CITYSCAPES_CLASSES, KITTI6_CLASSES
-from hydrajax.data.nyud import NYUD_NUM_CLASSES
-from hydrajax.data.synthetic import SYNTHETIC_CLASSES
+from hydrajax.data import registry
 from hydrajax.evaluate.metrics import CROPS
 from hydrajax.models import TASKS
 
-# The classes of each dataset of hydrajax.data.sources (KITTI: the KITTI-6 labels).
-DATASET_CLASSES = {"synthetic": len(SYNTHETIC_CLASSES), "nyud": NYUD_NUM_CLASSES,
-                   "nyud_raw": NYUD_NUM_CLASSES, "kitti": len(KITTI6_CLASSES),
-                   "kitti_semantics": len(CITYSCAPES_CLASSES)}
-# NYUD: if its lists have normals; nyud_raw's TFDS frames have none.
-DATASET_NORMALS = {"synthetic": True, "nyud_raw": False, "kitti": False,
-                   "kitti_semantics": False}
 SCHEDULES = ("poly", "step", "constant")  # hydrajax.train.loop.learning_rate_fn
 # What evaluation reports per task, and which direction is better.
 METRICS_MAX = {"segm": ("miou", "pixel_acc", "mean_acc"), "depth": ("delta1", "delta2", "delta3")}
@@ -141,9 +132,10 @@ def _size_pair(c: _Checker, name: str) -> None:
 
 
 def _check_data(c: _Checker, purpose: str) -> None:
-  dataset = c.choice("dataset", tuple(DATASET_CLASSES))
+  dataset = c.choice("dataset", tuple(registry.DATASETS))
   data_dir = c.text("data_dir")
-  if dataset in ("nyud", "nyud_raw", "kitti", "kitti_semantics") and data_dir is not _MISSING:
+  if (dataset is not _MISSING and registry.DATASETS[dataset].needs_data_dir
+      and data_dir is not _MISSING):
     if not data_dir:
       c.fail("data_dir", data_dir, f"the {dataset} directory (--config.data_dir=PATH)")
     elif not os.path.isdir(data_dir):
@@ -177,6 +169,8 @@ def _check_data(c: _Checker, purpose: str) -> None:
   if dataset == "kitti_semantics":
     for field in ("semantics_train", "semantics_val"):
       c.text(f"kitti.{field}")
+  if dataset == "folder":
+    _check_folder(c, data_dir)
   if dataset == "kitti":
     for field in ("segm_train", "segm_val", "depth_train", "depth_val"):
       c.text(f"kitti.{field}")
@@ -184,6 +178,38 @@ def _check_data(c: _Checker, purpose: str) -> None:
     if all(w is not _MISSING for w in weights) and sum(weights) <= 0:
       c.fail("kitti.segm_weight", weights[0], "a positive weight for at least one of "
              "kitti.segm_weight, kitti.depth_weight")
+
+
+def _check_folder(c: _Checker, data_dir: Any) -> None:
+  """The folder dataset's fields, its classes file (the class count when num_classes is 0)
+  and intrinsics.json: what can be read without scanning the images."""
+  from hydrajax.data import folder
+
+  c.number("folder.depth_scale", low=0, low_open=True)
+  c.number("folder.val_fraction", low=0, high=1, high_open=True)
+  c.number("folder.split_seed", low=0, integer=True)
+  c.flag("folder.skip_bad")
+  if data_dir is _MISSING or not data_dir or not os.path.isdir(data_dir):
+    return
+  try:
+    info = folder.read_classes(data_dir)
+    folder.read_intrinsics(data_dir)
+  except ValueError as e:
+    c.problems.append(str(e))
+    return
+  if info is not None and c.get("num_classes") == 0:
+    c.fixed["num_classes"] = len(info.names)
+
+
+def _dataset_classes(c: _Checker, dataset: Any) -> int:
+  """How many classes the dataset's labels use (0: unknown or none)."""
+  if dataset is _MISSING or dataset not in registry.DATASETS:
+    return 0
+  try:
+    names = registry.class_names(c.config)
+  except ValueError:  # a bad classes file: reported by _check_folder
+    return 0
+  return len(names) if names else 0
 
 
 def _check_model(c: _Checker, purpose: str) -> tuple:
@@ -202,18 +228,20 @@ def _check_model(c: _Checker, purpose: str) -> tuple:
       c.fixed["tasks"] = tasks
   else:
     tasks = ()
-  num_classes = c.get("num_classes")
+  num_classes = c.fixed.get("num_classes", c.get("num_classes"))
   dataset = c.get("dataset")
+  known = _dataset_classes(c, dataset)
   if num_classes is not _MISSING:
     if not _is_int(num_classes) or num_classes < ("segm" in tasks):
       c.fail("num_classes", num_classes, "an int >= 1 (segmentation classes)" if "segm" in tasks
              else "an int >= 0")
-    elif "segm" in tasks and DATASET_CLASSES.get(dataset, 0) > num_classes:
+    elif "segm" in tasks and known > num_classes:
       # Fewer classes than the labels use would silently ignore the others. More loses
       # nothing (every label is learnt and scored; e.g. keeping a 40-class head).
-      c.fail("num_classes", num_classes, f"at least {DATASET_CLASSES[dataset]}, the classes "
+      c.fail("num_classes", num_classes, f"at least {known}, the classes "
              f"of dataset {dataset!r} (labels >= num_classes would be ignored)")
-  if "normals" in tasks and DATASET_NORMALS.get(dataset, True) is False:
+  if ("normals" in tasks and dataset in registry.DATASETS
+      and registry.DATASETS[dataset].has_normals is False):
     c.fail("tasks", c.get("tasks"), f"tasks the dataset {dataset!r} has labels for: it has "
            f"no surface normals")
   c.flag("align_corners")
