@@ -69,6 +69,26 @@ BAD_FIELDS = [
     ({"init_from": "/no/such/weights.npz"}, "config.init_from='/no/such/weights.npz'"),
     ({"tasks": ("segm", "depth", "normals"), "dataset": "kitti", "num_classes": 6,
       "data_dir": ROOT}, "it has no surface normals"),
+    # Schedules the run cannot follow, and fields that would be silently ignored.
+    ({"schedule": "step", "step_boundaries": (0.5, 0.5)},
+     "config.step_boundaries=(0.5, 0.5): expected strictly increasing fractions"),
+    ({"grad_accum_steps": 5}, "config.grad_accum_steps=5: expected at most num_train_steps=4"),
+    ({"warmup_steps": 4}, "config.warmup_steps=4: expected fewer than the run's 4 updates"),
+    ({"grad_accum_steps": 2, "warmup_steps": 2},
+     "config.warmup_steps=2: expected fewer than the run's 2 updates"),
+    ({"prefetch_to_device": -1}, "config.prefetch_to_device=-1: expected an int >= 0"),
+    ({"loss_weights.segm": 0.0}, "config.best_metric='miou': expected a metric of a trained "
+                                 "task: loss_weights.segm is 0"),
+    ({"coordinator_address": "10.0.0.1"}, "config.coordinator_address='10.0.0.1': expected "
+                                          "'host:port'"),
+    ({"coordinator_address": "10.0.0.1:1234"}, "config.coordinator_address='10.0.0.1:1234': "
+                                               "expected '' without distributed=True"),
+    ({"num_processes": 2}, "config.num_processes=2: expected 0 without distributed=True"),
+    ({"num_processes": -1}, "config.num_processes=-1: expected an int >= 0"),
+    ({"distributed": True, "num_processes": 2, "process_id": 2},
+     "config.process_id=2: expected -1 (auto-detect) or 0..1"),
+    ({"initialization_timeout": 0}, "config.initialization_timeout=0: expected an int >= 1"),
+    ({"heartbeat_timeout": 2.5}, "config.heartbeat_timeout=2.5: expected an int >= 1"),
 ]
 
 

@@ -5,8 +5,10 @@ becomes a square, tasks in canonical order) or raises one `ConfigError` listing 
 problem, each naming the field, the value and what is expected. Checked: types, ranges
 (positive sizes, rates >= 0, fractions in (0, 1]), known names (dataset, tasks, schedule,
 eval crop, best metric and mode), and combinations: batch divisible by the devices,
-`best_metric` one that evaluation reports for the tasks, `num_classes` covering the
-dataset's classes where the dataset knows them, paths that must exist.
+`best_metric` one that evaluation reports for a task that is trained (loss weight > 0),
+`num_classes` covering the dataset's classes where the dataset knows them, paths that must
+exist, a schedule that the run's updates can reach (distinct step boundaries, warmup shorter
+than the updates, at least one update), and the multi-process fields.
 
 Command-line entry points run inside `exit_on_bad_input()`, which prints `error: ...` for
 bad input (no traceback) and exits with status 2.
@@ -154,6 +156,8 @@ def _check_data(c: _Checker, purpose: str) -> None:
              "(1.0, 1.0) for no scaling")
   c.flag("flip")
   c.number("num_workers", low=0, integer=True)
+  c.number("prefetch_to_device", low=0, integer=True,
+           what="an int >= 0 (batches copied to the devices ahead; 0 = none)")
   c.number("depth_divisor", low=0)
   if dataset == "synthetic":
     for field in ("num_train", "num_val", "height", "width"):
@@ -254,8 +258,15 @@ def _check_model(c: _Checker, purpose: str) -> tuple:
 
 def _check_optimisation(c: _Checker, tasks: tuple) -> None:
   c.number("batch_size", low=0, low_open=True, integer=True)
-  c.number("grad_accum_steps", low=1, integer=True)
-  c.number("num_train_steps", low=1, integer=True)
+  accum = c.number("grad_accum_steps", low=1, integer=True)
+  steps = c.number("num_train_steps", low=1, integer=True)
+  updates = _MISSING
+  if accum is not _MISSING and steps is not _MISSING:
+    if accum > steps:
+      c.fail("grad_accum_steps", accum, f"at most num_train_steps={steps}: the run would end "
+             f"before its first update and save an untrained model")
+    else:
+      updates = steps // accum
   for name in ("lr_encoder", "lr_decoder", "weight_decay", "poly_power"):
     c.number(name, low=0)
   c.number("momentum", low=0, high=1, high_open=True)
@@ -265,14 +276,17 @@ def _check_optimisation(c: _Checker, tasks: tuple) -> None:
   if bounds is not _MISSING:
     seq = (bounds,) if _is_number(bounds) else tuple(bounds) if isinstance(
         bounds, (tuple, list)) else None
-    if seq is None or not all(_is_number(b) and 0 < b <= 1 for b in seq) or list(
-        seq) != sorted(seq):
-      c.fail("step_boundaries", bounds, "increasing fractions of the run in (0, 1], "
-             "e.g. (0.5, 0.75)")
+    if seq is None or not all(_is_number(b) and 0 < b <= 1 for b in seq) or any(
+        a >= b for a, b in zip(seq, seq[1:])):
+      c.fail("step_boundaries", bounds, "strictly increasing fractions of the run in (0, 1], "
+             "e.g. (0.5, 0.75) (equal boundaries collapse into one step)")
     else:
       c.fixed["step_boundaries"] = seq
   c.number("step_factor", low=0, low_open=True)
-  c.number("warmup_steps", low=0, integer=True)
+  warmup = c.number("warmup_steps", low=0, integer=True)
+  if warmup not in (_MISSING, 0) and updates is not _MISSING and warmup >= updates:
+    c.fail("warmup_steps", warmup, f"fewer than the run's {updates} updates (num_train_steps // "
+           f"grad_accum_steps), or the learning rate never decays")
   weights = [c.number(f"loss_weights.{t}", low=0) for t in tasks]
   if tasks and all(w is not _MISSING for w in weights) and sum(weights) <= 0:
     c.fail(f"loss_weights.{tasks[0]}", weights[0], f"a positive weight for at least one "
@@ -300,9 +314,37 @@ def _check_run(c: _Checker, tasks: tuple, purpose: str) -> None:
       better = "max" if mode == "min" else "min"
       c.fail("best_mode", mode, f"{better!r}: {metric} is better when "
              f"{'higher' if better == 'max' else 'lower'}")
+    elif purpose == "train":
+      task = next(t for t in tasks if metric in METRICS_MAX.get(t, ()) + METRICS_MIN.get(t, ()))
+      weight = c.config.get("loss_weights", {}).get(task)
+      if weight == 0:
+        c.fail("best_metric", metric, f"a metric of a trained task: loss_weights.{task} is 0, "
+               f"so {metric} would rank checkpoints by a head that does not learn")
   c.number("num_devices", low=0, integer=True)
-  c.flag("distributed")
   c.flag("progress_bar")
+  _check_distributed(c)
+
+
+def _check_distributed(c: _Checker) -> None:
+  """The jax.distributed fields: well-formed, and set only for a distributed run."""
+  distributed = c.flag("distributed")
+  address = c.text("coordinator_address")
+  if address not in (_MISSING, ""):
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      c.fail("coordinator_address", address, "'host:port' of process 0 (port 1-65535), or ''")
+  count = c.number("num_processes", low=0, integer=True)
+  pid = c.number("process_id", low=-1, integer=True)
+  if count not in (_MISSING, 0) and pid is not _MISSING and pid >= count:
+    c.fail("process_id", pid, f"-1 (auto-detect) or 0..{count - 1} (num_processes={count})")
+  for name in ("initialization_timeout", "heartbeat_timeout"):
+    c.number(name, low=1, integer=True, what="an int >= 1 (seconds)")
+  if distributed is False:
+    for name, unset in (("coordinator_address", ""), ("num_processes", 0), ("process_id", -1)):
+      value = c.config.get(name, unset)
+      if value != unset:
+        c.fail(name, value, f"{unset!r} without distributed=True (it would be ignored and the "
+               f"process would run alone); set --config.distributed=True")
 
 
 def _check_eval(c: _Checker) -> None:
