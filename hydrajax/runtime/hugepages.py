@@ -4,7 +4,7 @@ XLA:CPU allocates one large temp buffer per executable run and frees it afterwar
 serves it with a fresh mmap, so every step first-touches all of it in 4 KiB pages, a page
 fault each. With the glibc tunable `glibc.malloc.hugetlb=1` malloc asks for transparent huge
 pages on its mmaps and a step takes a few hundred faults instead of hundreds of thousands
-(figures in docs/cpu_backend.md). glibc reads tunables only at process
+(docs/cpu_backend.md; figures in docs/performance.md). glibc reads tunables only at process
 start, so the command-line tools that run the network many times (train.py, evaluate.py,
 hydrajax-distill, hydrajax-predict for a video) relaunch themselves once with it set.
 HYDRAJAX_HUGEPAGES=0 turns this off.
