@@ -19,7 +19,7 @@ def _clean_env(**extra):
 def test_launch_env_sets_the_tunable_only_where_it_helps():
   base = {"PATH": "/bin"}
   env = hugepages.launch_env(base, (2, 36), "madvise")
-  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", hugepages.MARKER: "1"}
   # Other tunables are kept, in order.
   env = hugepages.launch_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, (2, 35), "madvise")
   assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
@@ -29,6 +29,7 @@ def test_launch_env_sets_the_tunable_only_where_it_helps():
   assert hugepages.launch_env(base, (2, 34), "madvise") is None  # no such tunable yet
   assert hugepages.launch_env(base, None, "madvise") is None     # not glibc (musl, macOS)
   assert hugepages.launch_env({"HYDRAJAX_HUGEPAGES": "0"}, (2, 36), "madvise") is None
+  assert hugepages.launch_env({hugepages.MARKER: "1"}, (2, 36), "madvise") is None  # relaunched
   # Already set (this is also what stops a relaunch loop), whatever its value.
   assert hugepages.launch_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, (2, 36),
                               "madvise") is None
@@ -45,9 +46,12 @@ def test_thp_mode_reads_the_bracketed_policy(tmp_path, monkeypatch):
   assert hugepages._thp_mode() is None
 
 
-_RELAUNCHED = """
-import os, sys
-from hydrajax.runtime import hugepages
+# hugepages.py loaded on its own (no `import hydrajax`, so no JAX start-up per process).
+_RELAUNCHED = f"""
+import importlib.util, os, sys
+_spec = importlib.util.spec_from_file_location("hugepages", {hugepages.__file__!r})
+hugepages = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(hugepages)
 hugepages._thp_mode = lambda: "madvise"        # as on a stock Linux kernel
 hugepages._glibc_version = lambda: (2, 36)
 print("start", os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:], flush=True)
@@ -56,19 +60,75 @@ print("main", os.getpid(), os.environ.get("GLIBC_TUNABLES"), flush=True)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="execve relaunch is Linux-only")
-def test_relaunch_reexecutes_once_with_the_same_arguments_and_pid():
-  out = subprocess.run([sys.executable, "-c", _RELAUNCHED, "--flag", "a b"], env=_clean_env(),
-                       capture_output=True, text=True, check=True).stdout.splitlines()
+def _run(argv, cwd=None, stdin=None, **env):
+  """Output lines of a Python process (10 s at most: a relaunch loop fails, not hangs)."""
+  return subprocess.run([sys.executable] + argv, env=_clean_env(**env), cwd=cwd, input=stdin,
+                        capture_output=True, text=True, check=True, timeout=10).stdout.splitlines()
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="execve relaunch is Linux-only")
+
+
+@linux_only
+def test_relaunch_reexecutes_once_with_the_same_arguments_and_pid(tmp_path):
+  script = tmp_path / "tool.py"
+  script.write_text(_RELAUNCHED)
+  out = _run([str(script), "--flag", "a b"])
   assert len(out) == 3, out
   pid = out[0].split()[1]
   assert out[0] == f"start {pid} None ['--flag', 'a b']"
   assert out[1] == f"start {pid} glibc.malloc.hugetlb=1 ['--flag', 'a b']"
   assert out[2] == f"main {pid} glibc.malloc.hugetlb=1"
   # Switched off: no relaunch.
-  out = subprocess.run([sys.executable, "-c", _RELAUNCHED], env=_clean_env(HYDRAJAX_HUGEPAGES="0"),
-                       capture_output=True, text=True, check=True).stdout.splitlines()
+  out = _run([str(script)], HYDRAJAX_HUGEPAGES="0")
   assert [line.split()[0] for line in out] == ["start", "main"]
+
+
+@linux_only
+def test_stripping_the_tunable_does_not_relaunch_forever(tmp_path):
+  script = tmp_path / "strip.py"
+  script.write_text("import os\nos.environ.pop('GLIBC_TUNABLES', None)\n" + _RELAUNCHED)
+  out = _run([str(script)])
+  assert [line.split()[0] for line in out] == ["start", "start", "main"], out
+  assert out[2].endswith(" None")  # the marker, not the tunable, stopped the second relaunch
+
+
+@linux_only
+def test_script_from_stdin_runs_without_relaunch():
+  for argv in (["-"], []):  # `python - < tool.py`, `python < tool.py`
+    out = _run(argv, stdin=_RELAUNCHED)
+    assert [line.split()[0] for line in out] == ["start", "main"], (argv, out)
+    assert out[1].endswith(" None")
+
+
+@linux_only
+def test_relaunch_only_when_started_as_the_named_tool(tmp_path):
+  body = _RELAUNCHED.replace("hugepages.relaunch()",
+                             "hugepages.relaunch('hydrajax-probe', 'probe_tool')")
+  (tmp_path / "hydrajax-probe").write_text(body)  # a console script
+  (tmp_path / "probe_tool.py").write_text(body)  # its `python -m` module
+  (tmp_path / "caller.py").write_text("import probe_tool\n")  # another program calling it
+  (tmp_path / "runner.py").write_text("import runpy\nrunpy.run_path('hydrajax-probe', "
+                                      "run_name='__main__')\n")
+  env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+  starts = lambda out: [line.split()[0] for line in out].count("start")
+  assert starts(_run([str(tmp_path / "hydrajax-probe"), "x"], **env)) == 2
+  assert starts(_run(["-m", "probe_tool", "x"], cwd=tmp_path, **env)) == 2
+  assert starts(_run([str(tmp_path / "caller.py"), "x"], **env)) == 1
+  assert starts(_run(["runner.py"], cwd=tmp_path, **env)) == 1
+  assert starts(_run(["-c", body], **env)) == 1
+
+
+def test_started_as_names_the_program_only_when_the_command_line_reruns_it():
+  assert hugepages.started_as(["train.py", "-x"], ["py", "train.py", "-x"]) == "train.py"
+  assert hugepages.started_as(["/p/predict.py", "-x"],
+                              ["py", "-X", "dev", "-m", "hydrajax.inference.predict", "-x"]
+                              ) == "hydrajax.inference.predict"
+  assert hugepages.started_as(["-"], ["py", "-"]) is None
+  assert hugepages.started_as([""], ["py"]) is None
+  assert hugepages.started_as(["-c", "a"], ["py", "-c", "code", "a"]) is None
+  assert hugepages.started_as(["train.py"], ["py", "other.py"]) is None  # runpy
 
 
 _FAULTS = """
@@ -106,7 +166,7 @@ def test_tunable_cuts_the_page_faults_of_xla_temp_buffers():
 def test_predict_relaunches_for_a_video_only(monkeypatch, argv, relaunched):
   from hydrajax.inference import predict
   calls = []
-  monkeypatch.setattr(hugepages, "relaunch", lambda: calls.append("relaunch"))
+  monkeypatch.setattr(hugepages, "relaunch", lambda *entries: calls.append("relaunch"))
   monkeypatch.setattr(predict, "main", lambda argv=None: calls.append("main") or 0)
   monkeypatch.setattr(sys, "argv", ["hydrajax-predict"] + argv)
   assert predict.cli() == 0

@@ -261,7 +261,7 @@ def cli() -> int:
   runs of the network, so for one it first relaunches with huge pages (hydrajax/runtime/hugepages.py);
   a few images are not worth the second start-up."""
   if build_parser().parse_known_args()[0].video is not None:
-    hugepages.relaunch()
+    hugepages.relaunch("hydrajax-predict", "hydrajax.inference.predict")
   return main()
 
 

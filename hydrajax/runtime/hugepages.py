@@ -8,6 +8,13 @@ pages on its mmaps and a step takes a few hundred faults instead of hundreds of 
 start, so the command-line tools that run the network many times (train.py, evaluate.py,
 hydrajax-distill, hydrajax-predict for a video) relaunch themselves once with it set.
 HYDRAJAX_HUGEPAGES=0 turns this off.
+
+The relaunched process carries a marker variable of its own (`MARKER`), so it never
+relaunches again even if something strips GLIBC_TUNABLES. There is no relaunch when the
+command line cannot be run again to the same effect: a script read from stdin (`python - <
+train.py`: stdin is at its end), `python -c`, or a tool's entry function called from another
+program (re-executing would rerun that program): the process must have been started as the
+tool itself (its script, console script or `python -m` module).
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import sys
 from typing import Mapping
 
 TUNABLE = "glibc.malloc.hugetlb=1"
+MARKER = "HYDRAJAX_HUGEPAGES_RELAUNCHED"  # set in the relaunched process's environment
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -47,19 +55,52 @@ def launch_env(environ: Mapping[str, str], glibc: tuple[int, int] | None,
   pages, "never" forbids them); glibc before 2.35 has no such tunable.
   """
   tunables = environ.get("GLIBC_TUNABLES", "")
-  if (environ.get("HYDRAJAX_HUGEPAGES", "1") == "0" or glibc is None or glibc < (2, 35)
-      or thp_mode != "madvise" or "glibc.malloc.hugetlb=" in tunables):
+  if (MARKER in environ or environ.get("HYDRAJAX_HUGEPAGES", "1") == "0" or glibc is None
+      or glibc < (2, 35) or thp_mode != "madvise" or "glibc.malloc.hugetlb=" in tunables):
     return None
-  return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE}
+  return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE,
+          MARKER: "1"}
 
 
-def relaunch() -> None:
+def started_as(argv: list[str], orig_argv: list[str]) -> str | None:
+  """The program the interpreter was started with, if running `orig_argv` again would run it
+  with `argv`: the script path as given, or the `-m` module's name. None for a script from
+  stdin ("-" or ""), `-c`, or when `argv` is not the tail of `orig_argv` (runpy, an embedder)."""
+  if not argv or argv[0] in ("", "-", "-c"):
+    return None
+  at = len(orig_argv) - len(argv)
+  if at < 1 or orig_argv[at + 1:] != argv[1:]:
+    return None
+  if orig_argv[at] == argv[0]:
+    return argv[0]
+  if at >= 2 and orig_argv[at - 1] == "-m":
+    return orig_argv[at]
+  return None
+
+
+def _is_entry(program: str, entries: tuple[str, ...]) -> bool:
+  """`program` (started_as) is one of `entries`: module names, console-script names (matched
+  with the script's file name) or script paths."""
+  names = {program, os.path.basename(program)}
+  paths = {os.path.realpath(e) for e in entries if os.sep in e}
+  return bool(names & set(entries)) or os.path.realpath(program) in paths
+
+
+def relaunch(*entries: str) -> None:
   """Re-executes this process's command line with the tunable set, if it would help.
 
   Call first thing in a command-line entry point, never from library code: the process
-  image is replaced (same pid, same arguments and interpreter options).
+  image is replaced (same pid, same arguments and interpreter options). `entries`: for a
+  function that other programs may call (a console script's `cli()`), the names the tool
+  runs under (console script, `-m` module): anything else is not relaunched. Without them
+  (a script's `__main__` block) any program started as a script or module is.
   """
   if not sys.platform.startswith("linux"):
+    return
+  if os.environ.pop(MARKER, None) is not None:
+    return  # already relaunched (children start afresh)
+  program = started_as(sys.argv, list(sys.orig_argv))
+  if program is None or (entries and not _is_entry(program, entries)):
     return
   env = launch_env(os.environ, _glibc_version(), _thp_mode())
   if env is None:

@@ -118,7 +118,8 @@ def main(argv):
 def cli() -> None:
   """The `hydrajax-distill` console script (also `python -m hydrajax.train.distill`)."""
   from hydrajax.runtime import hugepages
-  hugepages.relaunch()  # huge pages for XLA's per-step buffers
+  # huge pages for XLA's per-step buffers; only when started as this tool, not from a caller
+  hugepages.relaunch("hydrajax-distill", "hydrajax.train.distill")
   from absl import app, flags
   from ml_collections import config_flags
 
