@@ -2,6 +2,20 @@
 
 Written atomically (temp file + rename), read back with a full check against the tree the
 architecture expects, so a wrong or truncated file fails with the offending keys named.
+
+The meta entry ("__meta__", a JSON object; `read_meta(path)`):
+  format, version      "hydrajax-weights", 1
+  num_classes, tasks, align_corners   the architecture (always written)
+Optional keys (EXTRA_META: written by training, kept through load -> save, and returned by
+`load` in variables["meta"]):
+  dataset              the training config's dataset name (hydrajax.data.registry)
+  class_names          [str], class id order (len = num_classes)
+  palette              [[r, g, b], ...] uint8 colour per class (len = num_classes)
+  intrinsics           {"fx", "fy", "cx", "cy", "width", "height"}: pixels at width x height
+  step                 the training step the weights are from
+  metrics              {name: value} of the validation at that step (best.npz)
+A training run writes WORKDIR/weights/final.npz at its end and WORKDIR/weights/best.npz at
+each new best validation; tools take `--workdir` for them (`from_workdir`).
 """
 from __future__ import annotations
 
@@ -22,26 +36,113 @@ from hydrajax.runtime import atomic
 _META_ENTRY = "__meta__"
 _CONVERT_HINT = " (PyTorch checkpoints: convert with `python -m hydrajax.convert.official SRC DST.npz`)"
 FORMAT_VERSION = 1
+EXTRA_META = ("dataset", "class_names", "palette", "intrinsics", "step", "metrics")
+WORKDIR_WEIGHTS = ("best.npz", "final.npz")  # the order `from_workdir` picks them in
 
 
 def flatten(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
 
 
-def save(path: str | os.PathLike, variables: Mapping[str, Any]) -> None:
-  """Write {"params", "batch_stats"[, "meta"]} to `path` (.npz) atomically."""
+def save(path: str | os.PathLike, variables: Mapping[str, Any],
+         meta: Mapping[str, Any] | None = None) -> None:
+  """Write {"params", "batch_stats"[, "meta"]} to `path` (.npz) atomically, with the
+  EXTRA_META keys of variables["meta"] and of `meta` (which wins) in its meta entry."""
   path = os.fspath(path)
   check(variables, what=path)
   arrays = flatten({"params": variables["params"], "batch_stats": variables["batch_stats"]})
+  extra = {**{k: v for k, v in dict(variables.get(api.META_KEY) or {}).items()
+              if k in EXTRA_META}, **dict(meta or {})}
+  unknown = sorted(set(extra) - set(EXTRA_META))
+  if unknown:
+    raise ValueError(f"unknown weights metadata key(s) {unknown}; known: {EXTRA_META}")
   meta = {"format": "hydrajax-weights", "version": FORMAT_VERSION, **api.model_config(variables)}
   meta["tasks"] = list(meta["tasks"])
+  meta.update({k: _plain(v) for k, v in extra.items() if v is not None})
+  _check_extra(meta, path)
   arrays[_META_ENTRY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
   atomic.write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def load(path: str | os.PathLike) -> dict:
-  """Read a weights file written by `save` (or `python -m hydrajax.convert.official`)."""
+  """Read a weights file written by `save` (or `python -m hydrajax.convert.official`);
+  variables["meta"] holds align_corners (if true) and the EXTRA_META keys present."""
   path = os.fspath(path)
+  arrays, meta = _read(path)
+  tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in arrays.items()})
+  variables = {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})}
+  extra = {k: meta[k] for k in EXTRA_META if k in meta}
+  if meta.get("align_corners") or extra:
+    variables[api.META_KEY] = {"align_corners": True} if meta.get("align_corners") else {}
+    variables[api.META_KEY].update(extra)
+  check(variables, what=path)
+  _check_extra({**meta, **api.model_config(variables)}, path)
+  return variables
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+  """The meta entry of a weights file (see the module docstring), arrays not decoded."""
+  return _read(os.fspath(path), arrays=False)[1]
+
+
+def from_workdir(workdir: str | os.PathLike) -> str:
+  """WORKDIR/weights/best.npz if a run wrote one, else final.npz; FileNotFoundError else."""
+  directory = os.path.join(os.fspath(workdir), "weights")
+  for name in WORKDIR_WEIGHTS:
+    if os.path.isfile(os.path.join(directory, name)):
+      return os.path.join(directory, name)
+  raise FileNotFoundError(f"{directory} has no {' or '.join(WORKDIR_WEIGHTS)}: train first "
+                          f"(a run writes them there), or pass --weights FILE.npz")
+
+
+def choose(weights: str = "", workdir: str = "") -> str:
+  """The weights file of a command line's --weights or --workdir (exactly one of them)."""
+  if bool(weights) == bool(workdir):
+    raise ValueError("give either --weights FILE.npz or --workdir RUN (its best or final "
+                     "weights), not " + ("both" if weights else "neither"))
+  return weights or from_workdir(workdir)
+
+
+def add_source_args(parser: Any) -> None:
+  """--weights FILE.npz | --workdir RUN (one of them) on an argparse parser."""
+  group = parser.add_mutually_exclusive_group(required=True)
+  group.add_argument("--weights", default="",
+                     help="hydrajax weights (.npz from hydrajax.convert.official or training)")
+  group.add_argument("--workdir", default="",
+                     help="a training run's directory: its weights/best.npz, else final.npz")
+
+
+def _plain(value: Any) -> Any:
+  """JSON-ready: numpy arrays and scalars as lists and numbers, tuples as lists."""
+  if isinstance(value, Mapping):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if isinstance(value, (np.ndarray, np.generic)):
+    return value.tolist()
+  return value
+
+
+def _check_extra(meta: Mapping[str, Any], path: str) -> None:
+  """ValueError naming `path` and the key when optional metadata does not fit the model."""
+  n = meta.get("num_classes", 0)
+  names, palette = meta.get("class_names"), meta.get("palette")
+  if names is not None and (not isinstance(names, list) or len(names) != n
+                            or not all(isinstance(x, str) for x in names)):
+    raise ValueError(f"{path}: metadata class_names must be {n} strings, got {names!r:.80}")
+  if palette is not None and (np.shape(palette) != (n, 3) or not all(
+      isinstance(v, int) and 0 <= v <= 255 for row in palette for v in row)):
+    raise ValueError(f"{path}: metadata palette must be {n} [r, g, b] rows of 0-255, got "
+                     f"shape {np.shape(palette)}")
+  k = meta.get("intrinsics")
+  if k is not None and (not isinstance(k, dict) or not {"fx", "fy", "cx", "cy", "width",
+                                                        "height"} <= set(k)):
+    raise ValueError(f"{path}: metadata intrinsics must have fx, fy, cx, cy, width, height; "
+                     f"got {k!r:.80}")
+
+
+def _read(path: str, arrays: bool = True) -> tuple[dict, dict]:
+  """(arrays without the meta entry, meta) of a weights file; errors name the file."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"weights file not found: {path}")
   if not zipfile.is_zipfile(path):
@@ -49,26 +150,21 @@ def load(path: str | os.PathLike) -> dict:
                      f"truncated file?){_CONVERT_HINT}")
   try:
     with np.load(path, allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
+      out = {k: f[k] for k in f.files if arrays or k == _META_ENTRY}
   except Exception as e:  # zipfile.BadZipFile, ValueError, OSError ...
     raise ValueError(f"{path} is not a hydrajax weights file (.npz): {e}") from e
-  if _META_ENTRY not in arrays:
+  if _META_ENTRY not in out:
     raise ValueError(f"{path} has no '{_META_ENTRY}' entry: not a hydrajax weights "
                      f"file{_CONVERT_HINT}")
   try:
-    meta = json.loads(arrays.pop(_META_ENTRY).tobytes().decode())
+    meta = json.loads(out.pop(_META_ENTRY).tobytes().decode())
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not JSON ({e}): a damaged "
                      f"weights file") from e
   if not isinstance(meta, dict):
     raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not a JSON object: a damaged "
                      f"weights file")
-  tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in arrays.items()})
-  variables = {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})}
-  if meta.get("align_corners"):
-    variables[api.META_KEY] = {"align_corners": True}
-  check(variables, what=path)
-  return variables
+  return out, meta
 
 
 def check(variables: Mapping[str, Any], what: str = "variables") -> None:

@@ -506,3 +506,13 @@ def from_config(config: Any, split: str) -> Folder:
   f = config.folder
   return Folder(config.data_dir, split, depth_scale=f.depth_scale, val_fraction=f.val_fraction,
                 split_seed=f.split_seed, skip_bad=f.skip_bad)
+
+
+def camera(root: str) -> dict | None:
+  """ROOT/intrinsics.json with "width" and "height" (from the first training image when the
+  file does not give them), or None without the file."""
+  k = read_intrinsics(root)
+  if k is None or ("width" in k and "height" in k):
+    return k
+  (h, w), _ = header(scan(root).frames["train"][0].image)
+  return {**k, "width": k.get("width", w), "height": k.get("height", h)}

@@ -170,3 +170,23 @@ def palettes() -> dict[str, np.ndarray]:
     if isinstance(e.palette, np.ndarray) and not any(p is e.palette for p in out.values()):
       out[e.name] = e.palette
   return out
+
+
+def metadata(config: ml_collections.ConfigDict) -> dict:
+  """What weights trained on the config's dataset carry besides the architecture (the
+  EXTRA_META keys of hydrajax.weights): dataset, class_names and palette for the model's
+  num_classes (ids past the dataset's named by number, generic colours), the folder's
+  intrinsics (width and height from its first training image when not given)."""
+  out: dict[str, Any] = {"dataset": config.dataset}
+  n = config.num_classes if "segm" in config.tasks else 0
+  if n:
+    names = list(class_names(config) or ())[:n]
+    out["class_names"] = names + [str(i) for i in range(len(names), n)]
+    colours = palette(config)
+    fill = generic_palette(n)
+    out["palette"] = np.concatenate([np.asarray(colours, np.uint8)[:n], fill[len(colours):]]
+                                    ) if colours is not None else fill
+  if config.dataset == "folder":
+    from hydrajax.data import folder
+    out["intrinsics"] = folder.camera(config.data_dir)
+  return out

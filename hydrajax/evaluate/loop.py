@@ -126,7 +126,9 @@ def evaluate(variables: dict, config: ml_collections.ConfigDict, source: Any = N
   totals = acc.result()
   result = {}
   if "confusion" in totals:
-    seg = metrics.segm_metrics(totals["confusion"], sources.class_names(config))
+    from hydrajax.data import registry
+    names = registry.metadata(config).get("class_names")
+    seg = metrics.segm_metrics(totals["confusion"], tuple(names) if names else None)
     seg["segm_pixels"] = seg.pop("num_pixels")
     result.update(seg)
   if "depth" in totals:
@@ -271,8 +273,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, weights: str = "",
   out_dir = os.path.join(workdir, "eval")
   write_json_atomic(os.path.join(out_dir, "metrics.json"), result)
   if samples:
+    from hydrajax.data import registry
+    meta = registry.metadata(config)
     pictures.save_grid(os.path.join(out_dir, "samples.png"), samples,
-                       max_depth=config.eval.max_depth or None)
+                       max_depth=config.eval.max_depth or None, palette=meta.get("palette"),
+                       class_names=meta.get("class_names"))
   print(f"evaluated {origin} on {result['num_examples']} examples")
   print(format_table(result))
   return result

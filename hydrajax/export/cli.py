@@ -160,7 +160,7 @@ def export(variables: Mapping[str, Any], fmt: str, height: int, width: int, **kw
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m hydrajax.export.cli", description=__doc__.split("\n")[0])
-  p.add_argument("--weights", required=True, help="hydrajax weights file (.npz)")
+  weights.add_source_args(p)
   p.add_argument("--format", required=True, choices=FORMATS)
   p.add_argument("--height", required=True, type=int, help="input height in pixels")
   p.add_argument("--width", required=True, type=int, help="input width in pixels")
@@ -178,6 +178,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   try:
+    args.weights = weights.choose(args.weights, args.workdir)
     if args.platforms is not None and args.format != "stablehlo":
       raise ValueError("--platforms applies to --format stablehlo only")
     if os.path.isdir(args.out):

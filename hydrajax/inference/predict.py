@@ -82,8 +82,7 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
   """
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  colours, clip = visualize.display_settings(api.model_config(variables)["num_classes"],
-                                             palette, max_depth)
+  colours, clip = visualize.settings_for(variables, palette, max_depth)
   report, used_stems = PredictReport(), set()
   paths = [os.fspath(p) for p in paths]
   for path in tqdm(paths, desc="predict", unit="image", disable=not progress):
@@ -185,12 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m hydrajax.inference.predict",
       description="Predict segmentation and depth for images with hydrajax weights.")
-  parser.add_argument("--weights", required=True,
-                      help="hydrajax weights (.npz from hydrajax.convert.official or training)")
+  weights.add_source_args(parser)
   parser.add_argument("images", nargs="*", help="image files (PNG, JPEG, ...)")
   parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--palette", default="auto", choices=("auto", "nyud", "kitti", "generic"),
-                      help="segmentation colours (auto: by number of classes)")
+  parser.add_argument("--palette", default="auto", choices=visualize.PALETTE_CHOICES,
+                      help="segmentation colours (auto: the weights' own, else by number of "
+                           "classes)")
   parser.add_argument("--max-depth", type=float, default=None,
                       help="depth colour-map clip in metres (default 8 NYUD, 80 KITTI, 10 other)")
   parser.add_argument("--max-side", type=int, default=full_res.DEFAULT_MAX_SIDE,
@@ -217,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  try:
+    args.weights = weights.choose(args.weights, args.workdir)
+  except (OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   if args.video is not None:
     if args.images:
       print("error: give either --video or images, not both", file=sys.stderr)

@@ -150,8 +150,7 @@ def process_video(variables: Mapping[str, Any], src: str | os.PathLike, dst: str
   total = int(round(total)) if math.isfinite(total) and total > 0 else None
   if max_frames is not None:
     total = min(total or max_frames, max_frames)
-  colours, clip = visualize.display_settings(api.model_config(variables)["num_classes"],
-                                             palette, max_depth)
+  colours, clip = visualize.settings_for(variables, palette, max_depth)
 
   frames = iio.imiter(src, plugin="FFMPEG")
   if max_frames is not None:
@@ -209,10 +208,11 @@ def run(variables_path: str, src: str, dst: str, *, batch_size: int = DEFAULT_BA
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m hydrajax.inference.video",
                                    description=__doc__.split("\n")[0])
-  parser.add_argument("--weights", required=True, help="hydrajax weights (.npz)")
+  from hydrajax import weights
+  weights.add_source_args(parser)
   parser.add_argument("video", help="input video file (.mp4, ...)")
   parser.add_argument("--out", required=True, help="output video file (.mp4)")
-  parser.add_argument("--palette", default="auto", choices=("auto", "nyud", "kitti", "generic"))
+  parser.add_argument("--palette", default="auto", choices=visualize.PALETTE_CHOICES)
   parser.add_argument("--max-depth", type=float, default=None, help="depth colour clip, metres")
   parser.add_argument("--max-side", type=int, default=full_res.DEFAULT_MAX_SIDE,
                       help="shrink frames whose long side is larger to this many pixels "
@@ -220,6 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--no-progress", action="store_true")
   add_video_args(parser)
   args = parser.parse_args(argv)
+  try:
+    args.weights = weights.choose(args.weights, args.workdir)
+  except (OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   return run(args.weights, args.video, args.out, batch_size=args.batch, palette=args.palette,
              max_depth=args.max_depth, max_frames=args.max_frames,
              progress=not args.no_progress, max_side=args.max_side)

@@ -20,6 +20,7 @@ from hydrajax.data.palettes import NYUD_PALETTE, generic_palette, voc_colormap  
 PALETTES = registry.palettes()
 DEFAULT_MAX_DEPTH = {**{n: registry.DATASETS[n].display_max_depth for n in PALETTES},
                      "generic": 10.0}
+PALETTE_CHOICES = ("auto", *PALETTES, "generic")  # command lines' --palette
 # Class count -> palette name for models that do not name their dataset ("auto").
 _AUTO = {len(p): n for n, p in reversed(PALETTES.items())}
 
@@ -129,6 +130,22 @@ def display_settings(num_classes: int, palette: str = "auto",
   name = palette if palette != "auto" else _AUTO.get(num_classes, "generic")
   colours = palette_for(max(num_classes, 1), name)
   return colours, float(max_depth if max_depth is not None else DEFAULT_MAX_DEPTH[name])
+
+
+def settings_for(variables: Mapping, palette: str = "auto", max_depth: float | None = None
+                 ) -> tuple[np.ndarray, float]:
+  """`display_settings` for a model, preferring with "auto" the palette and the dataset's
+  depth clip stored in its weights' metadata (variables["meta"]: palette, dataset)."""
+  from hydrajax import api
+
+  meta = variables.get(api.META_KEY) or {}
+  num_classes = api.model_config(variables)["num_classes"]
+  colours, clip = display_settings(num_classes, palette, max_depth)
+  if palette == "auto" and meta.get("palette") is not None:
+    colours = np.asarray(meta["palette"], np.uint8)
+  if max_depth is None and meta.get("dataset") in registry.DATASETS:
+    clip = float(registry.DATASETS[meta["dataset"]].display_max_depth)
+  return colours, clip
 
 
 def render(image: np.ndarray, outputs: Mapping[str, np.ndarray], palette: np.ndarray,

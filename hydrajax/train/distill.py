@@ -80,8 +80,8 @@ def distill(variables: dict, source: Any, out_dir: str, *, overwrite: bool = Fal
 
 def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
         workdir: str = "", overwrite: bool = False) -> dict[str, int]:
-  """Load the teacher (weights file, or WORKDIR's latest checkpoint under `config`) and
-  label the training split of `config`'s dataset."""
+  """Load the teacher (weights file; or WORKDIR's best / final weights, else its latest
+  checkpoint under `config`) and label the training split of `config`'s dataset."""
   from hydrajax.train import config_check
   from hydrajax.evaluate import loop as evaluate
 
@@ -90,6 +90,9 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
     raise ValueError("pass --weights TEACHER.npz or --workdir of a teacher run")
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise NotADirectoryError(f"--out {out_dir} is a file; give a directory for the labels")
+  if workdir and not weights and any(os.path.isfile(os.path.join(workdir, "weights", n))
+                                     for n in hydrajax.weights.WORKDIR_WEIGHTS):
+    weights = hydrajax.weights.from_workdir(workdir)  # the run's best, else final weights
   variables, origin = evaluate.load_variables(config, workdir, weights)
   teacher = api.model_config(variables)
   if "segm" in teacher["tasks"] and teacher["num_classes"] != config.num_classes:
@@ -126,8 +129,9 @@ def cli() -> None:
   config_flags.DEFINE_config_file("config", None,
                                   "Config of the STUDENT's dataset (which samples to label).")
   flags.DEFINE_string("weights", "", "Teacher weights .npz.")
-  flags.DEFINE_string("workdir", "", "Or: a teacher training run (its latest checkpoint); "
-                      "--config must then describe the teacher's model (tasks, classes).")
+  flags.DEFINE_string("workdir", "", "Or: a teacher training run: its weights/best.npz, else "
+                      "final.npz, else its latest checkpoint (--config must then describe "
+                      "the teacher's model: tasks, classes).")
   flags.DEFINE_string("out", None, "Teacher label directory to write.")
   flags.DEFINE_bool("overwrite", False, "Relabel samples that already have a label.")
   flags.mark_flags_as_required(["config", "out"])

@@ -171,7 +171,8 @@ def initial_variables(config: ml_collections.ConfigDict) -> dict:
   variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   if not config.init_from:
     return variables
-  loaded = weights.flatten(hydrajax.load(config.init_from))
+  loaded = hydrajax.load(config.init_from)
+  loaded = weights.flatten({"params": loaded["params"], "batch_stats": loaded["batch_stats"]})
   fresh = weights.flatten(variables)
   same = {k: v for k, v in loaded.items() if k in fresh and fresh[k].shape == v.shape}
   if not same:
@@ -298,12 +299,34 @@ def _train_pipeline(config: ml_collections.ConfigDict, num_devices: int | None) 
       sources.build_source(config, "train"), global_batch_size=config.batch_size,
       crop_size=tuple(config.crop_size), scale_range=tuple(config.scale_range),
       flip=config.flip, seed=config.seed, num_workers=config.num_workers,
-      num_devices=num_devices)
+      num_devices=num_devices,
+      skip_bad=config.dataset == "folder" and bool(config.folder.skip_bad))
+
+
+def write_weights(config: ml_collections.ConfigDict, workdir: str, name: str,
+                  state: TrainState, step: int, result: Mapping | None = None) -> str:
+  """WORKDIR/weights/NAME (.npz, atomic) from a host state, with the dataset's class names,
+  palette and intrinsics, the step and the validation metrics in its metadata."""
+  from hydrajax.data import registry
+
+  variables = state.variables()
+  if config.align_corners:
+    variables["meta"] = {"align_corners": True}
+  meta = {**registry.metadata(config), "step": int(step)}
+  if result:
+    meta["metrics"] = {k: float(v) for k, v in result.items()
+                       if isinstance(v, (int, float)) and np.isfinite(v)}
+  path = os.path.join(workdir, "weights", name)
+  weights.save(path, jax.tree.map(lambda x: np.asarray(x, np.float32)
+                                  if np.issubdtype(np.asarray(x).dtype, np.floating) else x,
+                                  variables), meta)
+  return path
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train (resuming from WORKDIR/checkpoints if present), evaluate every
-  `eval_every_steps` and at the end, checkpoint. Returns the last validation metrics."""
+  `eval_every_steps` and at the end, checkpoint; write WORKDIR/weights/best.npz at each new
+  best validation and final.npz at the end. Returns the last validation metrics."""
   import tqdm
 
   from hydrajax.train import checkpoint
@@ -374,6 +397,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       bar.write(f"step {step}: " + ", ".join(
           f"{k} {result[k]:.4f}" for k in ("miou", "rmse") if k in result))
     ckpt.save(step, host, data, metrics=evaluated)
+    if primary and evaluated is not None and ckpt.best_step() == step:
+      write_weights(config, workdir, "best.npz", host, step, evaluated)
+    if primary and step == total:
+      write_weights(config, workdir, "final.npz", host, step, evaluated)
   bar.close()
   log.close()
   ckpt.close()
