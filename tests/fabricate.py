@@ -61,6 +61,7 @@ def folder(root, n=4, h=64, w=96, classes=("floor", "wall", "chair")):
   """A folder dataset (hydrajax/data/folder.py): classes.txt, train/ frames with both labels,
   one with segm only and one with depth only (millimetre PNGs), no val/ (a seeded split)."""
   rng = np.random.default_rng(3)
+  os.makedirs(root, exist_ok=True)
   (root / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
   for i in range(n):
     png(f"{root}/train/images/f{i}.png", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))

@@ -190,3 +190,35 @@ def test_command_line_writes_the_same_labels_as_run(distilled, kitti_dir, teache
     for name in _files(out, modality):
       a, b = (pngio.read_png(os.path.join(d, modality, name)) for d in (out, expected))
       np.testing.assert_array_equal(a, b, err_msg=f"{modality}/{name}")
+
+
+def test_two_teachers_fill_a_folder_and_real_labels_win(variables, tmp_path):
+  """A joint NYUD-40 teacher gives depth only (--only depth: its classes are not the
+  folder's), a 3-class segmentation teacher the masks; one label directory."""
+  from configs import folder as folder_config
+  fabricate.folder(tmp_path / "data")  # f2: no depth, f3: no segm, f0 and f1: both
+  config = folder_config.get_config("runlocal")
+  config.data_dir, config.folder.val_fraction = str(tmp_path / "data"), 0.0
+  depth_teacher, segm_teacher = str(tmp_path / "nyud40.npz"), str(tmp_path / "segm3.npz")
+  hydrajax.save(depth_teacher, variables)
+  hydrajax.save(segm_teacher, hydrajax.init(1, num_classes=3, tasks=("segm",)))
+  out = str(tmp_path / "teacher")
+  with pytest.raises(ValueError, match="or --only depth for its depth"):
+    distill.run(config, out, weights=depth_teacher)
+  assert distill.run(config, out, weights=depth_teacher, only="depth") == {
+      "segm": 0, "depth": 1, "samples": 1}
+  assert distill.run(config, out, weights=segm_teacher) == {"segm": 1, "depth": 0, "samples": 1}
+  assert _files(out, "depth") == ["train__f2.png"] and _files(out, "segm") == ["train__f3.png"]
+  config.teacher_dir = out
+  raw = sources.build_source(config, "train", with_teacher=False)
+  filled = sources.build_source(config, "train")
+  keys = [filled.key(i) for i in range(len(filled))]
+  assert keys == ["train/f0", "train/f1", "train/f2", "train/f3"]
+  f2, f3 = filled[2], filled[3]
+  assert (f2["depth"] > 0).any() and (raw[2]["depth"] == 0).all()
+  np.testing.assert_array_equal(f2["segm"], raw[2]["segm"])        # its real mask
+  assert (f3["segm"] != 255).all() and (raw[3]["segm"] == 255).all()
+  np.testing.assert_array_equal(f3["depth"], raw[3]["depth"])      # its real depth
+  for i in (0, 1):
+    np.testing.assert_array_equal(filled[i]["segm"], raw[i]["segm"])
+    np.testing.assert_array_equal(filled[i]["depth"], raw[i]["depth"])

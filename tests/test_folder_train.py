@@ -101,3 +101,21 @@ def test_predict_takes_the_runs_workdir(runs, tmp_path):
   assert os.path.isfile(tmp_path / "out" / "photo_vis.png")
   assert predict.main(["--workdir", str(tmp_path), str(photo), "--out",
                        str(tmp_path / "o2")]) == 2  # no weights there: named, exit 2
+
+
+def test_fine_tuning_from_40_classes_keeps_all_but_the_segmentation_heads_last_conv(tmp_path):
+  from configs import folder as folder_config
+  from hydrajax.train import config_check
+  from tests import fabricate
+  fabricate.folder(tmp_path / "data")
+  official = hydrajax.init(0, num_classes=40)
+  hydrajax.save(tmp_path / "nyud.npz", official)
+  config = folder_config.get_config("runlocal")
+  config.data_dir, config.init_from = str(tmp_path / "data"), str(tmp_path / "nyud.npz")
+  config = config_check.validate(config)
+  assert config.num_classes == 3
+  start = hydrajax.weights.flatten(train_lib.initial_variables(config))
+  kept = hydrajax.weights.flatten({k: official[k] for k in ("params", "batch_stats")})
+  fresh = sorted(k for k in start if not np.array_equal(start[k], kept[k]))
+  assert fresh == ["params/head_segm/segm/bias", "params/head_segm/segm/kernel"]
+  assert start["params/head_segm/segm/kernel"].shape[-1] == 3

@@ -9,6 +9,8 @@ with `--config.teacher_dir=OUT` then reads them back, filling only the missing p
   python -m hydrajax.train.distill --config configs/kitti.py --config.data_dir=/data/kitti \\
       --weights depth_teacher.npz --out /data/kitti_teacher
   python -m hydrajax.train.distill --config configs/nyud.py --workdir runs/teacher --out DIR
+  hydrajax-distill --config configs/folder.py --config.data_dir=/data/mine \
+      --weights nyud.npz --only depth --out /data/mine_teacher
 """
 from __future__ import annotations
 
@@ -39,17 +41,19 @@ def missing_modalities(sample: dict) -> set[str]:
 
 
 def distill(variables: dict, source: Any, out_dir: str, *, overwrite: bool = False,
-            progress: bool = True) -> dict[str, int]:
+            progress: bool = True, only: str = "") -> dict[str, int]:
   """Write teacher labels for the modalities each sample of `source` lacks and the teacher
-  predicts. Samples already labelled in `out_dir` are skipped unless `overwrite`.
-  Returns counts {"segm": n, "depth": n, "samples": n}."""
+  predicts (`only` "segm" or "depth": that one alone). Samples already labelled in
+  `out_dir` are skipped unless `overwrite`. Returns counts {"segm": n, "depth": n,
+  "samples": n}."""
   import tqdm
 
   from hydrajax.data import teacher
 
-  tasks = set(api.model_config(variables)["tasks"]) & {"segm", "depth"}
+  tasks = set(api.model_config(variables)["tasks"]) & ({only} if only else {"segm", "depth"})
   if not tasks:
-    raise ValueError("the teacher predicts neither 'segm' nor 'depth'")
+    raise ValueError("the teacher predicts neither 'segm' nor 'depth'" if not only else
+                     f"the teacher does not predict {only!r} (--only {only})")
   counts = {"segm": 0, "depth": 0, "samples": 0}
   parts = _parts(source)
   bar = tqdm.tqdm(total=sum(len(p) for p in parts), disable=not progress, unit="img")
@@ -79,9 +83,10 @@ def distill(variables: dict, source: Any, out_dir: str, *, overwrite: bool = Fal
 
 
 def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
-        workdir: str = "", overwrite: bool = False) -> dict[str, int]:
+        workdir: str = "", overwrite: bool = False, only: str = "") -> dict[str, int]:
   """Load the teacher (weights file; or WORKDIR's best / final weights, else its latest
-  checkpoint under `config`) and label the training split of `config`'s dataset."""
+  checkpoint under `config`) and label the training split of `config`'s dataset (`only`:
+  "segm" or "depth", e.g. the depth of a joint teacher with other classes)."""
   from hydrajax.train import config_check
   from hydrajax.evaluate import loop as evaluate
 
@@ -95,14 +100,17 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
     weights = hydrajax.weights.from_workdir(workdir)  # the run's best, else final weights
   variables, origin = evaluate.load_variables(config, workdir, weights)
   teacher = api.model_config(variables)
-  if "segm" in teacher["tasks"] and teacher["num_classes"] != config.num_classes:
+  if only not in ("", "segm", "depth"):
+    raise ValueError(f"--only must be segm or depth, got {only!r}")
+  if (only != "depth" and "segm" in teacher["tasks"]
+      and teacher["num_classes"] != config.num_classes):
     # Its argmax ids would be another label space: ids >= num_classes are silently ignored
     # by the loss, smaller ones read as the wrong classes.
     raise ValueError(f"teacher {origin} predicts {teacher['num_classes']} classes but "
                      f"config.num_classes={config.num_classes} (dataset {config.dataset!r}); "
-                     f"use a teacher trained on these classes, or a depth-only teacher")
+                     f"use a teacher trained on these classes, or --only depth for its depth")
   source = sources.build_source(config, "train", with_teacher=False)
-  counts = distill(variables, source, out_dir, overwrite=overwrite)
+  counts = distill(variables, source, out_dir, overwrite=overwrite, only=only)
   print(f"teacher {origin}: wrote {counts['segm']} segm and {counts['depth']} depth labels "
         f"for {counts['samples']} samples to {out_dir}")
   return counts
@@ -115,7 +123,7 @@ def main(argv):
   from hydrajax.train import config_check
   f = flags.FLAGS
   with config_check.exit_on_bad_input():
-    run(f.config, f.out, f.weights, f.workdir, f.overwrite)
+    run(f.config, f.out, f.weights, f.workdir, f.overwrite, f.only)
 
 
 def cli() -> None:
@@ -134,8 +142,10 @@ def cli() -> None:
                       "the teacher's model: tasks, classes).")
   flags.DEFINE_string("out", None, "Teacher label directory to write.")
   flags.DEFINE_bool("overwrite", False, "Relabel samples that already have a label.")
+  flags.DEFINE_enum("only", "", ["", "segm", "depth"], "Write this modality only (e.g. the "
+                    "depth of a joint teacher trained on other classes).")
   flags.mark_flags_as_required(["config", "out"])
-  for name in ("config", "weights", "workdir", "out", "overwrite"):
+  for name in ("config", "weights", "workdir", "out", "overwrite", "only"):
     # --help lists the flags of the script being run; as a console script that is a wrapper.
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   app.run(main)
