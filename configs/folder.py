@@ -9,7 +9,8 @@ from the weights', everything else is kept.
   python evaluate.py --config configs/folder.py --workdir runs/mine --config.data_dir=/data/mine
   hydrajax-predict --workdir runs/mine photo.jpg --out preds/
 
-Depth-only folders (no classes file): add --config.tasks=depth. `--config.freeze_bn=True`
+Depth-only folders (no classes file): add --config.tasks=depth --config.best_metric=rmse
+--config.best_mode=min. `--config.freeze_bn=True`
 keeps the weights' BatchNorm statistics (small batches, few images).
 `--config configs/folder.py:runlocal` shrinks it to a few steps.
 """

@@ -242,3 +242,27 @@ def test_config_names_a_bad_classes_file(tmp_path):
   _classes(tmp_path, "floor\nfloor\n")
   with pytest.raises(config_check.ConfigError, match=r"classes\.txt: class name\(s\) listed twice"):
     config_check.validate(_config(tmp_path))
+
+
+def test_training_stops_at_start_naming_the_bad_file(tmp_path):
+  from hydrajax.train import loop as train_lib
+  from tests import fabricate
+  fabricate.folder(tmp_path / "data")
+  Image.fromarray(np.ones((5, 7), np.uint16)).save(tmp_path / "data" / "train" / "depth" / "f0.png")
+  with pytest.raises(folder.FolderError, match=r"train/depth/f0\.png: size 7x5 differs from its "
+                                               r"image .*train/images/f0\.png"):
+    train_lib.train_and_evaluate(_config(tmp_path / "data"), str(tmp_path / "run"))
+  assert not os.listdir(tmp_path / "run" / "checkpoints")
+
+
+def test_a_depth_only_folder_needs_no_classes_file(tmp_path):
+  _image(f"{tmp_path}/train/images/a.png")
+  _image(f"{tmp_path}/train/images/b.png")
+  _save(f"{tmp_path}/train/depth/a.npy", np.ones((H, W), np.float32))
+  with pytest.raises(config_check.ConfigError, match="num_classes=0"):
+    config_check.validate(_config(tmp_path))  # segm wanted, but no classes file
+  config = config_check.validate(_config(tmp_path, tasks=("depth",), best_metric="rmse",
+                                         best_mode="min"))
+  assert registry.metadata(config) == {"dataset": "folder", "intrinsics": None}
+  source = sources.build_source(config, "train")
+  assert len(source) == 1 and source[0]["depth"].shape == (H, W)

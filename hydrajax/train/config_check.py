@@ -237,8 +237,11 @@ def _check_model(c: _Checker, purpose: str) -> tuple:
   known = _dataset_classes(c, dataset)
   if num_classes is not _MISSING:
     if not _is_int(num_classes) or num_classes < ("segm" in tasks):
-      c.fail("num_classes", num_classes, "an int >= 1 (segmentation classes)" if "segm" in tasks
-             else "an int >= 0")
+      hint = (f" (or {c.config.get('data_dir') or 'ROOT'}/classes.txt, one class name per "
+              f"line; --config.tasks=depth --config.best_metric=rmse --config.best_mode=min for depth "
+              f"only)" if dataset == "folder" else "")
+      c.fail("num_classes", num_classes, f"an int >= 1 (segmentation classes){hint}"
+             if "segm" in tasks else "an int >= 0")
     elif "segm" in tasks and known > num_classes:
       # Fewer classes than the labels use would silently ignore the others. More loses
       # nothing (every label is learnt and scored; e.g. keeping a 40-class head).
