@@ -1,6 +1,6 @@
 """Builds the NYUDv2 prepared layout (see nyud.py) from the official .mat files.
 
-  python -m hydrajax.data.prepare_nyud --mat nyu_depth_v2_labeled.mat --splits splits.mat \
+  python -m hydrajax.data.prepare_nyud --mat nyu_depth_v2_labeled.mat --splits splits.mat \\
       --mapping classMapping40.mat --out data/nyud
 
 `nyu_depth_v2_labeled.mat` is MATLAB v7.3 (HDF5, read with h5py): `images` (1449, 3, 640, 480)

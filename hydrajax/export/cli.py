@@ -1,6 +1,6 @@
 """Export the network, with its input normalisation, to StableHLO (jax.export) or ONNX.
 
-    python -m hydrajax.export.cli --weights W.npz --format stablehlo --height 480 --width 640 \
+    python -m hydrajax.export.cli --weights W.npz --format stablehlo --height 480 --width 640 \\
         --out model.stablehlo [--batch N] [--full-resolution] [--input-dtype float32]
 
 The exported function takes RGB images (N, H, W, 3), uint8 (or float32 in [0, 255]), and
