@@ -38,7 +38,8 @@ def _script(name):
 # absl's --help exits with status 1 (its convention); argparse's with 0.
 @pytest.mark.parametrize("name,expected,status", [
     ("hydrajax-convert", "PyTorch checkpoint", 0), ("hydrajax-predict", "--weights", 0),
-    ("hydrajax-export", "--format", 0), ("hydrajax-distill", "--out", 1)])
+    ("hydrajax-export", "--format", 0), ("hydrajax-distill", "--out", 1),
+    ("hydrajax-demo", "--weights", 0)])
 def test_console_script_help_runs_outside_the_checkout(tmp_path, name, expected, status):
   path = _script(name)
   assert path is not None, f"{name} is not installed: run `pip install -r requirements.txt`"

@@ -20,6 +20,13 @@ import numpy as np
 from hydrajax.data import pngio
 
 NYUD_NUM_CLASSES = 40
+# The 40-class names in id order (Gupta et al.'s mapping of the 894 NYUDv2 labels).
+NYUD40_CLASSES = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+    "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror",
+    "floor mat", "clothes", "ceiling", "books", "refrigerator", "television", "paper", "towel",
+    "shower curtain", "box", "whiteboard", "person", "night stand", "toilet", "sink", "lamp",
+    "bathtub", "bag", "other structure", "other furniture", "other prop")
 NYUD_DEPTH_SCALE = 5000.0  # PNG value per metre
 LIST_FILES = {"train": "train_list_depth.txt", "val": "val_list_depth.txt", "test": "val_list_depth.txt"}
 

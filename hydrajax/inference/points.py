@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from hydrajax import api
 from hydrajax.runtime import atomic
 
 
@@ -99,6 +100,54 @@ def from_mapping(value: Mapping[str, Any], source: str) -> Intrinsics:
                       int(value["height"]), source)
   except (TypeError, ValueError) as e:
     raise ValueError(f"{source}: bad intrinsics {dict(value)}: {e}") from None
+
+
+@dataclasses.dataclass
+class CameraChoice:
+  """Where an image's intrinsics come from: the CLI's `--intrinsics` text or `--fov` degrees
+  (both for the image's own size), else `stored` (weights metadata) or `default` (the
+  dataset's camera), rescaled by `points`. Each distinct choice is printed once."""
+  intrinsics: str | None = None
+  fov: float | None = None
+  stored: Intrinsics | None = None
+  default: Intrinsics | None = None
+  printed: set = dataclasses.field(default_factory=set)
+
+  def for_image(self, height: int, width: int) -> Intrinsics:
+    if self.intrinsics is not None:
+      k = parse_intrinsics(self.intrinsics, height, width)
+    elif self.fov is not None:
+      k = from_fov(self.fov, height, width)
+    else:
+      k = self.stored or self.default
+    if k.describe() not in self.printed:
+      self.printed.add(k.describe())
+      print(f"point clouds: intrinsics {k.describe()}")
+    return k
+
+
+def camera_choice(variables: Mapping[str, Any], intrinsics: str | None = None,
+                  fov: float | None = None, weights_path: str = "weights",
+                  fallback_fov: float | None = None) -> CameraChoice:
+  """The camera for a model's point clouds: explicit arguments first, then the intrinsics in
+  `variables["meta"]` (weights metadata), then the dataset default for its class count,
+  then `fallback_fov` degrees; with none of them, ValueError saying what to give."""
+  # Checked before any image is processed.
+  if intrinsics is not None:
+    parse_intrinsics(intrinsics, 1, 1)
+  if fov is not None:
+    from_fov(fov, 1, 1)
+  stored = variables.get(api.META_KEY, {}).get("intrinsics")
+  stored = from_mapping(stored, f"{weights_path} metadata") if stored else None
+  num_classes = api.model_config(variables)["num_classes"]
+  default = DATASET_DEFAULTS.get(num_classes)
+  if intrinsics is None and fov is None and stored is None and default is None:
+    if fallback_fov is not None:
+      return CameraChoice(None, fallback_fov, None, None)
+    raise ValueError(f"--points needs the camera: give --intrinsics fx,fy,cx,cy or --fov DEG "
+                     f"({weights_path} stores no intrinsics and {num_classes} classes match "
+                     f"no dataset default)")
+  return CameraChoice(intrinsics, fov, stored, default)
 
 
 @dataclasses.dataclass

@@ -70,7 +70,7 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
                   out_dir: str | os.PathLike, *, palette: str = "auto",
                   max_depth: float | None = None, progress: bool = True,
                   max_side: int = full_res.DEFAULT_MAX_SIDE,
-                  camera: CameraChoice | None = None,
+                  camera: points_lib.CameraChoice | None = None,
                   max_pixels: int = pngio.DEFAULT_MAX_PIXELS) -> PredictReport:
   """Predict every image in `paths` and write its files into `out_dir` (created).
 
@@ -114,52 +114,8 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
   return report
 
 
-@dataclasses.dataclass
-class CameraChoice:
-  """How `--points` finds an image's intrinsics: the CLI's `--intrinsics` text or `--fov`
-  degrees (both for the image's own size), else `stored` (weights metadata) or `default`
-  (the dataset's camera), rescaled. Each distinct choice is printed once."""
-  intrinsics: str | None = None
-  fov: float | None = None
-  stored: points_lib.Intrinsics | None = None
-  default: points_lib.Intrinsics | None = None
-  printed: set = dataclasses.field(default_factory=set)
-
-  def for_image(self, height: int, width: int) -> points_lib.Intrinsics:
-    if self.intrinsics is not None:
-      k = points_lib.parse_intrinsics(self.intrinsics, height, width)
-    elif self.fov is not None:
-      k = points_lib.from_fov(self.fov, height, width)
-    else:
-      k = self.stored or self.default
-    if k.describe() not in self.printed:
-      self.printed.add(k.describe())
-      print(f"point clouds: intrinsics {k.describe()}")
-    return k
-
-
-def camera_choice(variables: Mapping[str, Any], intrinsics: str | None = None,
-                  fov: float | None = None, weights_path: str = "weights") -> CameraChoice:
-  """The `--points` camera for a model: explicit arguments first, then the intrinsics in
-  `variables["meta"]` (weights metadata), then the dataset default for its class count."""
-  # Checked before any image is processed.
-  if intrinsics is not None:
-    points_lib.parse_intrinsics(intrinsics, 1, 1)
-  if fov is not None:
-    points_lib.from_fov(fov, 1, 1)
-  stored = variables.get(api.META_KEY, {}).get("intrinsics")
-  stored = points_lib.from_mapping(stored, f"{weights_path} metadata") if stored else None
-  num_classes = api.model_config(variables)["num_classes"]
-  default = points_lib.DATASET_DEFAULTS.get(num_classes)
-  if intrinsics is None and fov is None and stored is None and default is None:
-    raise ValueError(f"--points needs the camera: give --intrinsics fx,fy,cx,cy or --fov DEG "
-                     f"({weights_path} stores no intrinsics and {num_classes} classes match "
-                     f"no dataset default)")
-  return CameraChoice(intrinsics, fov, stored, default)
-
-
 def _write_points(target: str, image: np.ndarray, outputs: Mapping[str, np.ndarray],
-                  camera: CameraChoice, colours: np.ndarray, max_side: int) -> str:
+                  camera: points_lib.CameraChoice, colours: np.ndarray, max_side: int) -> str:
   """Back-project one image's predicted depth and write `target` (.ply); returns it."""
   height, width = image.shape[:2]
   stride = max(1, -(-max(height, width) // max_side)) if max_side > 0 else 1
@@ -246,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.points:
       if "depth" not in api.model_config(variables)["tasks"]:
         raise ValueError(f"--points needs depth: {args.weights} has no depth head")
-      camera = camera_choice(variables, args.intrinsics, args.fov, args.weights)
+      camera = points_lib.camera_choice(variables, args.intrinsics, args.fov, args.weights)
     report = predict_files(variables, args.images, args.out, palette=args.palette,
                            max_depth=args.max_depth, progress=not args.no_progress,
                            max_side=args.max_side, camera=camera,

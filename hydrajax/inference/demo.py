@@ -1,0 +1,317 @@
+"""hydrajax-demo: a local web page (Gradio) that runs the network on a photo or a webcam stream.
+
+    pip install hydrajax[demo]
+    hydrajax-demo --weights nyud.npz [--size 240x320] [--port 7860]
+
+The page (served on 127.0.0.1 only) shows the segmentation over the picture with a legend of
+the classes in view, the depth colour map with its scale in metres, the labelled metric point
+cloud in an interactive 3D view (a PLY file, drawn as points), and the frames per second
+reached. Every frame is resized to one fixed size (`--size`, default 240x320) so the compiled
+network is reused and the page stays interactive on a CPU. Uploads that are not images, or
+larger than `--max-pixels`, get a message on the page instead of outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import html
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+
+from hydrajax import api
+from hydrajax.inference import points as points_lib
+from hydrajax.inference import visualize
+
+DEFAULT_SIZE = (240, 320)  # (H, W) the network runs at
+DEFAULT_MAX_PIXELS = 40_000_000  # larger uploads are refused before decoding
+OVERLAY_ALPHA = 0.5  # weight of the class colour in the segmentation overlay
+FALLBACK_FOV = 60.0  # degrees, for webcams of models without stored or dataset intrinsics
+POINT_STRIDE = 2  # every 2nd row and column of the working size goes into the 3D view
+
+
+class InputError(ValueError):
+  """An upload the demo cannot use; its message is shown on the page."""
+
+
+def class_names(variables: Mapping[str, Any], num_classes: int) -> list[str]:
+  """Class names from the weights metadata, else the dataset's for 40 (NYUDv2) or 6 (KITTI-6)
+  classes, else "class i"."""
+  stored = variables.get(api.META_KEY, {}).get("class_names")
+  if stored and len(stored) == num_classes:
+    return [str(n) for n in stored]
+  from hydrajax.data.kitti import KITTI6_CLASSES
+  from hydrajax.data.nyud import NYUD40_CLASSES
+  known = {len(NYUD40_CLASSES): NYUD40_CLASSES, len(KITTI6_CLASSES): KITTI6_CLASSES}
+  return list(known.get(num_classes, [f"class {i}" for i in range(num_classes)]))
+
+
+def read_upload(path: str | os.PathLike | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+  """An uploaded file -> (H, W, 3) uint8 RGB; InputError (naming the file) for a missing,
+  non-image or too large file. The size is read from the header before any decoding."""
+  if path is None:
+    raise InputError("no image: upload a photo (PNG, JPEG, ...) or start the webcam")
+  name = os.path.basename(os.fspath(path))
+  try:
+    with Image.open(path) as img:
+      if img.width * img.height > max_pixels:
+        raise InputError(f"{name}: {img.width}x{img.height} pixels is larger than the "
+                         f"demo's limit of {max_pixels:,} pixels; shrink it first")
+      return np.asarray(img.convert("RGB"))
+  except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+    raise InputError(f"{name}: not a readable image ({e})") from None
+
+
+def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """(H, W, 3) uint8 -> (h, w, 3) uint8 (PIL bilinear; the aspect follows `size`)."""
+  h, w = size
+  if image.shape[:2] == (h, w):
+    return image
+  return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray,
+            alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+  """(h, w, 3) uint8 image and (h, w) class ids -> the class colours blended over the image
+  with weight `alpha` (rounded to uint8)."""
+  colours = visualize.colorize_segm(labels, palette).astype(np.float32)
+  return np.round(alpha * colours + (1 - alpha) * image.astype(np.float32)).astype(np.uint8)
+
+
+def _font(size: int):
+  try:
+    return ImageFont.load_default(size=size)
+  except TypeError:  # Pillow < 10.1: the fixed bitmap font
+    return ImageFont.load_default()
+
+
+def depth_panel(depth: np.ndarray, max_depth: float, bar_width: int = 16) -> np.ndarray:
+  """(h, w) metres -> (h, w + scale, 3) uint8: the plasma colour map (0 .. max_depth m) and a
+  vertical colour bar labelled in metres (near at the top, as the colours run)."""
+  h = depth.shape[0]
+  colours = visualize.colorize_depth(depth, max_depth)
+  ramp = np.linspace(0.0, max_depth, h)[:, None].repeat(bar_width, axis=1)
+  bar = visualize.colorize_depth(ramp, max_depth)
+  font = _font(max(9, min(14, h // 16)))
+  label_width = 44
+  canvas = Image.new("RGB", (colours.shape[1] + 6 + bar_width + label_width, h), "white")
+  canvas.paste(Image.fromarray(colours), (0, 0))
+  x0 = colours.shape[1] + 6
+  canvas.paste(Image.fromarray(bar), (x0, 0))
+  draw = ImageDraw.Draw(canvas)
+  ticks = np.linspace(0.0, max_depth, 5)
+  for t in ticks:
+    y = int(round(t / max_depth * (h - 1)))
+    draw.line([(x0 + bar_width, y), (x0 + bar_width + 3, y)], fill="black")
+    draw.text((x0 + bar_width + 5, min(max(y - 6, 0), h - 12)), f"{t:g} m", fill="black",
+              font=font)
+  return np.asarray(canvas)
+
+
+def legend_html(labels: np.ndarray, palette: np.ndarray, names: Sequence[str],
+                limit: int = 12) -> str:
+  """HTML swatches of the classes in `labels`, largest area first (at most `limit`)."""
+  ids, counts = np.unique(labels, return_counts=True)
+  order = np.argsort(-counts, kind="stable")[:limit]
+  items = []
+  for i in order:
+    c = int(ids[i])
+    r, g, b = (int(v) for v in palette[c])
+    share = 100.0 * counts[i] / labels.size
+    items.append(f'<span class="hj-class" data-class="{c}" style="display:inline-block;'
+                 f'margin:2px 8px 2px 0"><span style="display:inline-block;width:12px;'
+                 f'height:12px;background:rgb({r},{g},{b});border:1px solid #444;'
+                 f'vertical-align:middle"></span> {html.escape(names[c])} {share:.0f}%</span>')
+  return '<div id="hj-legend-items">' + "".join(items) + "</div>"
+
+
+@dataclasses.dataclass
+class Frame:
+  """One processed frame: the resized input (h, w, 3), class ids (h, w), depth (h, w) metres,
+  seconds in the network."""
+  image: np.ndarray
+  labels: np.ndarray
+  depth: np.ndarray
+  seconds: float
+
+
+class Engine:
+  """The network at one fixed input size: `hydrajax.apply`, compiled once for (1, h, w, 3)."""
+
+  def __init__(self, variables: Mapping[str, Any], size: tuple[int, int] = DEFAULT_SIZE):
+    cfg = api.model_config(variables)
+    missing = {"segm", "depth"} - set(cfg["tasks"])
+    if missing:
+      raise ValueError(f"the demo needs segmentation and depth; the weights lack "
+                       f"{sorted(missing)}")
+    if min(size) < 16:
+      raise ValueError(f"--size must be at least 16x16 pixels, got {size[0]}x{size[1]}")
+    self.variables, self.size = variables, tuple(size)
+    self.num_classes = cfg["num_classes"]
+
+  def __call__(self, image: np.ndarray) -> Frame:
+    small = resize_to(np.ascontiguousarray(image[..., :3]), self.size)
+    start = time.perf_counter()
+    out = jax.block_until_ready(api.apply(self.variables, small))
+    seconds = time.perf_counter() - start
+    return Frame(small, np.asarray(out["segm"]).argmax(-1), np.asarray(out["depth"]), seconds)
+
+
+class Demo:
+  """The page's logic, without Gradio: turns an image into the page's outputs."""
+
+  def __init__(self, variables: Mapping[str, Any], *, size: tuple[int, int] = DEFAULT_SIZE,
+               intrinsics: str | None = None, fov: float | None = None,
+               max_depth: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+               workdir: str | None = None, weights_name: str = "weights"):
+    self.engine = Engine(variables, size)
+    self.palette, self.max_depth = visualize.display_settings(self.engine.num_classes,
+                                                              "auto", max_depth)
+    self.names = class_names(variables, self.engine.num_classes)
+    self.camera = points_lib.camera_choice(variables, intrinsics, fov, weights_name,
+                                           fallback_fov=FALLBACK_FOV)
+    self.max_pixels = max_pixels
+    self.workdir = workdir or tempfile.mkdtemp(prefix="hydrajax-demo-")
+    self._count = 0
+
+  def process(self, image: np.ndarray) -> dict[str, Any]:
+    """(H, W, 3) uint8 -> {"overlay", "depth" (images), "legend" (HTML), "ply" (path),
+    "frame" (Frame), "intrinsics" (used, at the working size)}."""
+    frame = self.engine(image)
+    k = self.camera.for_image(*image.shape[:2]).scaled(*frame.depth.shape)
+    cloud = points_lib.points(frame.depth, k, labels=frame.labels, stride=POINT_STRIDE)
+    # Shown with the class colours, y up (the viewer's convention: the photo's way up).
+    cloud.colors = self.palette[np.clip(cloud.labels, 0, len(self.palette) - 1)]
+    cloud.xyz = cloud.xyz * np.array([1, -1, 1], np.float32)
+    self._count += 1
+    ply = os.path.join(self.workdir, f"cloud_{self._count % 4}.ply")
+    points_lib.write_ply(ply, cloud, self.palette)
+    return {"overlay": overlay(frame.image, frame.labels, self.palette),
+            "depth": depth_panel(frame.depth, self.max_depth),
+            "legend": legend_html(frame.labels, self.palette, self.names),
+            "ply": ply, "frame": frame, "intrinsics": k}
+
+  def status(self, frame: Frame, fps: float | None, frames: int) -> str:
+    h, w = self.engine.size
+    rate = f"{fps:.1f} frames/s over {frames} frames" if fps else f"{frames} frame(s)"
+    return (f'<span id="hj-status" data-frames="{frames}">network {frame.seconds * 1000:.0f} ms '
+            f'at {w}x{h} · {rate} · {html.escape(self.camera_text)}</span>')
+
+  @property
+  def camera_text(self) -> str:
+    return "intrinsics: " + next(iter(self.camera.printed), "none yet")
+
+
+def build(demo: Demo, *, stream_every: float = 0.2):
+  """The Gradio Blocks of the page (not launched)."""
+  os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
+  import gradio as gr
+
+  def on_upload(path):
+    try:
+      image = read_upload(path, demo.max_pixels)
+      out = demo.process(image)
+    except InputError as e:
+      return None, None, None, "", f'<span id="hj-error">{html.escape(str(e))}</span>'
+    return (out["overlay"], out["depth"], out["ply"], out["legend"],
+            demo.status(out["frame"], None, 1))
+
+  def on_frame(image, state):
+    if image is None:
+      return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
+    state = state or {"count": 0, "times": []}
+    count = state["count"] + 1
+    times = (state["times"] + [time.perf_counter()])[-20:]
+    out = demo.process(np.asarray(image))
+    fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None
+    # The 3D view reloads every 10th frame: a new point cloud per frame would stall the page.
+    ply = out["ply"] if count % 10 == 1 else gr.skip()
+    return (out["overlay"], out["depth"], ply, out["legend"],
+            demo.status(out["frame"], fps, count), {"count": count, "times": times})
+
+  with gr.Blocks(title="hydrajax: segmentation, depth and 3D") as page:
+    gr.Markdown("## hydrajax: semantic segmentation + metric depth, in 3D\n"
+                "Upload a photo or stream the webcam. Everything runs on this machine.")
+    with gr.Row():
+      with gr.Column(scale=1):
+        with gr.Tab("Photo"):
+          upload = gr.File(label="photo", file_types=["image"], type="filepath",
+                           elem_id="hj-upload")
+        with gr.Tab("Webcam", elem_id="hj-webcam-tab"):
+          webcam = gr.Image(label="webcam", sources=["webcam"], streaming=True, type="numpy",
+                            elem_id="hj-webcam")
+        status = gr.HTML(elem_id="hj-status-box")
+        legend = gr.HTML(elem_id="hj-legend")
+      with gr.Column(scale=2):
+        with gr.Row():
+          segm = gr.Image(label="segmentation", format="png", elem_id="hj-segm",
+                          interactive=False, height=260)
+          depth = gr.Image(label="depth (m)", format="png", elem_id="hj-depth",
+                           interactive=False, height=260)
+        cloud = gr.Model3D(label="point cloud (metres, class colours)", elem_id="hj-3d",
+                           height=360, interactive=False, clear_color=(0.08, 0.08, 0.1, 1.0),
+                           camera_position=(-60, 70, None))
+    state = gr.State(None)
+    outputs = [segm, depth, cloud, legend, status]
+    upload.change(on_upload, inputs=[upload], outputs=outputs, concurrency_limit=1)
+    webcam.stream(on_frame, inputs=[webcam, state], outputs=outputs + [state],
+                  stream_every=stream_every, concurrency_limit=1)
+  return page
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="hydrajax-demo", description=__doc__.split("\n")[0])
+  parser.add_argument("--weights", required=True, help="hydrajax weights (.npz)")
+  parser.add_argument("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}",
+                      help="HxW the network runs at (default %(default)s)")
+  parser.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
+  parser.add_argument("--intrinsics", default=None, metavar="FX,FY,CX,CY",
+                      help="camera intrinsics in pixels at the uploaded images' size")
+  parser.add_argument("--fov", type=float, default=None, metavar="DEG",
+                      help="horizontal field of view in degrees (default: the weights' "
+                           f"intrinsics, the dataset's camera, else {FALLBACK_FOV:g})")
+  parser.add_argument("--max-depth", type=float, default=None,
+                      help="depth colour-map clip in metres (default 8 NYUD, 80 KITTI)")
+  parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                      help="largest upload in pixels (default %(default)s)")
+  return parser
+
+
+def parse_size(text: str) -> tuple[int, int]:
+  try:
+    h, w = (int(v) for v in text.lower().split("x"))
+  except ValueError:
+    raise ValueError(f"--size must be HxW in pixels, e.g. 240x320, got {text!r}") from None
+  return h, w
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    import gradio  # noqa: F401
+  except ImportError:
+    print("error: the demo needs Gradio: pip install hydrajax[demo]", file=sys.stderr)
+    return 2
+  from hydrajax import weights
+  try:
+    variables = weights.load(args.weights)
+    demo = Demo(variables, size=parse_size(args.size), intrinsics=args.intrinsics, fov=args.fov,
+                max_depth=args.max_depth, max_pixels=args.max_pixels,
+                weights_name=args.weights)
+    demo.engine(np.zeros(demo.engine.size + (3,), np.uint8))  # compile before serving
+  except (OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  build(demo).launch(server_name="127.0.0.1", server_port=args.port, max_file_size="100mb",
+                     show_error=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

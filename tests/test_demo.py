@@ -1,0 +1,248 @@
+"""hydrajax-demo: the page's logic on its own, and the served page driven by headless Chromium
+(an uploaded NYUD frame, a bad upload, and Chromium's fake webcam fed from the sample frames).
+
+The model is random (hydrajax.init) with its two heads rescaled on the NYUD frame so that its
+labels and depth vary across the picture: a check that the page shows the network's labels
+then compares many classes, not one. HYDRAJAX_DEMO_SCREENSHOT=PATH saves the page's picture
+(docs/demo_page.png is made that way)."""
+import io
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import jax
+import numpy as np
+import plyfile
+import pytest
+from PIL import Image
+
+import hydrajax
+from hydrajax.inference import demo, visualize
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+NYUD = os.path.join(DATA, "nyud", "000464_rgb.png")
+KITTI = os.path.join(DATA, "kitti", "000099_rgb.png")
+SIZE = (96, 128)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def lively(variables, image):
+  """Rescale the segm and depth heads' last convs so that, on `image`, every class logit
+  has mean 0 and std 1 over the pixels and depth has mean 2.5 m and std 0.8 m."""
+  model = hydrajax.model_from_variables(variables)
+  raw = jax.jit(lambda v, x: model.apply(v, hydrajax.normalize(x), train=False))(
+      variables, np.asarray(image)[None])
+  logits = np.asarray(raw["segm"], np.float64).reshape(-1, raw["segm"].shape[-1])
+  mean, std = logits.mean(0), logits.std(0) + 1e-12
+  depth = np.asarray(raw["depth"], np.float64)
+  d_mean, d_gain = depth.mean(), 0.8 / (depth.std() + 1e-12)
+  params = jax.tree_util.tree_map(np.asarray, variables["params"])
+  segm, dep = params["head_segm"]["segm"], params["head_depth"]["depth"]
+  segm["kernel"] = (segm["kernel"] / std).astype(np.float32)
+  segm["bias"] = ((segm["bias"] - mean) / std).astype(np.float32)
+  dep["kernel"] = (dep["kernel"] * d_gain).astype(np.float32)
+  dep["bias"] = ((dep["bias"] - d_mean) * d_gain + 2.5).astype(np.float32)
+  return {"params": params, "batch_stats": variables["batch_stats"]}
+
+
+def _nyud_small():
+  return demo.resize_to(np.asarray(Image.open(NYUD).convert("RGB")), SIZE)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return lively(hydrajax.init(0, num_classes=40), _nyud_small())
+
+
+@pytest.fixture(scope="module")
+def page_logic(model, tmp_path_factory):
+  return demo.Demo(model, size=SIZE, workdir=str(tmp_path_factory.mktemp("demo")))
+
+
+def decode_overlay(overlay, image, palette, alpha=demo.OVERLAY_ALPHA):
+  """The class ids whose blend over `image` gives `overlay` (nearest over the palette)."""
+  blends = np.round(alpha * palette[:, None, None].astype(np.float32)
+                    + (1 - alpha) * image[None].astype(np.float32))
+  return np.abs(blends - overlay[None]).sum(-1).argmin(0)
+
+
+def test_page_outputs_show_the_networks_labels_depth_and_points(page_logic, model):
+  image = np.asarray(Image.open(NYUD).convert("RGB"))
+  out = page_logic.process(image)
+  want = np.asarray(hydrajax.apply(model, _nyud_small())["segm"]).argmax(-1)
+  assert len(np.unique(want)) > 10  # the rescaled heads give many classes
+  labels = decode_overlay(out["overlay"], _nyud_small(), page_logic.palette)
+  np.testing.assert_array_equal(labels, want)
+  assert out["depth"].shape[0] == SIZE[0] and out["depth"].shape[1] > SIZE[1]
+  v = plyfile.PlyData.read(out["ply"])["vertex"]
+  assert v.count == (SIZE[0] // 2) * (SIZE[1] // 2)
+  np.testing.assert_array_equal(v["label"], want[::2, ::2].ravel())
+  assert 0.5 < np.median(v["z"]) < 5  # metres
+  largest = np.bincount(want.ravel()).argmax()
+  assert demo.class_names(model, 40)[largest] in out["legend"]
+
+
+def test_bad_uploads_raise_input_errors_naming_the_file(tmp_path):
+  text = tmp_path / "notes.png"
+  text.write_text("not an image")
+  with pytest.raises(demo.InputError, match="notes.png: not a readable image"):
+    demo.read_upload(str(text))
+  with pytest.raises(demo.InputError, match=r"000464_rgb.png: 640x480 pixels is larger"):
+    demo.read_upload(NYUD, max_pixels=640 * 480 - 1)
+  with pytest.raises(demo.InputError, match="no image"):
+    demo.read_upload(None)
+
+
+def test_depth_panel_has_a_metre_scale_beside_the_colour_map():
+  depth = np.linspace(0, 8, 64 * 80).reshape(64, 80)
+  panel = demo.depth_panel(depth, 8.0)
+  np.testing.assert_array_equal(panel[:, :80], visualize.colorize_depth(depth, 8.0))
+  bar = panel[:, 86:86 + 16]
+  # The bar runs from the 0 m colour at the top to the 8 m colour at the bottom.
+  np.testing.assert_array_equal(bar[0, 0], visualize.colorize_depth(np.zeros(1), 8.0)[0])
+  np.testing.assert_array_equal(bar[-1, 0], visualize.colorize_depth(np.full(1, 8.0), 8.0)[0])
+  assert (panel[:, 86 + 16:] < 128).any()  # tick labels drawn in black
+
+
+def test_demo_refuses_a_model_without_depth():
+  with pytest.raises(ValueError, match="lack"):
+    demo.Engine(hydrajax.init(0, num_classes=40, tasks=("segm",)), SIZE)
+
+
+# --- the served page in a real browser -------------------------------------------------------
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(page_logic):
+  if not os.path.exists(CHROMIUM):
+    pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+  pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+  page_logic.engine(_nyud_small())  # compile before the browser waits on it
+  blocks = demo.build(page_logic, stream_every=0.1)
+  port = _free_port()
+  blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                quiet=True)
+  yield f"http://127.0.0.1:{port}/"
+  blocks.close()
+
+
+@pytest.fixture(scope="module")
+def playwright():
+  from playwright.sync_api import sync_playwright
+  with sync_playwright() as p:
+    yield p
+
+
+def _browser(playwright, tmp_path, extra_args=()):
+  context = playwright.chromium.launch_persistent_context(
+      str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+      args=CHROMIUM_ARGS + list(extra_args), viewport={"width": 1280, "height": 860})
+  # Nothing leaves the machine: every request that is not to the local server fails.
+  context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
+      ("http://127.0.0.1", "data:", "blob:")) else route.abort())
+  return context
+
+
+def _fetch_png(page, locator):
+  src = page.locator(locator).first.get_attribute("src")
+  return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())))
+
+
+def test_browser_upload_shows_labels_equal_to_apply_depth_and_3d(server, playwright, model,
+                                                                 page_logic, tmp_path):
+  context = _browser(playwright, tmp_path)
+  try:
+    page = context.new_page()
+    page.goto(server)
+    page.set_input_files("#hj-upload input[type=file]", NYUD)
+    page.wait_for_selector("#hj-status", timeout=30000)
+    overlay = _fetch_png(page, "#hj-segm img")
+    want = np.asarray(hydrajax.apply(model, _nyud_small())["segm"]).argmax(-1)
+    np.testing.assert_array_equal(decode_overlay(overlay[..., :3], _nyud_small(),
+                                                 page_logic.palette), want)
+    depth = _fetch_png(page, "#hj-depth img")
+    assert depth.shape[0] == SIZE[0] and depth.shape[1] > SIZE[1]
+    legend = page.inner_text("#hj-legend")
+    assert demo.class_names(model, 40)[np.bincount(want.ravel()).argmax()] in legend
+    assert "NYUDv2 Kinect" in page.inner_text("#hj-status-box")
+    # The 3D view: the PLY it loaded holds the labelled points, and its canvas is drawn.
+    href = page.locator("#hj-3d a[download]").first.get_attribute("href")
+    assert href.endswith(".ply")
+    ply = plyfile.PlyData.read(io.BytesIO(page.request.get(href).body()))
+    np.testing.assert_array_equal(ply["vertex"]["label"], want[::2, ::2].ravel())
+    page.wait_for_selector("#hj-3d canvas", timeout=20000)
+    page.wait_for_timeout(2500)  # Babylon draws the points
+    shot = tmp_path / "demo_page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    canvas = np.asarray(Image.open(io.BytesIO(
+        page.locator("#hj-3d canvas").first.screenshot())).convert("RGB"))
+    assert len(np.unique(canvas.reshape(-1, 3), axis=0)) > 20  # points in class colours
+    if os.environ.get("HYDRAJAX_DEMO_SCREENSHOT"):
+      shutil.copy(shot, os.environ["HYDRAJAX_DEMO_SCREENSHOT"])
+  finally:
+    context.close()
+
+
+def test_browser_bad_upload_shows_a_message_and_the_server_keeps_serving(server, playwright,
+                                                                         tmp_path):
+  bad = tmp_path / "holiday.jpg"
+  bad.write_bytes(b"\x00" * 1000)
+  context = _browser(playwright, tmp_path)
+  try:
+    page = context.new_page()
+    page.goto(server)
+    page.set_input_files("#hj-upload input[type=file]", str(bad))
+    page.wait_for_selector("#hj-error", timeout=30000)
+    assert "holiday.jpg: not a readable image" in page.inner_text("#hj-error")
+    page.goto(server)
+    page.set_input_files("#hj-upload input[type=file]", NYUD)
+    page.wait_for_selector("#hj-status", timeout=30000)
+  finally:
+    context.close()
+
+
+def _fake_camera_file(path):
+  """A y4m video of the NYUD and KITTI frames (ffmpeg from imageio-ffmpeg encodes it)."""
+  import imageio_ffmpeg
+  frames = [np.asarray(Image.open(p).convert("RGB").resize((320, 240))) for p in (NYUD, KITTI)]
+  raw = b"".join(f.tobytes() for f in frames for _ in range(5))
+  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo",
+                  "-pix_fmt", "rgb24", "-s", "320x240", "-r", "10", "-i", "-",
+                  "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", str(path)], input=raw, check=True)
+
+
+def test_browser_fake_webcam_frames_are_processed(server, playwright, tmp_path):
+  video = tmp_path / "camera.y4m"
+  _fake_camera_file(video)
+  context = _browser(playwright, tmp_path, ["--use-fake-device-for-media-stream",
+                                            "--use-fake-ui-for-media-stream",
+                                            f"--use-file-for-fake-video-capture={video}"])
+  try:
+    page = context.new_page()
+    page.goto(server)
+    page.get_by_role("tab", name="Webcam").click()
+    page.get_by_text("Click to Access Webcam").click()
+    page.locator("#hj-webcam button").filter(has_text="Record").first.click()
+    deadline = time.monotonic() + 40
+    frames = 0
+    while time.monotonic() < deadline and frames < 5:
+      page.wait_for_timeout(500)
+      status = page.locator("#hj-status")
+      frames = int(status.get_attribute("data-frames")) if status.count() else 0
+    assert frames >= 5, f"only {frames} webcam frames were processed"
+    assert "frames/s" in page.inner_text("#hj-status-box")
+    assert _fetch_png(page, "#hj-segm img").shape[:2] == SIZE
+  finally:
+    context.close()
