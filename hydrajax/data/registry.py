@@ -121,9 +121,9 @@ def _folder_palette(config: ml_collections.ConfigDict) -> np.ndarray | None:
 def _entries() -> dict[str, Dataset]:
   from hydrajax.data.kitti import (CITYSCAPES_CLASSES, KITTI6_CLASSES, KITTI6_PALETTE,
                                    KITTI_DEPTH_DIVISOR)
-  from hydrajax.data.nyud import NYUD_DEPTH_SCALE, NYUD_NUM_CLASSES
+  from hydrajax.data.nyud import NYUD40_CLASSES, NYUD_DEPTH_SCALE
   from hydrajax.data.synthetic import SYNTHETIC_CLASSES
-  nyud = dict(classes=tuple(str(i) for i in range(NYUD_NUM_CLASSES)), palette=NYUD_PALETTE,
+  nyud = dict(classes=NYUD40_CLASSES, palette=NYUD_PALETTE,
               depth_scale=NYUD_DEPTH_SCALE, max_depth=10.0, display_max_depth=8.0)
   kitti = dict(depth_scale=KITTI_DEPTH_DIVISOR, eval_crop="garg", max_depth=80.0,
                display_max_depth=80.0)

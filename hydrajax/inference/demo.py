@@ -171,8 +171,7 @@ class Demo:
                max_depth: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                workdir: str | None = None, weights_name: str = "weights"):
     self.engine = Engine(variables, size)
-    self.palette, self.max_depth = visualize.display_settings(self.engine.num_classes,
-                                                              "auto", max_depth)
+    self.palette, self.max_depth = visualize.settings_for(variables, "auto", max_depth)
     self.names = class_names(variables, self.engine.num_classes)
     self.camera = points_lib.camera_choice(variables, intrinsics, fov, weights_name,
                                            fallback_fov=FALLBACK_FOV)
