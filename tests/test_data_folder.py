@@ -266,3 +266,15 @@ def test_a_depth_only_folder_needs_no_classes_file(tmp_path):
   assert registry.metadata(config) == {"dataset": "folder", "intrinsics": None}
   source = sources.build_source(config, "train")
   assert len(source) == 1 and source[0]["depth"].shape == (H, W)
+
+
+def test_a_rotated_phone_photo_is_read_upright_and_its_label_matches_that(tmp_path):
+  _classes(tmp_path)
+  os.makedirs(tmp_path / "train" / "images")
+  stored = RNG.integers(0, 255, (H, W, 3), dtype=np.uint8)  # as the sensor stored it
+  exif = Image.Exif()
+  exif[0x0112] = 6  # shown turned a quarter: W x H upright
+  Image.fromarray(stored).save(tmp_path / "train" / "images" / "a.jpg", exif=exif, quality=95)
+  _save(f"{tmp_path}/train/segm/a.png", np.zeros((W, H), np.uint8))  # drawn on the upright view
+  src = folder.Folder(str(tmp_path), val_fraction=0)
+  assert src[0]["image"].shape == (W, H, 3) and src[0]["segm"].shape == (W, H)

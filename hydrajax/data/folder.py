@@ -43,6 +43,7 @@ DEPTH_EXTS = (".png", ".npy", ".tiff", ".tif")
 SPLITS = ("train", "val")
 IGNORE = 255
 DEFAULT_DEPTH_SCALE = 1000.0
+_ORIENTATION = 0x0112  # the EXIF tag
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
@@ -288,16 +289,20 @@ def split_frames(s: Scan, split: str, val_fraction: float = 0.1, seed: int = 0) 
 # --- reading and checking files -----------------------------------------------------------
 
 
-def header(path: str) -> tuple[tuple[int, int], str]:
+def header(path: str, image: bool = False) -> tuple[tuple[int, int], str]:
   """((H, W), kind) from the file's header only (cheap): kind is the PIL mode, or the
-  dtype of a .npy. BadSampleError naming the file if it cannot be read."""
+  dtype of a .npy; an `image`'s size upright (its EXIF orientation applied, as it is read).
+  BadSampleError naming the file if it cannot be read."""
   try:
     if path.lower().endswith(".npy"):
       a = np.load(path, mmap_mode="r", allow_pickle=False)
       shape = a.shape[:2] if a.ndim == 3 and a.shape[2] == 1 else a.shape
       return tuple(shape), str(a.dtype)
     with Image.open(path) as im:
-      return (im.height, im.width), im.mode
+      hw = (im.height, im.width)
+      if image and im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+        hw = hw[::-1]  # read upright (pngio.load_rgb): a quarter turn
+      return hw, im.mode
   except Exception as e:  # noqa: BLE001 - PIL / numpy raise many types for a bad file
     raise BadSampleError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
 
@@ -324,7 +329,7 @@ def check_headers(frame: Frame) -> list[tuple[str, str]]:
   """(path, problem) of a frame from its files' headers: unreadable files, labels of the
   wrong kind or of another size than the image (naming both files)."""
   try:
-    hw, _ = header(frame.image)
+    hw, _ = header(frame.image, image=True)
   except BadSampleError as e:
     return [(frame.image, str(e))]
   problems = []
@@ -346,14 +351,9 @@ def check_headers(frame: Frame) -> list[tuple[str, str]]:
 
 
 def read_image(path: str) -> np.ndarray:
-  """(H, W, 3) uint8 RGB of any image file PIL reads (palette, grey, RGBA converted)."""
-  try:
-    with Image.open(path) as im:
-      return np.ascontiguousarray(np.asarray(im.convert("RGB")))
-  except FileNotFoundError as e:
-    raise BadSampleError(f"missing file {path}") from e
-  except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt data
-    raise BadSampleError(f"cannot decode {path}: {e}") from e
+  """(H, W, 3) uint8 RGB of any image file, upright (pngio.load_rgb: EXIF orientation
+  applied, so labels drawn on the photo as shown line up)."""
+  return pngio.load_rgb(path)
 
 
 def read_segm(path: str, hw: Sequence[int], classes: Classes | None) -> np.ndarray:
@@ -514,5 +514,5 @@ def camera(root: str) -> dict | None:
   k = read_intrinsics(root)
   if k is None or ("width" in k and "height" in k):
     return k
-  (h, w), _ = header(scan(root).frames["train"][0].image)
+  (h, w), _ = header(scan(root).frames["train"][0].image, image=True)
   return {**k, "width": k.get("width", w), "height": k.get("height", h)}
