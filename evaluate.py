@@ -2,6 +2,8 @@
 
 Uses WORKDIR's latest checkpoint (--which=best for the best one) or --weights FILE.npz.
 Writes WORKDIR/eval/metrics.json and WORKDIR/eval/samples.png and prints a table.
+--onnx FILE.onnx evaluates an exported graph (float or int8) instead, with the same metrics
+(hydrajax/evaluate/onnx_eval.py), into WORKDIR/eval/FILE.onnx.json.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -11,6 +13,7 @@ config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Dataset and e
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints in, eval/ out).")
 flags.DEFINE_string("weights", "", "A weights .npz instead of the workdir's checkpoint.")
+flags.DEFINE_string("onnx", "", "An exported ONNX graph to evaluate instead of weights.")
 flags.DEFINE_enum("which", "latest", ["latest", "best"], "Which checkpoint of WORKDIR.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -24,6 +27,12 @@ def main(argv):
   from hydrajax.train import config_check
   from hydrajax.evaluate import loop as evaluate
   with config_check.exit_on_bad_input():
+    if FLAGS.onnx:
+      if FLAGS.weights:
+        raise ValueError("give either --onnx or --weights, not both")
+      from hydrajax.evaluate import onnx_eval
+      onnx_eval.run(FLAGS.config, FLAGS.workdir, FLAGS.onnx)
+      return
     evaluate.run(FLAGS.config, FLAGS.workdir, FLAGS.weights, FLAGS.which)
 
 

@@ -103,13 +103,17 @@ def choose(weights: str = "", workdir: str = "") -> str:
   return weights or from_workdir(workdir)
 
 
-def add_source_args(parser: Any) -> None:
-  """--weights FILE.npz | --workdir RUN (one of them) on an argparse parser."""
+def add_source_args(parser: Any, onnx: bool = False) -> None:
+  """--weights FILE.npz | --workdir RUN (one of them) on an argparse parser; with `onnx`,
+  --onnx FILE.onnx (an exported graph, hydrajax.inference.onnx_runner) as a third choice."""
   group = parser.add_mutually_exclusive_group(required=True)
   group.add_argument("--weights", default="",
                      help="hydrajax weights (.npz from hydrajax.convert.official or training)")
   group.add_argument("--workdir", default="",
                      help="a training run's directory: its weights/best.npz, else final.npz")
+  if onnx:
+    group.add_argument("--onnx", default="",
+                       help="an exported ONNX graph (float or int8, hydrajax-export) instead")
 
 
 def _plain(value: Any) -> Any:

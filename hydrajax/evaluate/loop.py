@@ -123,7 +123,12 @@ def evaluate(variables: dict, config: ml_collections.ConfigDict, source: Any = N
     acc.add(parallel.unreplicate(sums))
     if len(samples) < num_samples:
       samples += _pictures(batch, preds, num_samples - len(samples))
-  totals = acc.result()
+  return metrics_from_sums(acc.result(), config, len(source)), samples
+
+
+def metrics_from_sums(totals: dict, config: ml_collections.ConfigDict, num_examples: int
+                      ) -> dict:
+  """The flat metrics dict of a whole set from its summed "confusion" / "depth" sums."""
   result = {}
   if "confusion" in totals:
     from hydrajax.data import registry
@@ -135,8 +140,8 @@ def evaluate(variables: dict, config: ml_collections.ConfigDict, source: Any = N
     dep = metrics.depth_metrics(totals["depth"])
     dep["depth_pixels"] = dep.pop("num_pixels")
     result.update(dep)
-  result["num_examples"] = len(source)
-  return result, samples
+  result["num_examples"] = num_examples
+  return result
 
 
 def _pad_like_other_processes(batch: dict) -> dict:

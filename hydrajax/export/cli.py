@@ -13,6 +13,11 @@ returns named outputs (ONNX output names; dict keys of the StableHLO function):
 The batch is symbolic ("N") unless --batch is given. H and W are fixed at export time: the
 decoder's resizes are constant matrices for one size.
 
+int8 (ONNX only): `--int8 --calibrate-config configs/x.py` (or `--calibrate-images DIR`)
+quantizes the graph statically (hydrajax.export.quantize: QDQ, per-channel int8 weights,
+uint8 activations calibrated on `--calibrate-count` seeded images of that dataset's training
+split or folder); same inputs and outputs as the float graph.
+
 Run a StableHLO file without hydrajax: `jax.export.deserialize(open(f, "rb").read()).call(x)`.
 Run an ONNX file: `onnxruntime.InferenceSession(f).run(None, {"image": x})`.
 """
@@ -120,6 +125,11 @@ def export_onnx(variables: Mapping[str, Any], height: int, width: int, *,
       variables, api.model_config(variables), int(height), int(width), batch=batch,
       full_resolution=full_resolution, input_dtype=input_dtype, input_name=INPUT_NAME,
       output_order=OUTPUT_ORDER, opset=opset)
+  cfg = api.model_config(variables)
+  # What the graph does not show (read back by hydrajax.inference.onnx_runner).
+  onnx_ops.set_metadata(model, {"num_classes": cfg["num_classes"], "tasks": list(cfg["tasks"]),
+                                "align_corners": bool(cfg["align_corners"]),
+                                "full_resolution": bool(full_resolution)})
   return model.SerializeToString()
 
 
@@ -170,9 +180,65 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--full-resolution", action="store_true",
                  help="outputs at the input resolution, plus argmax 'labels'")
   p.add_argument("--input-dtype", choices=INPUT_DTYPES, default="uint8")
+  p.add_argument("--int8", action="store_true",
+                 help="ONNX only: statically quantized int8 graph (needs a calibration source)")
+  p.add_argument("--calibrate-config", default=None,
+                 help="--int8: calibrate on this config's training images (configs/x.py[:arg])")
+  p.add_argument("--calibrate-images", default=None,
+                 help="--int8: calibrate on the image files of this folder")
+  p.add_argument("--calibrate-count", type=int, default=None,
+                 help="--int8: number of calibration images (default 32, seeded choice)")
+  p.add_argument("--calibrate-seed", type=int, default=0)
+  p.add_argument("--keep-float", default=None,
+                 help="--int8: comma-separated parts left float32, from "
+                      "segm_head,depth_head,normals_head,output_resize,input "
+                      "(default depth_head; 'none' for none)")
   p.add_argument("--platforms", default=None,
                  help="StableHLO only: comma-separated, e.g. cpu,cuda (default: this backend)")
   return p.parse_args(argv)
+
+
+def _check_int8_args(args: argparse.Namespace) -> tuple[str, str] | None:
+  """("config" | "images", path) of an --int8 export, None without --int8; ValueError on
+  a bad combination."""
+  given = [n for n in ("calibrate_config", "calibrate_images", "calibrate_count", "keep_float")
+           if getattr(args, n) is not None]
+  if not args.int8:
+    if given:
+      raise ValueError(f"--{given[0].replace('_', '-')} applies to --int8 only")
+    return None
+  if args.format != "onnx":
+    raise ValueError("--int8 applies to --format onnx only")
+  if (args.calibrate_config is None) == (args.calibrate_images is None):
+    raise ValueError("--int8 needs exactly one of --calibrate-config FILE or "
+                     "--calibrate-images DIR")
+  if args.calibrate_count is not None and args.calibrate_count < 1:
+    raise ValueError(f"--calibrate-count must be >= 1, got {args.calibrate_count}")
+  if args.keep_float is not None:
+    from hydrajax.export import quantize
+    parts = {p.strip() for p in args.keep_float.split(",")} - {"", "none"}
+    if parts - set(quantize.FLOAT_PARTS):
+      raise ValueError(f"--keep-float: unknown float parts {sorted(parts - set(quantize.FLOAT_PARTS))}"
+                       f"; expected some of {','.join(quantize.FLOAT_PARTS)} or none")
+  try:
+    import onnxruntime.quantization  # noqa: F401
+  except ImportError as e:
+    raise ImportError(f"--int8 needs onnxruntime: {_ONNX_INSTALL} ({e})") from e
+  if args.calibrate_config is not None:
+    return "config", args.calibrate_config
+  return "images", args.calibrate_images
+
+
+def _quantize(data: bytes, args: argparse.Namespace, calibration: tuple[str, str]) -> bytes:
+  from hydrajax.export import quantize
+  kind, path = calibration
+  count = args.calibrate_count or quantize.CALIBRATE_DEFAULT
+  read = quantize.images_from_config if kind == "config" else quantize.images_from_folder
+  images = read(path, (args.height, args.width), count, args.calibrate_seed)
+  keep = quantize.KEEP_FLOAT
+  if args.keep_float is not None:
+    keep = [p.strip() for p in args.keep_float.split(",") if p.strip() not in ("", "none")]
+  return quantize.quantize(data, images, keep_float=keep)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.path.exists(parent) and not os.path.isdir(parent):
       raise ValueError(f"--out {args.out}: {parent} is a file, not a directory")
     _check_args(args.height, args.width, args.batch, args.input_dtype)
+    calibration = _check_int8_args(args)
     if args.format == "onnx":
       _import_onnx()  # fail before the slow part if it is missing
     variables = weights.load(args.weights)
@@ -195,12 +262,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.platforms:
       kwargs["platforms"] = [s.strip() for s in args.platforms.split(",") if s.strip()]
     data = export(variables, args.format, args.height, args.width, **kwargs)
+    if args.int8:
+      data = _quantize(data, args, calibration)
     rows = signature(data, args.format)
     atomic.write_bytes_atomic(args.out, data)
   except (ValueError, OSError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"wrote {args.out} ({args.format}, {len(data) / 1e6:.1f} MB)")
+  kind = f"{args.format}, int8" if args.int8 else args.format
+  print(f"wrote {args.out} ({kind}, {len(data) / 1e6:.1f} MB)")
   for kind, name, shape, dtype in rows:
     print(f"  {kind:6s} {name:8s} {dtype:8s} ({', '.join(shape)})")
   return 0

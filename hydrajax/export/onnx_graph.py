@@ -160,6 +160,19 @@ def head(g: GraphBuilder, x: str, params: Mapping, name: str) -> str:
   return g.conv(x, params[name]["kernel"], params[name]["bias"], hint=name)
 
 
+METADATA_KEY = "hydrajax"  # metadata_props entry: the model config as JSON
+
+
+def set_metadata(model: Any, config: Mapping[str, Any]) -> None:
+  """Store `config` (JSON-able) as the model's METADATA_KEY property, replacing an old one."""
+  import json
+  from onnx import helper
+  props = {p.key: p.value for p in model.metadata_props}
+  props[METADATA_KEY] = json.dumps(config, sort_keys=True)
+  del model.metadata_props[:]
+  helper.set_model_props(model, props)
+
+
 def build_model(variables: Mapping[str, Any], cfg: Mapping[str, Any], height: int, width: int,
                 *, batch: int | None, full_resolution: bool, input_dtype: str,
                 input_name: str, output_order: tuple[str, ...], opset: int):

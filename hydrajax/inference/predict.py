@@ -19,6 +19,9 @@ Per input `NAME.ext` it writes to the output directory:
   `--intrinsics fx,fy,cx,cy` (pixels at the image's size), else `--fov DEG` (horizontal),
   else the weights' stored intrinsics, else the dataset's camera (NYUDv2's Kinect for 40
   classes, KITTI's P2 for 6), each rescaled to the image; the choice is printed.
+`--onnx model.onnx` runs an exported graph (float or int8, `hydrajax-export --format onnx
+[--int8]`) with onnxruntime instead of weights: the same files, at the graph's fixed input
+size in place of `--max-side` (hydrajax/inference/onnx_runner.py); no `--points`.
 Images are read by `hydrajax.data.pngio.load_rgb`: any mode (palette, CMYK, grey, 16-bit) as
 RGB, EXIF orientation applied, and files above `--max-pixels` (width x height, read from the
 header) refused before decoding. A missing, unreadable, oversized file, or one the network runs
@@ -41,6 +44,7 @@ from hydrajax import api, weights
 from hydrajax.data import pngio
 from hydrajax.runtime import atomic
 from hydrajax.inference import full_res
+from hydrajax.inference import onnx_runner
 from hydrajax.inference import points as points_lib
 from hydrajax.runtime import hugepages
 from hydrajax.inference import video
@@ -77,12 +81,13 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
   Images may have any size (each new size compiles the network once); above `max_side`
   pixels on the long side the network sees a shrunk copy (0: never), see
   `full_res.dense_predictions`. Files above `max_pixels` (width x height) are refused unread.
-  With `camera`, a PLY point cloud per image too. Failures (unreadable files, out of memory)
+  With `camera`, a PLY point cloud per image too. `variables` may be an
+  `onnx_runner.OnnxModel` instead of weights (then `max_side` does not apply). Failures (unreadable files, out of memory)
   do not stop the loop; they are collected in the returned report by input path.
   """
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  colours, clip = visualize.settings_for(variables, palette, max_depth)
+  colours, clip = onnx_runner.display_settings(variables, palette, max_depth)
   report, used_stems = PredictReport(), set()
   paths = [os.fspath(p) for p in paths]
   for path in tqdm(paths, desc="predict", unit="image", disable=not progress):
@@ -92,7 +97,10 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
       report.failed[path] = str(e)
       continue
     try:
-      outputs = full_res.dense_predictions(variables, image, max_side=max_side)
+      if isinstance(variables, onnx_runner.OnnxModel):
+        outputs = variables.dense_predictions(image)
+      else:
+        outputs = full_res.dense_predictions(variables, image, max_side=max_side)
     except Exception as e:  # noqa: BLE001 - only out-of-memory is caught, the rest re-raised
       if not full_res.is_out_of_memory(e):
         raise
@@ -140,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m hydrajax.inference.predict",
       description="Predict segmentation and depth for images with hydrajax weights.")
-  weights.add_source_args(parser)
+  weights.add_source_args(parser, onnx=True)
   parser.add_argument("images", nargs="*", help="image files (PNG, JPEG, ...)")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--palette", default="auto", choices=visualize.PALETTE_CHOICES,
@@ -173,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
-    args.weights = weights.choose(args.weights, args.workdir)
+    if not args.onnx:
+      args.weights = weights.choose(args.weights, args.workdir)
+    elif args.points:
+      raise ValueError("--points needs weights (--weights or --workdir), not --onnx")
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -181,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.images:
       print("error: give either --video or images, not both", file=sys.stderr)
       return 2
-    return video.run(args.weights, args.video, args.out, batch_size=args.batch,
+    return video.run(args.weights, args.video, args.out, onnx=args.onnx, batch_size=args.batch,
                      palette=args.palette, max_depth=args.max_depth,
                      max_frames=args.max_frames, progress=not args.no_progress,
                      max_side=args.max_side)
@@ -197,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
       raise ValueError(f"--out {args.out} is a file; give a directory for the predictions")
-    variables = weights.load(args.weights)
+    variables = (onnx_runner.OnnxModel(args.onnx) if args.onnx
+                 else weights.load(args.weights))
     camera = None
     if args.points:
       if "depth" not in api.model_config(variables)["tasks"]:

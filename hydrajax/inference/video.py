@@ -11,7 +11,8 @@ input's frame rate. The output is written to a temp file beside OUT and renamed 
 Frames above `--max-side` pixels on the long side (default 1280, as for photos) are shrunk
 before the network (PIL bilinear, aspect kept) and the video is rendered at that size: a 4K
 frame's full-size logits would be ~1.3 GB at 40 classes. Running out of memory stops with one
-line naming the frame size and batch.
+line naming the frame size and batch. `--onnx model.onnx` runs an exported graph (float or
+int8) instead of weights (hydrajax/inference/onnx_runner.py).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from hydrajax import api
 from hydrajax.runtime import atomic
 from hydrajax.inference import full_res
+from hydrajax.inference import onnx_runner
 from hydrajax.inference import visualize
 
 DEFAULT_BATCH = 4
@@ -95,7 +97,8 @@ def predict_stream(variables: Mapping[str, Any], frames: Iterable[np.ndarray], *
   "depth" (H, W) metres[, "normals"]. Frames above `max_side` are shrunk first and yielded
   shrunk (0: never). Batches are padded to `batch_size` so the network compiles once;
   `timing`, if given, receives (frames, seconds in the model) per batch. Out of memory in
-  the network raises full_res.OutOfMemory naming the frame size and batch.
+  the network raises full_res.OutOfMemory naming the frame size and batch. `variables` may
+  be an `onnx_runner.OnnxModel` instead of weights.
   """
   for batch in batches(shrink_frames(frames, max_side), batch_size):
     n = len(batch)
@@ -103,7 +106,10 @@ def predict_stream(variables: Mapping[str, Any], frames: Iterable[np.ndarray], *
         [batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
     start = time.perf_counter()
     try:
-      out = jax.block_until_ready(api.apply(variables, padded))
+      if isinstance(variables, onnx_runner.OnnxModel):
+        out = variables(padded)
+      else:
+        out = jax.block_until_ready(api.apply(variables, padded))
     except Exception as e:  # noqa: BLE001 - only out-of-memory is caught, the rest re-raised
       if not full_res.is_out_of_memory(e):
         raise
@@ -150,7 +156,7 @@ def process_video(variables: Mapping[str, Any], src: str | os.PathLike, dst: str
   total = int(round(total)) if math.isfinite(total) and total > 0 else None
   if max_frames is not None:
     total = min(total or max_frames, max_frames)
-  colours, clip = visualize.settings_for(variables, palette, max_depth)
+  colours, clip = onnx_runner.display_settings(variables, palette, max_depth)
 
   frames = iio.imiter(src, plugin="FFMPEG")
   if max_frames is not None:
@@ -183,17 +189,19 @@ def add_video_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
 
 
-def run(variables_path: str, src: str, dst: str, *, batch_size: int = DEFAULT_BATCH,
+def run(variables_path: str, src: str, dst: str, *, onnx: str = "",
+        batch_size: int = DEFAULT_BATCH,
         palette: str = "auto", max_depth: float | None = None, max_frames: int | None = None,
         progress: bool = True, max_side: int = full_res.DEFAULT_MAX_SIDE) -> int:
-  """CLI body: load weights, process, print frames and fps; errors -> message, exit 2."""
+  """CLI body: load weights (or the ONNX graph `onnx`), process, print frames and fps;
+  errors -> message, exit 2."""
   from hydrajax import weights
   try:
     if batch_size < 1:
       raise ValueError(f"--batch must be >= 1, got {batch_size}")
     if max_side < 0:
       raise ValueError(f"--max-side must be >= 0 pixels (0 = no limit), got {max_side}")
-    variables = weights.load(variables_path)
+    variables = onnx_runner.OnnxModel(onnx) if onnx else weights.load(variables_path)
     report = process_video(variables, src, dst, batch_size=batch_size, palette=palette,
                            max_depth=max_depth, max_frames=max_frames, progress=progress,
                            max_side=max_side)
@@ -209,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m hydrajax.inference.video",
                                    description=__doc__.split("\n")[0])
   from hydrajax import weights
-  weights.add_source_args(parser)
+  weights.add_source_args(parser, onnx=True)
   parser.add_argument("video", help="input video file (.mp4, ...)")
   parser.add_argument("--out", required=True, help="output video file (.mp4)")
   parser.add_argument("--palette", default="auto", choices=visualize.PALETTE_CHOICES)
@@ -221,12 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   add_video_args(parser)
   args = parser.parse_args(argv)
   try:
-    args.weights = weights.choose(args.weights, args.workdir)
+    if not args.onnx:
+      args.weights = weights.choose(args.weights, args.workdir)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  return run(args.weights, args.video, args.out, batch_size=args.batch, palette=args.palette,
-             max_depth=args.max_depth, max_frames=args.max_frames,
+  return run(args.weights, args.video, args.out, onnx=args.onnx, batch_size=args.batch,
+             palette=args.palette, max_depth=args.max_depth, max_frames=args.max_frames,
              progress=not args.no_progress, max_side=args.max_side)
 
 

@@ -1,0 +1,113 @@
+"""An exported ONNX graph (float or int8, `hydrajax-export --format onnx [--int8]`) run by
+onnxruntime and called like `hydrajax.apply`, for predict, video and evaluation.
+
+The graph has a fixed input size (H, W): images of another size are resized to it (PIL
+bilinear) and the outputs are upsampled back to the image's size with `hydrajax.apply`'s
+bilinear resize, so the results have the same form as the JAX model's.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from hydrajax import api
+from hydrajax.export.onnx_graph import METADATA_KEY
+from hydrajax.inference import full_res
+
+
+
+class OnnxModel:
+  """onnxruntime session of an exported graph. Attributes: path, input_name, size (H, W),
+  input_dtype, tasks, num_classes, align_corners, full_resolution."""
+
+  def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
+    import onnx
+    import onnxruntime as ort
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: no such ONNX file")
+    try:
+      proto = onnx.load(path, load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and friends for non-ONNX bytes
+      raise ValueError(f"{path}: not a readable ONNX model ({e})") from e
+    graph = proto.graph
+    if len(graph.input) != 1 or len(graph.input[0].type.tensor_type.shape.dim) != 4:
+      raise ValueError(f"{path}: expected one (N, H, W, 3) image input, "
+                       f"got inputs {[i.name for i in graph.input]}")
+    inp = graph.input[0]
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    if dims[1] < 1 or dims[2] < 1 or dims[3] != 3:
+      raise ValueError(f"{path}: input {inp.name} must be (N, H, W, 3) with fixed H, W, "
+                       f"got {dims}")
+    self.path, self.input_name, self.size = path, inp.name, (dims[1], dims[2])
+    self.input_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
+        inp.type.tensor_type.elem_type))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    cfg = json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+    outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
+               for o in graph.output}
+    self.tasks = tuple(t for t in ("segm", "depth", "normals") if t in outputs)
+    if not self.tasks:
+      raise ValueError(f"{path}: no segm / depth / normals output (got {sorted(outputs)})")
+    self.num_classes = outputs["segm"][-1] if "segm" in outputs else 0
+    self.align_corners = bool(cfg.get("align_corners", False))
+    self.full_resolution = outputs[self.tasks[0]][1:3] == list(self.size)
+    options = ort.SessionOptions()
+    if threads:
+      options.intra_op_num_threads = int(threads)
+    self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+  def config(self) -> dict:
+    """The model config as `api.model_config` gives it for weights."""
+    return {"num_classes": self.num_classes, "tasks": self.tasks,
+            "align_corners": self.align_corners}
+
+  def raw(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """(N, H, W, 3) images at the graph's size -> the graph's outputs by task name."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:3] != self.size:
+      raise ValueError(f"{self.path} takes (N, {self.size[0]}, {self.size[1]}, 3) images, "
+                       f"got {images.shape}")
+    names = list(self.tasks)
+    values = self.session.run(names, {self.input_name: images.astype(self.input_dtype)})
+    return dict(zip(names, values))
+
+  def _at_graph_size(self, images: np.ndarray) -> np.ndarray:
+    api.check_image(images)
+    images = np.asarray(images)
+    if images.shape[1:3] == self.size:
+      return images
+    return np.stack([full_res.resize_image(im, self.size) for im in images])
+
+  def __call__(self, images: Any) -> dict[str, np.ndarray]:
+    """As `hydrajax.apply`: (N, H, W, 3) RGB -> "segm" logits (N, H, W, C), "depth" (N, H, W)
+    metres >= 0[, "normals" (N, H, W, 3) unit vectors], float32 numpy."""
+    images = np.asarray(images)
+    raw = self.raw(self._at_graph_size(images))
+    size = images.shape[1:3]
+    if self.full_resolution and size == self.size:
+      return {k: np.asarray(v, np.float32) for k, v in raw.items()}
+    return {k: np.asarray(v) for k, v in api.postprocess(raw, size, self.align_corners).items()}
+
+  def dense_predictions(self, image: Any) -> dict[str, np.ndarray]:
+    """As `full_res.dense_predictions` for one (H, W, 3) image: "segm" class ids, "depth"
+    (H, W) metres, "normals" (H, W, 3), at the image's size."""
+    api.check_image(image)
+    image = np.asarray(image)
+    if image.ndim != 3:
+      raise ValueError(f"dense_predictions takes one image (H, W, 3), got shape {image.shape}")
+    raw = {k: v[0] for k, v in self.raw(self._at_graph_size(image[None])).items()}
+    return full_res.upsample_in_blocks(raw, image.shape[:2], self.align_corners)
+
+
+def display_settings(model: Any, palette: str = "auto", max_depth: float | None = None
+                     ) -> tuple[np.ndarray, float]:
+  """`visualize.settings_for` of weights, or `visualize.display_settings` of an OnnxModel
+  (by its number of classes: the graph carries no palette)."""
+  from hydrajax.inference import visualize
+  if isinstance(model, OnnxModel):
+    return visualize.display_settings(model.num_classes, palette, max_depth)
+  return visualize.settings_for(model, palette, max_depth)
