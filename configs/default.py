@@ -79,6 +79,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.heartbeat_timeout = 100      # seconds of silence after which a process counts as dead
                                  # and the others stop with an error instead of hanging
   c.progress_bar = True          # tqdm bar with loss and images/s
+  c.resume_may_change = ()       # fields that may differ from the config recorded with the
+                                 # checkpoint when a run resumes, e.g. ("num_train_steps",
+                                 # "eval_every_steps"); "eval" covers eval.*. Any other
+                                 # difference refuses to resume, naming the fields
+                                 # (progress_bar, prefetch_to_device and the distributed
+                                 # timeouts and address may always change).
+                                 # Command line: --config.resume_may_change=num_train_steps
 
   # --- evaluation ---------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()

@@ -4,7 +4,8 @@
 
 MODE: "train" (train_and_evaluate stopped by an exception right after the step-2 checkpoint,
 then resumed by train_and_evaluate, then evaluate.run; process 0 writes WORKDIR/result.json),
-"check" (the start-up config check with another lr_decoder on process 1, printing its error;
+"check" (the start-up config check with another lr_decoder on process 1, and the resume-step
+check with a checkpoint seen by process 0 only, printing their errors;
 then process 1 exits at once and process 0 keeps calling collectives, which must end in an
 error).
 JSON: tiny_config overrides.
@@ -32,7 +33,10 @@ def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str
       config.lr_decoder *= 2
     parallel.initialize(config)
     for check in (lambda: parallel.check_batch(6, parallel.devices()),
-                  lambda: parallel.check_same_config(config, workdir)):
+                  lambda: parallel.check_same_config(config, workdir),
+                  # as when only process 0 sees the checkpoints (a workdir not shared)
+                  lambda: parallel.check_agree("the checkpoint step to resume from",
+                                               [4, None][process_id])):
       try:
         check()
       except ValueError as e:

@@ -180,6 +180,8 @@ def test_processes_stop_on_a_bad_batch_a_config_mismatch_and_a_dead_process(tmp_
     assert ("config.batch_size=6 is not divisible by the 4 devices (2 processes x 2 devices)"
             in out), out  # 6 splits over each process's 2 devices, not over all 4
     assert "disagree on the config (1 fields): lr_decoder: 0.0" in out, out
+    assert ("the processes disagree on the checkpoint step to resume from (process 0: 4, "
+            "process 1: None)") in out, out
   assert "lr_decoder: 0.008 here vs 0.016" in out0 and "0.016 here vs 0.008" in out1
   assert rc1 == 3, out1
   # Process 0 was left calling collectives with a dead peer: it stops with JAX's error

@@ -13,6 +13,7 @@ process gets the whole set's metrics, the same for any process count.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import os
@@ -224,24 +225,49 @@ def write_json_atomic(path: str, data: Any) -> None:
 
 def load_variables(config: ml_collections.ConfigDict, workdir: str, weights: str = "",
                    which: str = "latest") -> tuple[dict, str]:
-  """Variables from a weights file, or the latest / best checkpoint of `workdir`.
-  Returns (variables, a description of where they came from)."""
+  """Variables from a weights file, or the latest / best checkpoint of `workdir` (opened
+  read-only: a run training there keeps its in-flight save). Returns (variables, a
+  description of where they came from). The upsampling (align_corners) is the weights' or
+  the checkpoint's recorded config's; where `config` says otherwise they win, stated."""
   import hydrajax
   from hydrajax.train import checkpoint
 
   if weights:
-    return hydrajax.load(weights), weights
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 best_metric=config.best_metric, best_mode=config.best_mode)
-  step = ckpt.best_step() if which == "best" else ckpt.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no {'best ' if which == 'best' else ''}checkpoint in "
-                            f"{workdir}/checkpoints; train first or pass --weights FILE")
-  variables = ckpt.restore_variables(step)
-  ckpt.close()
-  if config.align_corners:
+    variables, origin = hydrajax.load(weights), weights
+    _state_align_corners(api.model_config(variables)["align_corners"], config, origin,
+                         "its weights file")
+    return variables, origin
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint in {directory} (no such directory); train "
+                            f"first or pass --weights FILE")
+  ckpt = checkpoint.Checkpointer(directory, best_metric=config.best_metric,
+                                 best_mode=config.best_mode, read_only=True)
+  try:
+    step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no {'best ' if which == 'best' else ''}checkpoint in "
+                              f"{directory}; train first or pass --weights FILE")
+    variables = ckpt.restore_variables(step)
+    recorded = ckpt.config(step) or {}
+  finally:
+    ckpt.close()
+  origin = f"{workdir}/checkpoints/{step} ({which})"
+  align_corners = config.align_corners
+  if "align_corners" in recorded:
+    align_corners = ast.literal_eval(recorded["align_corners"])
+    _state_align_corners(align_corners, config, origin, "the config it was trained with")
+  if align_corners:
     variables["meta"] = {"align_corners": True}
-  return variables, f"{workdir}/checkpoints/{step} ({which})"
+  return variables, origin
+
+
+def _state_align_corners(theirs: bool, config: ml_collections.ConfigDict, origin: str,
+                         source: str) -> None:
+  """One line when the weights' upsampling overrides config.align_corners."""
+  if bool(theirs) != bool(config.align_corners) and parallel.is_primary():
+    print(f"{origin}: align_corners={bool(theirs)} from {source} (config.align_corners="
+          f"{config.align_corners} is not used)")
 
 
 def check_model_matches_config(variables: dict, config: ml_collections.ConfigDict,

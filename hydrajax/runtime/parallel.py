@@ -29,6 +29,24 @@ _BARRIER_TIMEOUT_S = 1800  # compile time may differ this much between processes
 _barrier_ids = itertools.count()
 
 
+# Environment variables through which launchers tell each process how many tasks they
+# started: srun (the step's tasks, else the job's), mpirun / Open MPI, MPICH and Intel MPI.
+LAUNCHER_TASK_VARIABLES = ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS",
+                           "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def launcher_tasks(environ: Any = None) -> tuple[str, int] | None:
+  """(variable, count) of the first launcher variable saying more than one task was started
+  together with this process, else None."""
+  environ = os.environ if environ is None else environ
+  for name in LAUNCHER_TASK_VARIABLES:
+    value = environ.get(name, "")
+    if value.strip().isdigit():
+      count = int(value)
+      return (name, count) if count > 1 else None
+  return None
+
+
 def initialize(config: ml_collections.ConfigDict) -> None:
   """Join the run's processes if `config.distributed` (once per process; idempotent).
 
@@ -36,8 +54,18 @@ def initialize(config: ml_collections.ConfigDict) -> None:
   auto-detects the cluster (SLURM, Open MPI, Kubernetes, Cloud TPU) or reads
   JAX_COORDINATOR_ADDRESS. A process that stops sending heartbeats for `heartbeat_timeout`
   seconds makes the others exit with an error naming it, instead of hanging in a collective.
+  Without `distributed`, a process started as one of several tasks (srun -n 4, mpirun -np 4)
+  stops with ValueError: each would act as process 0 on the same workdir.
   """
-  if not config.distributed or jax.distributed.is_initialized():
+  if not config.distributed:
+    tasks = launcher_tasks()
+    if tasks is not None:
+      raise ValueError(f"started as one of {tasks[1]} tasks ({tasks[0]}={tasks[1]}) but "
+                       f"config.distributed is False: each task would run alone as process "
+                       f"0 on the same workdir; set --config.distributed=True, or launch a "
+                       f"single task")
+    return
+  if jax.distributed.is_initialized():
     return
   # CPU processes exchange collectives through gloo; an implementation chosen by the user
   # (JAX_CPU_COLLECTIVES_IMPLEMENTATION=mpi) is kept.
@@ -203,7 +231,9 @@ def allgather_bytes(data: bytes) -> list[bytes]:
   return [bytes(row[:int(n)]) for row, n in zip(rows, np.ravel(sizes))]
 
 
-def _flat_config(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def flat_config(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """{"field" or "parent.field": repr(value)} of every field but the per-process ones: the
+  form in which processes compare configs and checkpoints record them."""
   flat = {}
 
   def walk(prefix: str, value: Any) -> None:
@@ -211,19 +241,28 @@ def _flat_config(config: ml_collections.ConfigDict, workdir: str) -> dict:
       for k, v in value.items():
         walk(f"{prefix}.{k}" if prefix else k, v)
     else:
-      flat[prefix] = repr(value)
+      flat[prefix] = repr(tuple(value) if isinstance(value, list) else value)
 
   walk("", config.to_dict())
   for field in _PER_PROCESS_FIELDS:
     flat.pop(field, None)
-  flat["workdir"] = repr(os.path.abspath(workdir))
   return flat
+
+
+def check_agree(what: str, value: Any) -> None:
+  """Raise ValueError (on every process) listing each process's `value` (JSON-able) when they
+  differ, e.g. the checkpoint step each would resume from. A collective."""
+  everyone = [json.loads(b) for b in allgather_bytes(json.dumps(value).encode())]
+  if any(v != value for v in everyone):
+    shown = ", ".join(f"process {p}: {v}" for p, v in enumerate(everyone))
+    raise ValueError(f"the processes disagree on {what} ({shown}): every process must see "
+                     f"the same files (WORKDIR on a shared filesystem)")
 
 
 def check_same_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raise ValueError (on every process) naming the fields on which processes disagree
   (all fields but `process_id`, plus the absolute workdir). A collective."""
-  mine = _flat_config(config, workdir)
+  mine = {**flat_config(config), "workdir": repr(os.path.abspath(workdir))}
   everyone = [json.loads(b) for b in allgather_bytes(json.dumps(mine, sort_keys=True).encode())]
   for p, theirs in enumerate(everyone):
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))

@@ -1,9 +1,13 @@
 """Checkpoints of a training run: train state, data iterator state and metrics, via Orbax.
 
-Layout: WORKDIR/checkpoints/<step>/{state, data, metrics}. Orbax writes each step into a
-temporary directory and renames it when complete, so a run killed at any moment (even
+Layout: WORKDIR/checkpoints/<step>/{state, data, metrics, config}. Orbax writes each step into
+a temporary directory and renames it when complete, so a run killed at any moment (even
 `kill -9` mid-save) leaves only complete checkpoints; leftovers are ignored on restart and
-removed by the next save.
+removed by the training run. Readers (evaluation, distillation) open the directory
+`read_only`: they never delete anything, so a live run's in-flight save survives them.
+`config` is the run's config (`parallel.flat_config`): a resume under another config is
+refused naming the fields (`check_resume`), except those the new config lists in
+`resume_may_change`.
 Kept: the latest `keep` steps plus the best one by a validation metric.
 Several processes: every process calls `save` and `restore` on the same (shared) directory;
 Orbax writes the state once, and each process writes and reads its own data-iterator
@@ -11,14 +15,19 @@ position (data/process_<i>-of-<n>.json).
 """
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
+
+# Fields that cannot change what a run computes: always free to differ on resume.
+RESUME_FREE_FIELDS = ("progress_bar", "prefetch_to_device", "resume_may_change",
+                      "coordinator_address", "initialization_timeout", "heartbeat_timeout")
 
 
 def _finite_metrics(metrics: Mapping[str, Any] | None) -> dict | None:
@@ -36,14 +45,30 @@ class Checkpointer:
     keep: number of latest checkpoints kept.
     best_metric, best_mode: a key of the metrics passed to `save`, "max" or "min"; the best
       checkpoint is kept besides the latest ones.
+    read_only: for readers: nothing is created, saved or deleted (no clean-up of the
+      temporary directories of a run saving at the same time).
   """
 
   def __init__(self, directory: str | os.PathLike, keep: int = 2, best_metric: str = "",
-               best_mode: str = "max"):
+               best_mode: str = "max", read_only: bool = False):
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.directory = os.path.abspath(os.fspath(directory))
     self.best_metric, self.best_mode = best_metric, best_mode
+    self.read_only = read_only
+    if read_only:
+      options = ocp.CheckpointManagerOptions(
+          read_only=True, create=False, cleanup_tmp_directories=False, save_interval_steps=0,
+          enable_async_checkpointing=False)
+      absl_logger = logging.getLogger("absl")
+      level = absl_logger.level
+      absl_logger.setLevel(logging.ERROR)  # Orbax warns that a read-only directory is read-only
+      try:
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "data", "metrics", "config"))
+      finally:
+        absl_logger.setLevel(level)
+      return
     policies = [cm.LatestN(n=max(keep, 1))]
     if best_metric:
       # A step whose metric was non-finite (dropped by `_finite_metrics`) or absent ranks
@@ -56,7 +81,7 @@ class Checkpointer:
         preservation_policy=cm.AnyPreservationPolicy(policies),
         cleanup_tmp_directories=True, enable_async_checkpointing=False, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data", "metrics"))
+                                         item_names=("state", "data", "metrics", "config"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -83,9 +108,20 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(
         metrics=ocp.args.JsonRestore()))["metrics"]
 
+  def config(self, step: int) -> dict | None:
+    """The config recorded with `step` (`parallel.flat_config` form), None if it has none."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), "config")):
+      return None
+    return self.manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"]
+
   def save(self, step: int, state: Any, data_iterator: Any = None,
-           metrics: Mapping[str, Any] | None = None) -> None:
-    """Write `state` (host or device arrays, one copy) and the iterator's position."""
+           metrics: Mapping[str, Any] | None = None,
+           config: Mapping[str, str] | None = None) -> None:
+    """Write `state` (host or device arrays, one copy), the iterator's position and the
+    run's `config` (`parallel.flat_config`)."""
+    if self.read_only:
+      raise ValueError(f"{self.directory} was opened read-only: cannot save step {step}")
     state = jax.device_get(state)
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
@@ -93,6 +129,8 @@ class Checkpointer:
     clean = _finite_metrics(metrics)
     if clean:
       items["metrics"] = ocp.args.JsonSave(clean)
+    if config is not None:
+      items["config"] = ocp.args.JsonSave(dict(config))
     self.manager.save(step, args=ocp.args.Composite(**items), metrics=clean, force=True)
     self.manager.wait_until_finished()
 
@@ -143,3 +181,36 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _covered(field: str, names: Sequence[str]) -> bool:
+  """`field` is one of `names` or under one of them ("eval" covers "eval.crop")."""
+  return any(field == n or field.startswith(n + ".") for n in names)
+
+
+def resume_differences(recorded: Mapping[str, str], current: Mapping[str, str],
+                       may_change: Sequence[str] = ()) -> list[str]:
+  """"field: recorded -> current" for each field that differs and may not change on resume
+  (neither in RESUME_FREE_FIELDS nor covered by `may_change`)."""
+  names = tuple(RESUME_FREE_FIELDS) + tuple(may_change)
+  return [f"{k}: {recorded.get(k, '<absent>')} -> {current.get(k, '<absent>')}"
+          for k in sorted(set(recorded) | set(current))
+          if recorded.get(k) != current.get(k) and not _covered(k, names)]
+
+
+def check_resume(ckpt: Checkpointer, step: int, current: Mapping[str, str],
+                 may_change: Sequence[str] = ()) -> None:
+  """Raise ValueError naming every field on which `current` differs from the config
+  recorded with checkpoint `step` (beyond `may_change`). A checkpoint without a recorded
+  config is not compared."""
+  recorded = ckpt.config(step)
+  if recorded is None:
+    return
+  diff = resume_differences(recorded, current, may_change)
+  if diff:
+    names = ",".join(d.split(":")[0] for d in diff)
+    raise ValueError(
+        f"{ckpt.directory}/{step} was trained under another config ({len(diff)} field"
+        f"{'s' if len(diff) > 1 else ''}: {'; '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}"
+        f"): resume with the recorded config, use another --workdir, or allow the change with "
+        f"--config.resume_may_change={names}")

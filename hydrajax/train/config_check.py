@@ -326,6 +326,37 @@ def _check_run(c: _Checker, tasks: tuple, purpose: str) -> None:
   c.number("num_devices", low=0, integer=True)
   c.flag("progress_bar")
   _check_distributed(c)
+  _check_resume_fields(c)
+
+
+def _check_resume_fields(c: _Checker) -> None:
+  """resume_may_change: config field names (a tuple; commas also separate names)."""
+  value = c.get("resume_may_change")
+  if value is _MISSING:
+    return
+  # The command line gives `--config.resume_may_change=a,b` as the 1-tuple ("a,b",).
+  items = (value,) if isinstance(value, str) else value
+  names = None
+  if isinstance(items, (tuple, list)) and all(isinstance(n, str) for n in items):
+    names = tuple(n.strip() for item in items for n in item.split(",") if n.strip())
+  fields = set(_field_names(c.config))
+  if names is None:
+    c.fail("resume_may_change", value, "config field names, e.g. num_train_steps,eval_every_steps")
+    return
+  unknown = [n for n in names if n not in fields]
+  if unknown:
+    c.fail("resume_may_change", value, f"names of config fields; no field {', '.join(unknown)}")
+    return
+  c.fixed["resume_may_change"] = names
+
+
+def _field_names(config: Any, prefix: str = "") -> Iterator[str]:
+  """Every field and sub-config name, dotted ("eval", "eval.crop")."""
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    yield name
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      yield from _field_names(value, name + ".")
 
 
 def _check_distributed(c: _Checker) -> None:

@@ -164,7 +164,8 @@ def learning_rates_fn(config: ml_collections.ConfigDict) -> Callable[[int], dict
 def initial_variables(config: ml_collections.ConfigDict) -> dict:
   """Fresh variables, with every `init_from` entry of matching path and shape copied in.
 
-  Raises ValueError naming the file if nothing matches (a file of another architecture).
+  Raises ValueError naming the file if nothing matches (a file of another architecture) or
+  if its align_corners (stored in the weights) differs from the config's.
   """
   variables = hydrajax.init(config.init_seed, num_classes=config.num_classes,
                             tasks=tuple(config.tasks), align_corners=config.align_corners)
@@ -172,6 +173,11 @@ def initial_variables(config: ml_collections.ConfigDict) -> dict:
   if not config.init_from:
     return variables
   loaded = hydrajax.load(config.init_from)
+  theirs = api.model_config(loaded)["align_corners"]
+  if theirs != bool(config.align_corners):
+    raise ValueError(f"init_from={config.init_from}: these weights upsample with align_corners="
+                     f"{theirs} but config.align_corners={config.align_corners}; set "
+                     f"--config.align_corners={theirs} to fine-tune them as they were trained")
   loaded = weights.flatten({"params": loaded["params"], "batch_stats": loaded["batch_stats"]})
   fresh = weights.flatten(variables)
   same = {k: v for k, v in loaded.items() if k in fresh and fresh[k].shape == v.shape}
@@ -326,7 +332,11 @@ def write_weights(config: ml_collections.ConfigDict, workdir: str, name: str,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train (resuming from WORKDIR/checkpoints if present), evaluate every
   `eval_every_steps` and at the end, checkpoint; write WORKDIR/weights/best.npz at each new
-  best validation and final.npz at the end. Returns the last validation metrics."""
+  best validation and final.npz at the end. Returns the last validation metrics.
+
+  A resume must use the config recorded with the checkpoint, but for the fields listed in
+  `config.resume_may_change` (ValueError naming the others); a run already at
+  `num_train_steps` prints so and returns its last checkpoint's metrics."""
   import tqdm
 
   from hydrajax.train import checkpoint
@@ -340,15 +350,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   devices = parallel.devices(config.num_devices)
   parallel.check_batch(config.batch_size, devices)
   primary = parallel.is_primary()
-  log = writer.MetricWriter(workdir, enabled=primary)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
                                  config.best_metric, config.best_mode)
+  record = parallel.flat_config(config)
+  start = ckpt.latest_step()
+  parallel.check_agree("the checkpoint step to resume from", start)
+  total = config.num_train_steps
+  if start is not None:
+    try:
+      checkpoint.check_resume(ckpt, start, record, config.resume_may_change)
+    except ValueError:
+      ckpt.close()
+      raise
+    if start >= total:  # a checkpoint's step is its state's step
+      if primary:
+        print(f"{workdir}: nothing to do: its checkpoint is at step {start} and "
+              f"num_train_steps={total}; to train further raise --config.num_train_steps "
+              f"and add it to --config.resume_may_change")
+      result = ckpt.metrics(start) or {}
+      ckpt.close()
+      return result
+  log = writer.MetricWriter(workdir, enabled=primary)
   state = create_train_state(config)
   # The next batches are copied to the devices while the step runs; the iterator's state
   # stays that of the batches consumed (exact resume).
   data = parallel.DevicePrefetch(iter(_train_pipeline(config, len(parallel.local(devices)))),
                                  devices, config.prefetch_to_device)
-  start = ckpt.latest_step()
   if start is not None:
     state = ckpt.restore(start, state, data)
     if primary:
@@ -358,7 +385,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   loss_weights, lrs = task_loss_weights(config), learning_rates_fn(config)
   rstate = replicate(state, devices)
   del state
-  total = config.num_train_steps
   bar = tqdm.tqdm(total=total, initial=first, disable=not (config.progress_bar and primary),
                   unit="step", dynamic_ncols=True)
   pending, result = [], {}
@@ -396,7 +422,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        if isinstance(v, (int, float))})
       bar.write(f"step {step}: " + ", ".join(
           f"{k} {result[k]:.4f}" for k in ("miou", "rmse") if k in result))
-    ckpt.save(step, host, data, metrics=evaluated)
+    ckpt.save(step, host, data, metrics=evaluated, config=record)
     if primary and evaluated is not None and ckpt.best_step() == step:
       write_weights(config, workdir, "best.npz", host, step, evaluated)
     if primary and step == total:
