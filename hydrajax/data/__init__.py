@@ -6,6 +6,7 @@ Every source is random access (`len`, `[i]`, `key(i)`, `has_normals`) and yields
 """
 
 from hydrajax.data import pngio
+from hydrajax.data.folder import Folder, FolderError
 from hydrajax.data.kitti import CITYSCAPES_CLASSES, KITTI6_CLASSES, Kitti6, KittiDepth, KittiSemantics
 from hydrajax.data.nyud import NYUD_NUM_CLASSES, NYUDv2
 from hydrajax.data.nyud_raw import NYUDv2Raw
@@ -16,6 +17,8 @@ from hydrajax.data.teacher import TeacherLabels, write_teacher_labels
 
 __all__ = [
     "BadSampleError",
+    "Folder",
+    "FolderError",
     "NYUD_NUM_CLASSES",
     "NYUDv2",
     "NYUDv2Raw",
