@@ -11,7 +11,7 @@ import pytest
 import hydrajax
 from hydrajax.evaluate import loop as evaluate
 from hydrajax.runtime import parallel
-from hydrajax.train import checkpoint, config_check
+from hydrajax.train import checkpoint, config_check, distill
 from hydrajax.train import loop as train_lib
 from tests.train_testlib import tiny_config
 
@@ -116,6 +116,9 @@ def test_multi_task_launch_without_distributed_stops(env, variable, tmp_path, mo
   assert not (tmp_path / "run").exists()
   with pytest.raises(ValueError, match=variable):
     evaluate.run(tiny_config(), str(tmp_path / "run"))
+  with pytest.raises(ValueError, match=rf"\({variable}\): distillation runs as one process"):
+    distill.run(tiny_config(), str(tmp_path / "labels"), weights=str(tmp_path / "w.npz"))
+  assert not (tmp_path / "labels").exists()
 
 
 def test_one_task_of_a_larger_allocation_runs():

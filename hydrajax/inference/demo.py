@@ -23,9 +23,10 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 
 from hydrajax import api
+from hydrajax.data import pngio
 from hydrajax.inference import points as points_lib
 from hydrajax.inference import visualize
 
@@ -53,19 +54,16 @@ def class_names(variables: Mapping[str, Any], num_classes: int) -> list[str]:
 
 
 def read_upload(path: str | os.PathLike | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-  """An uploaded file -> (H, W, 3) uint8 RGB; InputError (naming the file) for a missing,
-  non-image or too large file. The size is read from the header before any decoding."""
+  """An uploaded file -> (H, W, 3) uint8 RGB, read as predict reads files (`pngio.load_rgb`:
+  any mode, EXIF orientation, the size checked from the header before decoding); InputError
+  naming the file for a missing, non-image or too large file."""
   if path is None:
     raise InputError("no image: upload a photo (PNG, JPEG, ...) or start the webcam")
-  name = os.path.basename(os.fspath(path))
+  path = os.fspath(path)
   try:
-    with Image.open(path) as img:
-      if img.width * img.height > max_pixels:
-        raise InputError(f"{name}: {img.width}x{img.height} pixels is larger than the "
-                         f"demo's limit of {max_pixels:,} pixels; shrink it first")
-      return np.asarray(img.convert("RGB"))
-  except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-    raise InputError(f"{name}: not a readable image ({e})") from None
+    return pngio.load_rgb(path, max_pixels=max_pixels)
+  except ValueError as e:  # the upload's temporary folder means nothing to the user
+    raise InputError(str(e).replace(path, os.path.basename(path))) from None
 
 
 def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 import hydrajax
 from hydrajax import api
 from hydrajax.data import sources
+from hydrajax.runtime import parallel
 
 
 def _parts(source: Any) -> list:
@@ -91,6 +92,11 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
   from hydrajax.evaluate import loop as evaluate
 
   config = config_check.validate(config, "distill")
+  launched = parallel.launcher_tasks()
+  if launched is not None:
+    raise ValueError(f"started as one of {launched[1]} tasks ({launched[0]}={launched[1]}): "
+                     f"distillation runs as one process (each task would label the same "
+                     f"samples); launch a single task")
   if not (weights or workdir):
     raise ValueError("pass --weights TEACHER.npz or --workdir of a teacher run")
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
