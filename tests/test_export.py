@@ -165,7 +165,7 @@ def test_onnx_graph_is_native_nchw_and_passes_full_check(onnx_quarter, capfd):
   options.log_severity_level = 1  # info and up: a shape-merge warning would show here
   ort.InferenceSession(onnx_quarter, options, providers=["CPUExecutionProvider"])
   log = capfd.readouterr().err
-  assert "[I:onnxruntime" in log  # the session's log is captured, so silence means no warning
+  assert "[I:onnxruntime" in log  # onnxruntime's log is captured, so silence means no warning
   assert "[W:" not in log and "[E:" not in log, log
 
 
