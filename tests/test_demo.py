@@ -92,7 +92,7 @@ def test_page_outputs_show_the_networks_labels_depth_and_points(page_logic, mode
 def test_bad_uploads_raise_input_errors_naming_the_file(tmp_path):
   text = tmp_path / "notes.png"
   text.write_text("not an image")
-  with pytest.raises(demo.InputError, match="notes.png: not a readable image"):
+  with pytest.raises(demo.InputError, match="^notes.png: not a readable image"):
     demo.read_upload(str(text))
   with pytest.raises(demo.InputError, match=r"^000464_rgb.png: 640x480 = 307200 pixels, above "
                                             r"the limit of 307199"):

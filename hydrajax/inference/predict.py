@@ -1,6 +1,8 @@
 """Run a converted or trained model on image files and write pictures and raw maps.
 
     python -m hydrajax.inference.predict --weights nyud.npz photo.jpg frame.png --out preds/
+    hydrajax-predict --weights nyud.npz --video in.mp4 --out out.mp4         (inference/video.py)
+    hydrajax-predict --weights nyud.npz --camera 0 --out live.mp4 --smooth 0.5   (camera.py)
 
 Images larger than `--max-side` pixels (default 1280) on their long side go through the
 network as a copy shrunk to that size (PIL bilinear, aspect kept); the outputs are upsampled
@@ -74,15 +76,16 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
                   out_dir: str | os.PathLike, *, palette: str = "auto",
                   max_depth: float | None = None, progress: bool = True,
                   max_side: int = full_res.DEFAULT_MAX_SIDE,
-                  camera: points_lib.CameraChoice | None = None,
+                  intrinsics: points_lib.CameraChoice | None = None,
                   max_pixels: int = pngio.DEFAULT_MAX_PIXELS) -> PredictReport:
   """Predict every image in `paths` and write its files into `out_dir` (created).
 
   Images may have any size (each new size compiles the network once); above `max_side`
   pixels on the long side the network sees a shrunk copy (0: never), see
   `full_res.dense_predictions`. Files above `max_pixels` (width x height) are refused unread.
-  With `camera`, a PLY point cloud per image too. `variables` may be an
-  `onnx_runner.OnnxModel` instead of weights (then `max_side` does not apply). Failures (unreadable files, out of memory)
+  With `intrinsics`, a PLY point cloud per image too. `variables` may be an
+  `onnx_runner.OnnxModel` instead of weights (then `max_side` does not apply). Failures
+  (unreadable files, out of memory)
   do not stop the loop; they are collected in the returned report by input path.
   """
   out_dir = os.fspath(out_dir)
@@ -115,19 +118,20 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
       target = os.path.join(out_dir, f"{stem}_{suffix}.png")
       _write_png(target, array)
       written.append(target)
-    if camera is not None:
+    if intrinsics is not None:
       written.append(_write_points(os.path.join(out_dir, f"{stem}.ply"), image, outputs,
-                                   camera, colours, max_side))
+                                   intrinsics, colours, max_side))
     report.written[path] = written
   return report
 
 
 def _write_points(target: str, image: np.ndarray, outputs: Mapping[str, np.ndarray],
-                  camera: points_lib.CameraChoice, colours: np.ndarray, max_side: int) -> str:
+                  intrinsics: points_lib.CameraChoice, colours: np.ndarray,
+                  max_side: int) -> str:
   """Back-project one image's predicted depth and write `target` (.ply); returns it."""
   height, width = image.shape[:2]
   stride = max(1, -(-max(height, width) // max_side)) if max_side > 0 else 1
-  cloud = points_lib.points(outputs["depth"], camera.for_image(height, width), colors=image,
+  cloud = points_lib.points(outputs["depth"], intrinsics.for_image(height, width), colors=image,
                             labels=outputs.get("segm"), stride=stride)
   points_lib.write_ply(target, cloud, colours if "segm" in outputs else None)
   return target
@@ -174,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "--intrinsics is not given)")
   parser.add_argument("--video", default=None,
                       help="input video: write the visualisation video to --out (a .mp4 file)")
+  parser.add_argument("--camera", type=int, default=None, metavar="N",
+                      help="live camera N (/dev/videoN): record the visualisation video to "
+                           "--out (a .mp4 file) until --max-frames or Ctrl-C")
+  parser.add_argument("--smooth", type=float, default=0.0, metavar="S",
+                      help="with --camera: temporal smoothing of depth and labels, the weight "
+                           "of the past in [0, 1) (default 0: off)")
   video.add_video_args(parser)
   return parser
 
@@ -188,10 +198,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if args.camera is not None and (args.images or args.video is not None):
+    print("error: give either --camera or images/--video, not both", file=sys.stderr)
+    return 2
+  if args.video is not None and args.images:
+    print("error: give either --video or images, not both", file=sys.stderr)
+    return 2
+  if args.camera is not None:
+    from hydrajax.inference import camera
+    return camera.run(args.weights, args.camera, args.out, onnx=args.onnx,
+                      smooth=args.smooth, max_frames=args.max_frames, palette=args.palette,
+                      max_depth=args.max_depth, progress=not args.no_progress,
+                      max_side=args.max_side)
   if args.video is not None:
-    if args.images:
-      print("error: give either --video or images, not both", file=sys.stderr)
-      return 2
     return video.run(args.weights, args.video, args.out, onnx=args.onnx, batch_size=args.batch,
                      palette=args.palette, max_depth=args.max_depth,
                      max_frames=args.max_frames, progress=not args.no_progress,
@@ -210,14 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError(f"--out {args.out} is a file; give a directory for the predictions")
     variables = (onnx_runner.OnnxModel(args.onnx) if args.onnx
                  else weights.load(args.weights))
-    camera = None
+    intrinsics = None
     if args.points:
       if "depth" not in api.model_config(variables)["tasks"]:
         raise ValueError(f"--points needs depth: {args.weights} has no depth head")
-      camera = points_lib.camera_choice(variables, args.intrinsics, args.fov, args.weights)
+      intrinsics = points_lib.camera_choice(variables, args.intrinsics, args.fov, args.weights)
     report = predict_files(variables, args.images, args.out, palette=args.palette,
                            max_depth=args.max_depth, progress=not args.no_progress,
-                           max_side=args.max_side, camera=camera,
+                           max_side=args.max_side, intrinsics=intrinsics,
                            max_pixels=args.max_pixels)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -229,10 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cli() -> int:
-  """The `hydrajax-predict` console script (and `python -m hydrajax.inference.predict`). A video is many
-  runs of the network, so for one it first relaunches with huge pages (hydrajax/runtime/hugepages.py);
-  a few images are not worth the second start-up."""
-  if build_parser().parse_known_args()[0].video is not None:
+  """The `hydrajax-predict` console script (and `python -m hydrajax.inference.predict`). A video
+  or a camera is many runs of the network, so for one it first relaunches with huge pages
+  (hydrajax/runtime/hugepages.py); a few images are not worth the second start-up."""
+  known = build_parser().parse_known_args()[0]
+  if known.video is not None or known.camera is not None:
     hugepages.relaunch("hydrajax-predict", "hydrajax.inference.predict")
   return main()
 

@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -141,7 +141,6 @@ def process_video(variables: Mapping[str, Any], src: str | os.PathLike, dst: str
   count and timings. `dst` appears only when all frames were written; out of memory raises
   ValueError naming `src`, the frame size and the batch.
   """
-  import imageio.v2 as imageio_v2
   import imageio.v3 as iio
 
   src, dst = os.fspath(src), os.fspath(dst)
@@ -156,27 +155,53 @@ def process_video(variables: Mapping[str, Any], src: str | os.PathLike, dst: str
   total = int(round(total)) if math.isfinite(total) and total > 0 else None
   if max_frames is not None:
     total = min(total or max_frames, max_frames)
-  colours, clip = onnx_runner.display_settings(variables, palette, max_depth)
-
   frames = iio.imiter(src, plugin="FFMPEG")
   if max_frames is not None:
     frames = (f for i, f in zip(range(max_frames), frames))
+  try:
+    return encode_stream(variables, frames, dst, fps=fps_in, total=total, batch_size=batch_size,
+                         palette=palette, max_depth=max_depth, progress=progress,
+                         max_side=max_side)
+  except full_res.OutOfMemory as e:
+    raise ValueError(f"{src}: {e}") from e
+  except NoFrames:
+    raise ValueError(f"{src}: no frames decoded") from None
+
+
+class NoFrames(ValueError):
+  """The frame source ended before its first frame."""
+
+
+def encode_stream(variables: Mapping[str, Any], frames: Iterable[np.ndarray],
+                  dst: str | os.PathLike, *, fps: float, total: int | None = None,
+                  batch_size: int = DEFAULT_BATCH, palette: str = "auto",
+                  max_depth: float | None = None, progress: bool = True,
+                  max_side: int = full_res.DEFAULT_MAX_SIDE,
+                  smooth: Callable[[dict], dict] | None = None,
+                  desc: str = "video") -> VideoReport:
+  """Run the network on `frames` ((H, W, 3) uint8, any iterable: a video, a camera) and
+  encode each frame's side-by-side picture into `dst` (H.264 at `fps`), written atomically.
+  `smooth`, if given, maps each frame's outputs, in order, before they are drawn (temporal
+  smoothing). Raises NoFrames when `frames` is empty, full_res.OutOfMemory from the network."""
+  import imageio.v2 as imageio_v2
+
+  dst = os.fspath(dst)
+  colours, clip = onnx_runner.display_settings(variables, palette, max_depth)
   timing, count, start = [], 0, time.perf_counter()
   with atomic.atomic_path(dst, suffix=os.path.splitext(dst)[1] or ".mp4") as tmp:
-    writer = imageio_v2.get_writer(tmp, format="FFMPEG", fps=fps_in, codec="libx264",
+    writer = imageio_v2.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264",
                                    macro_block_size=2)
-    with writer, tqdm(total=total, desc="video", unit="frame", disable=not progress) as bar:
-      try:
-        for frame, outputs in predict_stream(variables, frames, batch_size=batch_size,
-                                             timing=timing, max_side=max_side):
-          writer.append_data(_even(visualize.render(frame, outputs, colours, clip)["vis"]))
-          count += 1
-          bar.update(1)
-          bar.set_postfix(fps=f"{count / (time.perf_counter() - start):.1f}")
-      except full_res.OutOfMemory as e:
-        raise ValueError(f"{src}: {e}") from e
+    with writer, tqdm(total=total, desc=desc, unit="frame", disable=not progress) as bar:
+      for frame, outputs in predict_stream(variables, frames, batch_size=batch_size,
+                                           timing=timing, max_side=max_side):
+        if smooth is not None:
+          outputs = smooth(outputs)
+        writer.append_data(_even(visualize.render(frame, outputs, colours, clip)["vis"]))
+        count += 1
+        bar.update(1)
+        bar.set_postfix(fps=f"{count / (time.perf_counter() - start):.1f}")
     if count == 0:
-      raise ValueError(f"{src}: no frames decoded")
+      raise NoFrames("no frames")
   steady = timing[1:] or timing
   return VideoReport(count, time.perf_counter() - start, sum(n for n, _ in steady),
                      sum(t for _, t in steady))
