@@ -4,10 +4,10 @@
     python benchmarks/accelerator_check.py --platform cpu --tiny --out /tmp/check.json  # dry run
 
 1. the device JAX sees (platform, kind, versions);
-2. the layer and model parity tests (tests/test_layers.py, tests/test_models.py and, where it
-   exists, tests/test_layer_impl.py) run ON that device;
+2. the layer and model parity tests (tests/test_layers.py, tests/test_models.py,
+   tests/test_ops.py) run ON that device;
 3. inference (`hydrajax.apply`'s program) at 1x480x640 in float32 and bfloat16, for each layer
-   implementation the model offers (impl "cpu" / "native" once `HydraNet.impl` exists);
+   form worth timing there (hydrajax.models.ops: "native", "xla_cpu");
 4. the real training step (`train_lib.train_step`) at 4x400x400 and 8x400x400, per
    implementation (float32; `--train-dtypes float32 bfloat16` adds mixed precision);
 5. the input pipeline's images/s with all the machine's cores (NYUD-layout 480x640 PNGs,
@@ -31,7 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PARITY_TESTS = ("tests/test_layers.py", "tests/test_models.py", "tests/test_layer_impl.py")
+PARITY_TESTS = ("tests/test_layers.py", "tests/test_models.py", "tests/test_ops.py")
 FULL = {"infer": (1, 480, 640), "train": ((4, 400, 400), (8, 400, 400)), "crop": 400,
         "frames": (480, 640)}
 TINY = {"infer": (1, 64, 96), "train": ((2, 64, 64),), "crop": 64, "frames": (72, 96)}
@@ -225,7 +225,7 @@ def summarise(report: dict) -> None:
   print(f"parity tests on {t['platform']}: {verdict} ({t['summary']})")
   for r in report["measurements"]:
     what = (f"pipeline batch {r['batch']} crop {r['crop']}" if r["kind"] == "pipeline" else
-            f"{r['kind']:8} {r['shape']} {r['dtype']} impl={r['impl'] or 'default'}")
+            f"{r['kind']:8} {r['shape']} {r['dtype']} impl={r['impl']}")
     if "error" in r or "skipped" in r:
       print(f"  {what}: {r.get('error') or r.get('skipped')}")
     elif r["kind"] == "pipeline":
@@ -280,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
   from benchmarks import compare_cases as cases
   from benchmarks import data_throughput
   from benchmarks.compare import write_json
-  impls = args.impls if args.impls is not None else cases.impls_available()
-  impls = [None if i in (None, "None", "default") else i for i in impls]
+  impls = args.impls if args.impls is not None else cases.impls_available(
+      args.platform or "gpu")
   report = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[1:] if argv is None
             else list(argv), "tiny": args.tiny, "impls": impls, "budget_min": args.budget_min,
             "cpus": os.cpu_count()}

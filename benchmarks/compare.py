@@ -8,7 +8,7 @@ Variants: `jax` (`hydrajax.apply` for inference; the real `train_lib.train_step`
 training runs it, for training), `torch_eager` (the authors' network, tests/torch_reference.py,
 channels_last, 2 threads), `torch_compile` (the same forward under torch.compile, inference
 only), `jax_xla` (hydrajax with HYDRAJAX_CPU_KERNELS=0: its XLA-only CPU form, without the
-FFI kernels of hydrajax/models/cpu_kernels.cc), and with `--bf16` `jax_bf16` (bfloat16
+FFI kernels of hydrajax/models/ops/cpu_kernels.cc), and with `--bf16` `jax_bf16` (bfloat16
 compute). The jax processes relaunch themselves with glibc's huge-page tunable as train.py and
 evaluate.py do (hydrajax/runtime/hugepages.py); `jax_4k` is hydrajax without it (a plain Python process
 importing hydrajax), and `torch_eager_hugepages` / `torch_compile_hugepages` give PyTorch the
@@ -68,10 +68,10 @@ def _rss_mb() -> float:
 def _build(variant: str, kind: str, batch: int, h: int, w: int, threads: int):
   from benchmarks import compare_cases as cases
   if variant in JAX_VARIANTS:
-    from hydrajax.models import cpu_kernels
+    from hydrajax.models.ops import ffi_build
     run, info = cases.build_jax(kind, batch, h, w,
                                 "bfloat16" if variant == "jax_bf16" else "float32")
-    return run, {**info, "cpu_kernels": cpu_kernels.available()}
+    return run, {**info, "cpu_kernels": ffi_build.available()}
   if variant.startswith("torch_"):
     return cases.build_torch(kind, batch, h, w, compiled=variant.startswith("torch_compile"),
                              threads=threads)

@@ -43,18 +43,10 @@ def _flops(compiled) -> float | None:
 
 # ----------------------------------------------------------------------------- JAX
 
-def impls_available() -> list[str | None]:
-  """HydraNet's layer implementations to time: "cpu" and "native" once the model has an
-  `impl` field (issue 18), else [None] (its one form). Read from the dataclass fields, so
-  the benchmarks run before and after that switch exists."""
-  import dataclasses
-
-  from hydrajax.models import HydraNet
-  return ["cpu", "native"] if "impl" in {f.name for f in dataclasses.fields(HydraNet)} else [None]
-
-
-def _with_impl(model, impl: str | None):
-  return model if impl is None else model.clone(impl=impl)
+def impls_available(platform: str = "cpu") -> list[str]:
+  """The layer forms worth timing on `platform` (hydrajax.models.ops): the FFI kernels only
+  on CPU."""
+  return ["native", "xla_cpu"] + (["ffi"] if platform == "cpu" else [])
 
 
 def build_apply(batch: int, h: int, w: int, dtype: str = "float32", impl: str | None = None,
@@ -73,9 +65,9 @@ def build_apply(batch: int, h: int, w: int, dtype: str = "float32", impl: str | 
   dt = jnp.dtype(dtype)
   variables = hydrajax.init(0, num_classes=NUM_CLASSES)
   image = jnp.asarray(fake_batch(batch, h, w)["image"])
-  model = _with_impl(hydrajax.model_from_variables(variables, dt), impl)
+  model = hydrajax.model_from_variables(variables, dt, impl=impl or "auto")
   program = lambda v, x: api.postprocess(model.apply(v, api.normalize(x, dt), train=False),
-                                         x.shape[1:3])
+                                         x.shape[1:3], impl=model.impl)
   t0 = time.perf_counter()
   compiled = jax.jit(program).lower(variables, image).compile()
   info = {"compile_s": time.perf_counter() - t0, "flops": _flops(compiled)}
@@ -107,7 +99,6 @@ def build_train_lib_step(batch: int, h: int, w: int, dtype: str = "float32",
   it (losses, BatchNorm over the batch, weight decay, momentum, two learning rates), with a
   device-resident batch. Returns (step, state, batch, loss_weights, config): `step(state,
   batch, loss_weights) -> (state, metrics)` donates `state`."""
-  import functools
 
   import jax
 
@@ -115,14 +106,9 @@ def build_train_lib_step(batch: int, h: int, w: int, dtype: str = "float32",
 
   config = train_lib_config(batch, h, w, dtype)
   devices = jax.local_devices()[:1]
-  if impl is None:
-    step = train_lib.pmapped_train_step(config, devices)
-  else:
-    model = _with_impl(train_lib.make_model(config, train_lib.AXIS), impl)
-    step = jax.pmap(functools.partial(
-        train_lib.train_step, model=model, tx=train_lib.make_optimizer(config),
-        freeze_bn=config.freeze_bn, sync_bn=config.sync_bn),
-        axis_name=train_lib.AXIS, in_axes=(0, 0, None), devices=devices, donate_argnums=(0,))
+  if impl is not None:
+    config.impl = impl
+  step = train_lib.pmapped_train_step(config, devices)
   state = train_lib.replicate(train_lib.create_train_state(config), devices)
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(devices, (train_lib.AXIS,)),
                                         jax.sharding.PartitionSpec(train_lib.AXIS))

@@ -1,9 +1,9 @@
-"""Each CPU FFI kernel (hydrajax/models/cpu_kernels.cc) against its XLA twin, alone.
+"""Each CPU FFI kernel (hydrajax/models/ops/cpu_kernels.cc) against its XLA twin, alone.
 
 At the shapes where they matter (inference 1x480x640, training batch 4 at 256x256), times
-the forward and the forward+backward of: the CRP max-pool (`layers.max_pool_5x5`'s cpu form),
-crp1 (`refinenet.crp_depthwise_chain`, forward only: training keeps the XLA chain's VJP) and
-the 3x3 depthwise conv (`layers.depthwise_shifts`, strides 1 and 2). Calls of the two forms
+the forward and the forward+backward of: the CRP max-pool (the xla_cpu form's `max_pool_5x5`),
+crp1 (`crp_depthwise`, forward only: training keeps the XLA chain's VJP) and
+the 3x3 depthwise conv (`depthwise_conv`, strides 1 and 2). Calls of the two forms
 alternate in one process; medians and minimums of `--runs` calls each. The whole-network
 effect is what `compare.py`'s `jax` vs `jax_xla` variants measure.
 
@@ -24,12 +24,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from hydrajax.models import cpu_kernels, layers  # noqa: E402
-from hydrajax.models.refinenet import _crp_depthwise_kernel, crp_depthwise_chain  # noqa: E402
-
-
-def _xla_pool(x):
-  return layers._max_pool_1d(layers._max_pool_1d(x, 1, 5, True), 2, 5, True)
+from hydrajax.models.ops import ffi, ffi_build, xla_cpu  # noqa: E402
 
 
 def _vjp(f):
@@ -40,12 +35,12 @@ def _vjp(f):
 def cases():
   """(name, shape, stride, kernel form, XLA form, backward too)."""
   for shape in [(1, 120, 160, 256), (4, 64, 64, 256)]:
-    yield "max_pool_5x5", shape, 1, layers._max_pool_5x5_kernel, _xla_pool, True
-    yield "crp1", shape, 1, _crp_depthwise_kernel, crp_depthwise_chain, False
+    yield "max_pool_5x5", shape, 1, ffi.max_pool_5x5, xla_cpu.max_pool_5x5, True
+    yield "crp1", shape, 1, ffi.crp_depthwise, xla_cpu.crp_depthwise, False
   for shape, s in [((4, 64, 64, 144), 1), ((4, 128, 128, 96), 2), ((1, 240, 320, 32), 1),
                    ((1, 240, 320, 96), 2)]:
-    kernel = lambda x, k, s=s: layers.depthwise_kernel(x, k, s)
-    xla = lambda x, k, s=s: layers.depthwise_shifts(x, k, s)
+    kernel = lambda x, k, s=s: ffi.depthwise_conv(x, k, stride=s)
+    xla = lambda x, k, s=s: xla_cpu.depthwise_conv(x, k, stride=s)
     yield "depthwise3x3", shape, s, kernel, xla, True
 
 
@@ -65,7 +60,7 @@ def main(argv=None) -> int:
   p.add_argument("--runs", type=int, default=30)
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cpu_kernels.json"))
   args = p.parse_args(argv)
-  if not cpu_kernels.available():
+  if not ffi_build.available():
     print("the CPU kernels are not available here (see the warning above)")
     return 1
   rng = np.random.default_rng(0)
@@ -93,7 +88,7 @@ def main(argv=None) -> int:
             f"{row['xla_median_ms'] / row['kernel_median_ms']:9.1f}x")
   from hydrajax.runtime import atomic
   report = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": args.runs, "rows": rows,
-            "jax": jax.__version__, "cpu": cpu_kernels._cpu_id()[:300]}
+            "jax": jax.__version__, "cpu": ffi_build.cpu_id()[:300]}
   atomic.write_bytes_atomic(args.out, (json.dumps(report, indent=1) + "\n").encode())
   print(f"wrote {args.out}")
   return 0

@@ -82,7 +82,7 @@ def _runner(variant: str, path: str, image: np.ndarray, threads: int):
     import jax.numpy as jnp
     from hydrajax import api
     variables = hydrajax.load(path)
-    model = hydrajax.model_from_variables(variables, impl="cpu")  # what apply runs on CPU
+    model = hydrajax.model_from_variables(variables, impl="xla_cpu")  # what apply runs on CPU without the FFI kernels
     net = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
     @jax.jit

@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_from = ""               # weights .npz (hydrajax.load) to start from; keys whose
                                  # shape differs (e.g. another class count) stay fresh
   c.init_seed = 0                # seed of the fresh (PyTorch-style) initialisation
+  c.impl = "auto"                # layer form (hydrajax.models.ops): "auto" = the FFI kernels
+                                 # or XLA rewrites on CPU, XLA's own ops on GPU/TPU;
+                                 # "native", "xla_cpu" or "ffi" to force one
   c.dtype = "float32"            # compute dtype: "float32" or "bfloat16" (mixed precision for
                                  # GPU/TPU: bf16 convs and activations; parameters, BatchNorm
                                  # statistics, outputs, losses and metrics stay float32;

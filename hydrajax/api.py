@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from hydrajax.models import HEAD_NAMES, TASKS, HydraNet, layers
+from hydrajax.models import HEAD_NAMES, TASKS, HydraNet, ops
 from hydrajax.models.hydranet import task_channels, upsample_outputs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,9 +38,9 @@ def init(key: jax.Array | int, *, num_classes: int = 40, tasks: Sequence[str] = 
   initialisers (which takes far longer than drawing them). Runs on the host (not traceable);
   for a traceable init use `HydraNet(...).init(key, x)`.
   """
-  # Shapes only: any impl gives the same tree ("cpu" traces one form instead of two).
+  # Shapes only: any impl gives the same tree ("native" traces one form and builds nothing).
   model = HydraNet(num_classes=num_classes, tasks=tuple(tasks), align_corners=align_corners,
-                   impl="cpu")
+                   impl="native")
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   seed = key if isinstance(key, int) else np.asarray(jax.random.key_data(key), np.uint32).ravel()
   rng = np.random.default_rng(seed)
@@ -102,11 +102,11 @@ def model_from_variables(variables: Mapping[str, Any], dtype: Any = jnp.float32,
 
 
 def postprocess(outputs: Mapping[str, jax.Array], size: tuple[int, int],
-                align_corners: bool = False) -> dict[str, jax.Array]:
+                align_corners: bool = False, impl: str = "auto") -> dict[str, jax.Array]:
   """Raw 1/4-resolution outputs -> image-resolution predictions: segm logits, depth in metres
   (abs, as the official notebooks do), normals as unit vectors."""
   out = {}
-  for task, value in upsample_outputs(outputs, size, align_corners).items():
+  for task, value in upsample_outputs(outputs, size, align_corners, impl).items():
     if task == "depth":
       value = jnp.abs(value)
     if task == "normals":
@@ -122,7 +122,7 @@ def _apply_impl(variables, image, *, num_classes, tasks, align_corners, dtype, i
       {"num_classes": num_classes, "tasks": tasks, "align_corners": align_corners}, dtype,
       impl=impl)
   raw = model.apply(variables, normalize(image, dtype), train=False)
-  out = postprocess(raw, image.shape[1:3], align_corners)
+  out = postprocess(raw, image.shape[1:3], align_corners, impl)
   nhw = image.shape[:3]
   chex.assert_shape([out[t] for t in tasks],
                     [nhw if t == "depth" else nhw + (task_channels(t, num_classes),)
@@ -158,14 +158,14 @@ def apply(variables: Mapping[str, Any], image: Any, *, dtype: Any = jnp.float32,
     variables: from `init`, `load` or training ({"params", "batch_stats"}[, "meta"]).
     image: RGB uint8 (or float 0-255), (H, W, 3) or (N, H, W, 3), any H, W.
     dtype: compute dtype (float32; bfloat16 for mixed precision on GPU/TPU).
-    impl: layer implementation, "auto" (CPU rewrites on CPU, XLA's native convs on
-      GPU/TPU), "cpu" or "native" (see hydrajax.models.layers).
+    impl: layer form (hydrajax.models.ops): "auto" (the FFI kernels or the XLA rewrites
+      on CPU, XLA's native ops on GPU/TPU), "native", "xla_cpu" or "ffi".
   Returns:
     dict at the input resolution: "segm" logits (..., H, W, C) float32, "depth" (..., H, W)
     metres >= 0, "normals" (..., H, W, 3) unit vectors; only the model's tasks.
   """
   check_image(image)
-  impl = layers.resolve_impl(impl)  # one form traced and compiled; the same result
+  impl = ops.resolve(impl)  # one form traced and compiled, for the default backend
   cfg = model_config(variables)
   image = jnp.asarray(image)
   single = image.ndim == 3

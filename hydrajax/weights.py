@@ -194,7 +194,7 @@ def expected_shapes(num_classes: int, tasks: tuple[str, ...]) -> dict[str, tuple
   """{"params/..." or "batch_stats/...": shape} of the architecture; traced once per
   (classes, tasks), since tracing the model takes seconds on a small CPU."""
   model = api.model_from_config({"num_classes": num_classes, "tasks": tasks,
-                                 "align_corners": False}, impl="cpu")  # shapes: any impl
+                                 "align_corners": False}, impl="native")  # shapes: any impl
   tree = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   return flatten_shapes({"params": tree["params"], "batch_stats": tree["batch_stats"]})
 

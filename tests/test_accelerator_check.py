@@ -7,10 +7,9 @@ from benchmarks import accelerator_check
 def test_cpu_dry_run_measures_everything_and_writes_one_json(tmp_path):
   out = tmp_path / "check.json"
   # One quick parity test, 2 runs each, the pipeline in process (no worker start-up): the
-  # procedure, not the numbers. "default" is the model's own layer implementation, so this
-  # runs the same before and after `HydraNet.impl` exists.
+  # procedure, not the numbers; one layer form.
   code = accelerator_check.main([
-      "--platform", "cpu", "--tiny", "--out", str(out), "--impls", "default",
+      "--platform", "cpu", "--tiny", "--out", str(out), "--impls", "native",
       "--tests", "tests/test_layers.py::test_max_pool_matches_reduce_window",
       "--runs", "2", "--loop-steps", "2", "--batches", "2", "--data-workers", "0",
       "--budget-min", "30"])  # generous: a loaded machine must not cut the run short

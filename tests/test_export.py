@@ -12,13 +12,9 @@ import pytest
 import hydrajax
 from hydrajax import api
 from hydrajax.export import cli as export
+from tests.helpers.numerics import rel_l2
 
 H, W = 64, 96
-
-
-def rel_l2(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 def images(n, seed=0):

@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 from hydrajax.convert import official as convert  # noqa: E402
 from hydrajax.models import HydraNet  # noqa: E402
 from tests.torch_reference import OfficialNet, randomize  # noqa: E402
+from tests.helpers.numerics import rel_max as _rel
 
 TASKS = ("segm", "depth")
 NUM_CLASSES = 5
@@ -42,11 +43,6 @@ def pair():
 
 def _torch_nchw(x, dtype):
   return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))).to(dtype)
-
-
-def _rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 def _variables(sd, dtype):

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from hydrajax.models import layers
+from hydrajax.models.ops import xla_cpu
+from tests.helpers.numerics import rel_max as _rel
 
 HIGHEST = jax.lax.Precision.HIGHEST
 # float32 layer vs lax reference, relative to the output's largest value. Each output is a
@@ -12,11 +14,6 @@ HIGHEST = jax.lax.Precision.HIGHEST
 # like sqrt(n) eps (eps = 6e-8), i.e. ~1e-6 of the output's scale, and the two sides differ
 # only in order. 1e-5 holds on any CPU; a wrong tap, stride or padding is off by >1e-1.
 RTOL = 1e-5
-
-
-def _rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
 def _distinct(shape, seed=0):
@@ -76,9 +73,9 @@ def _lax_depthwise(x, kernel, stride):
 @pytest.mark.parametrize("k,stride,hw", [(3, 1, (9, 10)), (3, 2, (9, 10)), (3, 2, (8, 8)),
                                          (3, 2, (7, 9)), (3, 1, (7, 9)), (1, 1, (5, 6))])
 def test_depthwise_matches_grouped_conv_values_and_gradients(k, stride, hw):
-  # The cpu form: shifted slices forward, its own backward (layers.depthwise_shifts).
+  # The xla_cpu form: shifted slices forward, its own backward (xla_cpu.depthwise_shifts).
   x = _normal((2, *hw, 6))
-  mod = layers.DepthwiseConv(k, stride, impl="cpu")
+  mod = layers.DepthwiseConv(k, stride, impl="xla_cpu")
   params = mod.init(jax.random.key(0), x)
   kernel = params["params"]["kernel"]
   ours = lambda x, kern: mod.apply({"params": {"kernel": kern}}, x)
@@ -94,9 +91,9 @@ def test_depthwise_matches_grouped_conv_values_and_gradients(k, stride, hw):
 def test_pointwise_matches_einsum_values_and_gradients():
   x, kernel = _normal((2, 5, 7, 16)), _normal((16, 8), 1)
   ref = lambda x, k: jnp.einsum("nhwc,cd->nhwd", x, k, precision=HIGHEST)
-  assert _rel(layers.pointwise(x, kernel), ref(x, kernel)) < RTOL
+  assert _rel(xla_cpu.pointwise(x, kernel), ref(x, kernel)) < RTOL
   g = _normal((2, 5, 7, 8), 2)
-  for a, b in zip(jax.vjp(layers.pointwise, x, kernel)[1](g), jax.vjp(ref, x, kernel)[1](g)):
+  for a, b in zip(jax.vjp(xla_cpu.pointwise, x, kernel)[1](g), jax.vjp(ref, x, kernel)[1](g)):
     assert _rel(a, b) < RTOL
 
 
@@ -117,10 +114,10 @@ def test_dense_conv_matches_lax_conv_values_and_gradients(stride, cin):
 
 
 def test_head_conv_with_many_outputs_infers_as_a_convolution_and_trains_by_matmuls():
-  """A head with > 19 outputs (NYUD's 40 classes), cpu form: XLA's convolution when not
+  """A head with > 19 outputs (NYUD's 40 classes), xla_cpu form: XLA's convolution when not
   differentiated (its output written once), the taps' matmuls under autodiff; both exact."""
   x = _normal((2, 9, 10, 64))
-  mod = layers.Conv(40, 3, use_bias=True, impl="cpu")
+  mod = layers.Conv(40, 3, use_bias=True, impl="xla_cpu")
   variables = mod.init(jax.random.key(0), x)
   kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
   ours = lambda x, kern: mod.apply({"params": {"kernel": kern, "bias": bias}}, x)

@@ -30,7 +30,7 @@ from hydrajax.runtime import atomic
 from hydrajax.evaluate import metrics
 from hydrajax.runtime import parallel
 from hydrajax.data import sources
-from hydrajax.models import layers
+from hydrajax.models import ops
 from hydrajax.runtime.parallel import AXIS
 
 
@@ -57,7 +57,7 @@ def eval_step(variables: Any, batch: dict, protocol: dict, *, num_classes: int, 
       {"num_classes": num_classes, "tasks": tasks, "align_corners": align_corners}, impl=impl)
   raw = model.apply(variables, api.normalize(batch["image"]), train=False)
   label_hw = batch["image"].shape[1:3]
-  out = api.postprocess(raw, label_hw, align_corners)
+  out = api.postprocess(raw, label_hw, align_corners, impl)
   sums, preds = {}, {}
   if "segm" in tasks:
     preds["segm"] = jnp.argmax(out["segm"], axis=-1).astype(jnp.uint8)
@@ -74,7 +74,7 @@ def eval_step(variables: Any, batch: dict, protocol: dict, *, num_classes: int, 
 
 @functools.lru_cache(maxsize=16)
 def _compiled_eval(key: tuple, devices: tuple) -> Any:
-  impl = layers.resolve_impl("auto", devices[0].platform)
+  impl = ops.resolve("auto", devices[0].platform)
   return jax.pmap(functools.partial(eval_step, **dict(key), impl=impl), axis_name=AXIS,
                   in_axes=(0, 0, None), devices=list(devices))
 

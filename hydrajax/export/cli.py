@@ -34,7 +34,6 @@ import numpy as np
 
 from hydrajax import api, weights
 from hydrajax.runtime import atomic
-from hydrajax.models import cpu_kernels
 
 FORMATS = ("stablehlo", "onnx")
 INPUT_DTYPES = ("uint8", "float32")
@@ -99,8 +98,9 @@ def export_stablehlo(variables: Mapping[str, Any], height: int, width: int, *,
   spec = input_spec(height, width, batch, input_dtype)
   fn = jax.jit(inference_fn(variables, full_resolution=full_resolution))
   kwargs = {} if platforms is None else {"platforms": tuple(platforms)}
-  with cpu_kernels.disabled():  # the file must run where hydrajax's kernels are not loaded
-    exported = jax.export.export(fn, **kwargs)(spec)
+  # The model's impl stays "auto" unresolved: each op lowers per platform (xla_cpu on CPU,
+  # native elsewhere), never the FFI kernels, whose targets exist only in this process.
+  exported = jax.export.export(fn, **kwargs)(spec)
   return bytes(exported.serialize())
 
 

@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from hydrajax import api
-from hydrajax.models import layers
+from hydrajax.models import ops
+from hydrajax.models.ops import common as ops_common
 
 DEFAULT_MAX_SIDE = 1280  # pixels on the long side the network sees; 0 = the input's own size
 DEFAULT_BLOCK_ROWS = 256  # output rows per upsampling step
@@ -68,7 +69,7 @@ def _raw_outputs(net_vars, image, *, num_classes, tasks, align_corners):
   """(h, w, 3) image -> the network's raw outputs for it, task -> (ceil(h/4), ceil(w/4)[, C])."""
   model = api.model_from_config(
       {"num_classes": num_classes, "tasks": tasks, "align_corners": align_corners},
-      impl=layers.resolve_impl("auto"))
+      impl=ops.resolve("auto"))
   raw = model.apply(net_vars, api.normalize(image[None]), train=False)
   return {task: value[0] for task, value in raw.items()}
 
@@ -99,7 +100,7 @@ def _upsample_block(raw, row_taps, col_taps):
 
 
 def _taps(n_in: int, n_out: int, align_corners: bool) -> tuple[np.ndarray, ...]:
-  i0, i1, w0, w1 = layers.interp_taps(n_in, n_out, align_corners)
+  i0, i1, w0, w1 = ops_common.interp_taps(n_in, n_out, align_corners)
   return (i0.astype(np.int32), i1.astype(np.int32), w0.astype(np.float32),
           w1.astype(np.float32))
 

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hydrajax.models import layers
+from hydrajax.models import layers, ops
 from hydrajax.models.mobilenet_v2 import MobileNetV2Encoder
 from hydrajax.models.refinenet import DECODER_CHANNELS, RefineNetDecoder
 
@@ -30,7 +30,7 @@ class Head(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = layers.DepthwiseConv(1, dtype=self.dtype, name=f"pre_{self.name_}")(x)
+    x = layers.DepthwiseConv(1, dtype=self.dtype, impl=self.impl, name=f"pre_{self.name_}")(x)
     x = layers.relu6(x)
     return layers.Conv(self.features, 3, use_bias=True, dtype=self.dtype, impl=self.impl,
                        name=self.name_)(x)
@@ -44,8 +44,8 @@ class HydraNet(nn.Module):
   `align_corners` selects the decoder's bilinear upsampling: False as in the official
   models, True as in the authors' DenseTorch library. `bn_axis_name` (training under
   pmap) takes BatchNorm statistics over the global batch, so N devices equal one.
-  `impl` picks the layers' form (layers.IMPLS): "cpu" rewrites, XLA's "native" ops, or
-  "auto" = per lowering platform (the numbers agree to float rounding).
+  `impl` picks the layers' form (hydrajax.models.ops: "native", "xla_cpu", "ffi", "auto");
+  the numbers agree to float rounding.
   """
   num_classes: int = 40
   tasks: Sequence[str] = ("segm", "depth")
@@ -60,7 +60,7 @@ class HydraNet(nn.Module):
       raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tuple(self.tasks)}")
     if "segm" in self.tasks and self.num_classes < 1:
       raise ValueError(f"num_classes must be >= 1 with a 'segm' task, got {self.num_classes}")
-    layers.check_impl(self.impl)
+    ops.check(self.impl)
     kw = dict(dtype=self.dtype, impl=self.impl)
     self.encoder = MobileNetV2Encoder(bn_axis_name=self.bn_axis_name, **kw)
     self.decoder = RefineNetDecoder(align_corners=self.align_corners, **kw)
@@ -79,7 +79,7 @@ class HydraNet(nn.Module):
 
 
 def upsample_outputs(outputs: Mapping[str, jax.Array], size: tuple[int, int],
-                     align_corners: bool = False) -> dict[str, jax.Array]:
+                     align_corners: bool = False, impl: str = "auto") -> dict[str, jax.Array]:
   """Raw outputs (N, h, w[, C]) -> (N, H, W[, C]) at `size` (bilinear): the one resize to
   image / label size, used by the losses, `hydrajax.apply` and the exported graph."""
   out = {}
@@ -87,8 +87,8 @@ def upsample_outputs(outputs: Mapping[str, jax.Array], size: tuple[int, int],
     if task == "depth":
       # A channel axis for the resize, and off again; -1 keeps a symbolic batch (jax.export).
       h, w = value.shape[1:3]
-      up = layers.resize_bilinear(value.reshape(-1, h, w, 1), size, align_corners)
+      up = layers.resize_bilinear(value.reshape(-1, h, w, 1), size, align_corners, impl)
       out[task] = up.reshape(-1, *size)
     else:
-      out[task] = layers.resize_bilinear(value, size, align_corners)
+      out[task] = layers.resize_bilinear(value, size, align_corners, impl)
   return out

@@ -1,48 +1,16 @@
 """Light-Weight RefineNet decoder with Chained Residual Pooling (CRP) blocks."""
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hydrajax.models import cpu_kernels, layers
+from hydrajax.models import layers, ops
+from hydrajax.models.ops.common import CRP_STAGES
 
 DECODER_CHANNELS = 256
-CRP_STAGES = 4
-
-
-def crp_depthwise_chain(x: jax.Array, scales: jax.Array, impl: str = "cpu") -> jax.Array:
-  """crp1 in XLA: top = scales[k] * maxpool5x5(top); x += top, k = 0..3. scales (4, C)."""
-  top = x
-  for k in range(CRP_STAGES):
-    top = layers.max_pool_5x5(top, impl) * scales[k]
-    x = x + top
-  return x
-
-
-@jax.custom_vjp
-def _crp_depthwise_kernel(x: jax.Array, scales: jax.Array) -> jax.Array:
-  # Inference: one FFI kernel (cpu_kernels.cc). Under autodiff: the XLA chain and its VJP.
-  return cpu_kernels.crp_depthwise_kernel(x, scales)
-
-
-def _crp_depthwise_kernel_fwd(x, scales):
-  return jax.vjp(crp_depthwise_chain, x, scales)
-
-
-_crp_depthwise_kernel.defvjp(_crp_depthwise_kernel_fwd, lambda vjp, g: vjp(g))
-
-
-def crp_depthwise_cpu_fn(x: jax.Array) -> Callable[..., jax.Array]:
-  """crp1's cpu form for `x`: the FFI kernel where it is built (float32, static shapes),
-  which streams each band of rows through all four stages (apply: 7-8 ms against ~30 ms of
-  pools plus the sum that XLA recomputed inside each head); else the XLA chain. Same numbers
-  to float rounding (XLA contracts x + s * pool into an FMA). Chosen before tracing the
-  branch: JAX caches a branch's trace by function, and the choice can change (disabled())."""
-  return _crp_depthwise_kernel if layers.kernels_apply(x) else crp_depthwise_chain
 
 
 class _DepthwiseKernel1x1(nn.Module):
@@ -61,16 +29,14 @@ class CRPBlock(nn.Module):
   """
   depthwise: bool = False
   dtype: Any = jnp.float32
-  impl: str = "auto"  # layers.IMPLS
+  impl: str = "auto"  # ops.IMPLS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.depthwise:
       scales = jnp.stack([_DepthwiseKernel1x1(name=f"conv{i}")(x.shape[-1])[0, 0, 0]
                           for i in range(1, CRP_STAGES + 1)]).astype(self.dtype)
-      native = functools.partial(crp_depthwise_chain, impl="native")
-      x = x.astype(self.dtype)
-      return layers.by_impl(self.impl, crp_depthwise_cpu_fn(x), native, x, scales)
+      return ops.get(self.impl).crp_depthwise(x.astype(self.dtype), scales)
     top = x
     kw = dict(dtype=self.dtype, impl=self.impl)
     for i in range(1, CRP_STAGES + 1):
@@ -91,7 +57,7 @@ class RefineNetDecoder(nn.Module):
     l3, l4, l5, l6, l7, l8 = feats
     kw = dict(dtype=self.dtype, impl=self.impl)
     conv = lambda name: layers.Conv1x1(DECODER_CHANNELS, name=name, **kw)
-    up = lambda x, ref: layers.resize_bilinear(x, ref.shape[1:3], self.align_corners)
+    up = lambda x, ref: layers.resize_bilinear(x, ref.shape[1:3], self.align_corners, self.impl)
 
     x = layers.relu6(conv("conv8")(l8) + conv("conv7")(l7))
     x = CRPBlock(name="crp4", **kw)(x)

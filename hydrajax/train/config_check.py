@@ -26,6 +26,7 @@ import ml_collections
 from hydrajax.data import registry
 from hydrajax.evaluate.metrics import CROPS
 from hydrajax.models import TASKS
+from hydrajax.models.ops import IMPLS
 
 SCHEDULES = ("poly", "step", "constant")  # hydrajax.train.loop.learning_rate_fn
 # What evaluation reports per task, and which direction is better.
@@ -252,6 +253,7 @@ def _check_model(c: _Checker, purpose: str) -> tuple:
     c.fail("tasks", c.get("tasks"), f"tasks the dataset {dataset!r} has labels for: it has "
            f"no surface normals")
   c.flag("align_corners")
+  c.choice("impl", IMPLS)
   init_from = c.text("init_from")
   if purpose == "train" and init_from and not os.path.isfile(init_from):
     c.fail("init_from", init_from, "an existing weights .npz file, or ''")

@@ -33,7 +33,7 @@ import hydrajax
 from hydrajax import api, weights
 from hydrajax.train import losses
 from hydrajax.runtime import parallel
-from hydrajax.models import HydraNet, layers
+from hydrajax.models import HydraNet, ops
 from hydrajax.runtime.parallel import AXIS, replicate, unreplicate  # noqa: F401 (public here too)
 
 
@@ -82,10 +82,10 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
 def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None,
                platform: str | None = None) -> HydraNet:
   """The config's network, its layers in the form for `platform` (default: JAX's default
-  backend; see layers.resolve_impl)."""
+  backend; see hydrajax.models.ops.resolve)."""
   bn_axis = axis_name if config.sync_bn and not config.freeze_bn else None
   return api.model_from_config(config, dtype=compute_dtype(config), bn_axis_name=bn_axis,
-                               impl=layers.resolve_impl("auto", platform))
+                               impl=ops.resolve(config.get("impl", "auto"), platform))
 
 
 def learning_rate_fn(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
@@ -230,7 +230,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
     else:
       outputs, mutated = model.apply(variables, images, train=True, mutable=["batch_stats"])
       new_stats = mutated["batch_stats"]
-    terms = losses.loss_terms(outputs, batch, model.align_corners, axis_name)
+    terms = losses.loss_terms(outputs, batch, model.align_corners, axis_name, model.impl)
     total, means = losses.combined_loss(terms, loss_weights, axis_name)
     return total, (new_stats, means)
 

@@ -79,7 +79,8 @@ def normals_terms(pred: jax.Array, target: jax.Array) -> SumCount:
 
 
 def loss_terms(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
-               align_corners: bool = False, axis_name: str | None = None) -> dict[str, SumCount]:
+               align_corners: bool = False, axis_name: str | None = None, impl: str = "auto"
+               ) -> dict[str, SumCount]:
   """(sum, count) per task of the model, predictions upsampled to the label size.
 
   batch: "segm" (N, H, W) uint8 (255 ignore), "depth" (N, H, W) metres (0 invalid),
@@ -88,7 +89,7 @@ def loss_terms(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
   """
   label = batch["segm"] if "segm" in batch else batch["depth"]
   chex.assert_rank(label, 3)
-  up = upsample_outputs(outputs, label.shape[1:3], align_corners)
+  up = upsample_outputs(outputs, label.shape[1:3], align_corners, impl)
   terms = {}
   if "segm" in up:
     terms["segm"] = cross_entropy_terms(up["segm"], batch["segm"])

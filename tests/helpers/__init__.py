@@ -1,0 +1,1 @@
+"""Test helpers: fabricated data in the real formats, references, workers, numerics."""
