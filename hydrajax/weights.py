@@ -1,7 +1,8 @@
 """Weights files: a variables dict as one .npz of '/'-joined keys plus a JSON meta entry.
 
-Written atomically (temp file + rename), read back with a full check against the tree the
-architecture expects, so a wrong or truncated file fails with the offending keys named.
+Written atomically (temp file + rename) with stored members (np.savez), and read back
+checked against the tree the architecture expects before any array is decoded, so a wrong,
+truncated or hostile file fails with the offending member or keys named.
 
 The meta entry ("__meta__", a JSON object; `read_meta(path)`):
   format, version      "hydrajax-weights", 1
@@ -31,7 +32,8 @@ import numpy as np
 from flax import traverse_util
 
 from hydrajax import api
-from hydrajax.runtime import atomic
+from hydrajax.runtime import atomic, stored_zip
+from hydrajax.runtime.stored_zip import printable
 
 _META_ENTRY = "__meta__"
 _CONVERT_HINT = " (PyTorch checkpoints: convert with `python -m hydrajax.convert.official SRC DST.npz`)"
@@ -66,17 +68,32 @@ def save(path: str | os.PathLike, variables: Mapping[str, Any],
 
 def load(path: str | os.PathLike) -> dict:
   """Read a weights file written by `save` (or `python -m hydrajax.convert.official`);
-  variables["meta"] holds align_corners (if true) and the EXTRA_META keys present."""
+  variables["meta"] holds align_corners (if true) and the EXTRA_META keys present.
+
+  The file is checked before any array is decoded: members stored (np.savez never
+  compresses), each an .npy of a number dtype whose header's shape matches the bytes it
+  holds, the meta entry JSON, and the keys and shapes those of the architecture it names.
+  Any failure is a ValueError naming the file and what is wrong."""
   path = os.fspath(path)
   arrays, meta = _read(path)
+  variables = _variables(arrays, meta)
+  check(variables, what=path)
+  _check_extra({**meta, **api.model_config(variables)}, path)
+  return variables
+
+
+def _variables(arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> dict:
+  """{"params", "batch_stats"[, "meta"]} from '/'-joined keys and the meta entry."""
+  keys = sorted(arrays)
+  for a, b in zip(keys, keys[1:]):
+    if b.startswith(a + "/"):
+      raise ValueError(f"keys {a!r} and {b!r} conflict (an array cannot also be a folder)")
   tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in arrays.items()})
   variables = {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})}
   extra = {k: meta[k] for k in EXTRA_META if k in meta}
   if meta.get("align_corners") or extra:
     variables[api.META_KEY] = {"align_corners": True} if meta.get("align_corners") else {}
     variables[api.META_KEY].update(extra)
-  check(variables, what=path)
-  _check_extra({**meta, **api.model_config(variables)}, path)
   return variables
 
 
@@ -146,29 +163,95 @@ def _check_extra(meta: Mapping[str, Any], path: str) -> None:
 
 
 def _read(path: str, arrays: bool = True) -> tuple[dict, dict]:
-  """(arrays without the meta entry, meta) of a weights file; errors name the file."""
+  """(arrays without the meta entry, meta) of a weights file, every member checked and the
+  keys and shapes compared with the architecture before an array is decoded (with
+  `arrays=False`, the meta entry alone); errors name the file."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"weights file not found: {path}")
   if not zipfile.is_zipfile(path):
     raise ValueError(f"{path} is not a hydrajax weights file (.npz): not a zip archive (a "
                      f"truncated file?){_CONVERT_HINT}")
   try:
-    with np.load(path, allow_pickle=False) as f:
-      out = {k: f[k] for k in f.files if arrays or k == _META_ENTRY}
-  except Exception as e:  # zipfile.BadZipFile, ValueError, OSError ...
+    with zipfile.ZipFile(path) as zf:
+      members = stored_zip.stored_members(zf, path)
+      headers = {}
+      for name, info in members.items():
+        if not name.endswith(".npy") or not name[:-4].isprintable():
+          raise ValueError(f"{path}: member {printable(name)} is not an .npy array: not a "
+                           f"hydrajax weights file")
+        headers[name[:-4]] = _npy_header(zf, info, path)
+      if _META_ENTRY not in headers:
+        raise ValueError(f"{path} has no '{_META_ENTRY}' entry: not a hydrajax weights "
+                         f"file{_CONVERT_HINT}")
+      shape, dtype = headers.pop(_META_ENTRY)
+      if dtype != np.uint8 or len(shape) != 1 or shape[0] > _MAX_META_BYTES:
+        raise ValueError(f"{path}: its '{_META_ENTRY}' entry is a {dtype} array of shape "
+                         f"{shape}, not up to {_MAX_META_BYTES} bytes of JSON")
+      meta = _read_meta(_read_npy(zf, members[_META_ENTRY + ".npy"]), path)
+      if not arrays:
+        return {}, meta
+      # Keys and shapes first, from the headers alone: nothing is decoded for a wrong file.
+      shapes = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in headers.items()}
+      check(_variables(shapes, meta), what=path)
+      return {k: _read_npy(zf, members[k + ".npy"]) for k in headers}, meta
+  except ValueError as e:
+    if path in str(e):
+      raise
     raise ValueError(f"{path} is not a hydrajax weights file (.npz): {e}") from e
-  if _META_ENTRY not in out:
-    raise ValueError(f"{path} has no '{_META_ENTRY}' entry: not a hydrajax weights "
-                     f"file{_CONVERT_HINT}")
+  except (zipfile.BadZipFile, OSError, EOFError) as e:
+    raise ValueError(f"{path} is not a hydrajax weights file (.npz): {e}") from e
+
+
+_MAX_META_BYTES = 1 << 20
+
+
+def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str
+                ) -> tuple[tuple[int, ...], np.dtype]:
+  """(shape, dtype) from an .npy member's header, checked: a number dtype (no objects, no
+  pickles) and exactly as many data bytes as the shape declares."""
+  name = printable(info.filename)
+  with zf.open(info) as f:
+    try:
+      version = np.lib.format.read_magic(f)
+      if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"format version {version}")
+      read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+      shape, _, dtype = read(f)
+    except ValueError as e:
+      raise ValueError(f"{path}: member {name} has no valid .npy header "
+                       f"({_first_line(e)})") from e
+    header_bytes = f.tell()
+  if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields or dtype.subdtype:
+    raise ValueError(f"{path}: member {name} holds {dtype} values, not numbers: refused "
+                     f"before decoding")
+  want = dtype.itemsize * int(np.prod(shape, dtype=object))
+  if want != info.file_size - header_bytes:
+    raise ValueError(f"{path}: member {name} declares shape {shape} of {dtype} ({want} "
+                     f"bytes) but holds {info.file_size - header_bytes} bytes")
+  return tuple(shape), dtype
+
+
+def _first_line(e: BaseException) -> str:
+  lines = str(e).strip().splitlines()
+  return lines[0][:200] if lines else type(e).__name__
+
+
+def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+  with zf.open(info) as f:
+    return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_meta(raw: np.ndarray, path: str) -> dict:
   try:
-    meta = json.loads(out.pop(_META_ENTRY).tobytes().decode())
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not JSON ({e}): a damaged "
-                     f"weights file") from e
+    meta = json.loads(raw.tobytes().decode())
+  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not JSON ({_first_line(e)}): a "
+                     f"damaged weights file") from e
   if not isinstance(meta, dict):
     raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not a JSON object: a damaged "
                      f"weights file")
-  return out, meta
+  return meta
 
 
 def check(variables: Mapping[str, Any], what: str = "variables") -> None:

@@ -33,6 +33,7 @@ from hydrajax import api, weights
 from hydrajax.convert import torch_pickle
 from hydrajax.models import HEAD_NAMES, TASKS
 from hydrajax.models.mobilenet_v2 import MOBILENET_V2_SETTINGS
+from hydrajax.runtime.stored_zip import printable
 
 LAYOUTS = ("official", "densetorch", "lwrefinenet", "torchvision")
 BACKBONE_LAYOUTS = ("lwrefinenet", "torchvision")
@@ -44,6 +45,7 @@ _DT_STEM = ("conv8", "conv7", "conv6", "conv5", "conv4", "conv3")
 _DT_CRP = ("crp4", "crp3", "crp2", "crp1")
 _DT_ADAPT = ("conv_adapt4", "conv_adapt3", "conv_adapt2")
 _DT_HEADS = ("segm", "depth", "normal")
+_MAX_KEY = 300
 _TV_DROPPED = re.compile(r"^(features\.18\.|classifier\.)")
 
 
@@ -67,6 +69,10 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   out = {}
   for key, value in obj.items():
     key = str(key)
+    if not key.isprintable() or len(key) > _MAX_KEY:
+      # Keys are echoed in messages: a file's control characters must not reach a terminal.
+      raise ConversionError(f"{path}: state dict key {printable(key)} is not a printable "
+                            f"name of at most {_MAX_KEY} characters")
     while key.startswith("module."):
       key = key[len("module."):]
     if key.endswith("num_batches_tracked"):

@@ -1,0 +1,257 @@
+"""A pickle's opcodes checked before anything in it is unpickled.
+
+`pickle` trusts the lengths and references a file declares: a BINBYTES8 claiming 2 GB
+allocates 2 GB before finding 3 bytes, and memo references (GET) let a few bytes name a
+structure that is a DAG of depth 30 and a tree of 2**30 nodes, which hashing, printing or
+any recursive walk then expands. This pass reads the opcodes with `pickletools` (which
+never allocates more than the bytes present), replays their effect on the stack as a graph
+of nodes, and refuses:
+- a length beyond the data (a FRAME, string or bytes longer than what follows);
+- out-of-band buffers, bytearrays and the copyreg extension registry (torch.save writes
+  none of them);
+- BUILD (which sets attributes or calls `__setstate__`) on anything but a fresh
+  OrderedDict or numpy dtype made by the pickle itself;
+- a structure whose tree expansion is larger than a small multiple of the opcode count,
+  and self-referencing structures;
+- dict keys and set items other than strings, bytes and numbers, and many distinct numbers
+  with one hash (dict and set insertion is quadratic in the number of colliding keys; the
+  hashes of str and bytes are randomised per process).
+"""
+from __future__ import annotations
+
+import io
+import pickletools
+from typing import Callable
+
+from hydrajax.runtime.stored_zip import printable
+
+# BUILD is how pickle restores these two: OrderedDict's `_metadata`, a dtype's byte order.
+BUILD_TARGETS = frozenset({("collections", "OrderedDict"), ("numpy", "dtype")})
+_REFUSED = {
+    "NEXT_BUFFER": "an out-of-band buffer", "READONLY_BUFFER": "an out-of-band buffer",
+    "BYTEARRAY8": "a bytearray", "EXT1": "a copyreg extension code",
+    "EXT2": "a copyreg extension code", "EXT4": "a copyreg extension code",
+}
+_MUTATORS = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
+_PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
+_GET = {"GET", "BINGET", "LONG_BINGET"}
+_NUMBERS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT",
+            "BINFLOAT"}
+_BYTES = {"SHORT_BINBYTES", "BINBYTES", "BINBYTES8"}
+_CONSTANTS = {"NONE", "NEWTRUE", "NEWFALSE"}
+_SETS = {("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"),
+         ("__builtin__", "frozenset")}
+_DICTS = {("collections", "OrderedDict"), ("builtins", "dict"), ("__builtin__", "dict")}
+_BYTES_CALLS = {("_codecs", "encode")}
+_TEXT = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+         "SHORT_BINSTRING"}
+# Expanded as a tree, no node of a legitimate checkpoint is much larger than the graph:
+# shared strings and storage types are leaves, shared tensors a dozen nodes.
+EXPANSION_FACTOR = 16
+EXPANSION_SLACK = 4096
+MAX_SAME_HASH = 8
+
+
+class PickleCheckError(ValueError):
+  """The pickle is damaged or built to exhaust the reader; the message says how."""
+
+
+class Truncated(PickleCheckError):
+  """The pickle ends before its STOP opcode (or inside an argument)."""
+
+
+def check(f: io.BytesIO, on_global: Callable[[str, str], None] = lambda m, n: None) -> int:
+  """Check the pickle that starts at `f`'s position; return the position after its STOP,
+  leaving `f` there. `on_global(module, name)` sees each global as it is named (and may
+  raise to refuse it). Raises Truncated or PickleCheckError."""
+  start, end = f.tell(), len(f.getbuffer())
+  graph = _Graph()
+  memo: dict[int, int] = {}
+  stack: list[int | None] = []  # None is a MARK
+  numbers: dict[int, set] = {}
+
+  def pop(n: int) -> list:
+    if len(stack) < n:
+      raise PickleCheckError("stack underflow")
+    items = stack[len(stack) - n:]
+    del stack[len(stack) - n:]
+    if None in items:
+      raise PickleCheckError("a MARK used as an object")
+    return items
+
+  def pop_mark() -> list:
+    for i in range(len(stack) - 1, -1, -1):
+      if stack[i] is None:
+        items = stack[i + 1:]
+        del stack[i:]
+        return items
+    raise PickleCheckError("no MARK on the stack")
+
+  try:
+    for op, arg, pos in pickletools.genops(f):
+      name = op.name
+      if name in _REFUSED:
+        raise PickleCheckError(f"opcode {name} ({_REFUSED[name]}) at byte {pos - start}")
+      if name == "FRAME" and arg > end - f.tell():
+        raise Truncated(f"a FRAME of {arg} bytes with {end - f.tell()} left")
+      if name == "MARK":
+        stack.append(None)
+      elif name in _PUT or name == "MEMOIZE":
+        (node,) = pop(1)
+        memo[len(memo) if name == "MEMOIZE" else arg] = node
+        stack.append(node)
+      elif name in _GET:
+        if arg not in memo:
+          raise PickleCheckError(f"memo key {arg} read before it is written")
+        stack.append(memo[arg])
+      elif name == "DUP":
+        stack.extend(pop(1) * 2)
+      elif name == "POP":
+        if stack and stack[-1] is None:
+          stack.pop()
+        else:
+          pop(1)
+      elif name == "POP_MARK":
+        pop_mark()
+      elif name in _MUTATORS:
+        items = pop_mark() if name in ("APPENDS", "SETITEMS", "ADDITEMS") else pop(
+            2 if name == "SETITEM" else 1)
+        (target,) = pop(1)
+        if name == "BUILD" and graph.calls.get(target) not in BUILD_TARGETS:
+          raise PickleCheckError(f"BUILD (setting attributes) on {graph.describe(target)}, "
+                                 f"not on a fresh OrderedDict or numpy dtype")
+        if name in ("SETITEM", "SETITEMS"):
+          graph.keys.extend(items[0::2])
+        elif name == "ADDITEMS":
+          graph.keys.extend(items)
+        graph.children[target].extend(items)
+        stack.append(target)
+      elif name == "STOP":
+        if len(stack) != 1:
+          raise PickleCheckError(f"{len(stack)} items left on the stack at STOP")
+        break
+      elif name not in ("PROTO", "FRAME"):  # one new object from what it pops or its arg
+        before = op.stack_before
+        if pickletools.markobject in before:
+          marked = pop_mark()
+          items = pop(before.index(pickletools.markobject)) + marked
+        else:
+          items = pop(len(before))
+        if name == "INST":  # as REDUCE: (the global, the args as a tuple)
+          items = [graph.new([]), graph.new(items)]
+          graph.globals[items[0]] = _global(arg, on_global)
+        elif name == "OBJ":
+          items = [items[0], graph.new(items[1:])]
+        node = graph.new(items)
+        if name == "GLOBAL":
+          graph.globals[node] = _global(arg, on_global)
+        elif name == "STACK_GLOBAL":
+          if not all(i in graph.texts for i in items):
+            raise PickleCheckError("STACK_GLOBAL of names that are not strings")
+          graph.globals[node] = _global(f"{graph.texts[items[0]]} {graph.texts[items[1]]}",
+                                        on_global)
+        elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST"):
+          if items[0] in graph.globals:
+            graph.calls[node] = graph.globals[items[0]]
+          if graph.calls.get(node) in _BYTES_CALLS:
+            graph.literals.add(node)
+        elif name in _TEXT:
+          graph.texts[node] = arg
+          graph.literals.add(node)
+        elif name in _BYTES or name in _CONSTANTS:
+          graph.literals.add(node)
+        elif name in _NUMBERS:
+          graph.literals.add(node)
+          same = numbers.setdefault(hash(arg), set())
+          same.add(arg)
+          if len(same) > MAX_SAME_HASH:
+            raise PickleCheckError(f"{len(same)} distinct numbers with one hash (a "
+                                   f"hash-collision attack on dict insertion)")
+        elif name == "DICT":
+          graph.keys.extend(items[0::2])
+        elif name == "FROZENSET":
+          graph.keys.extend(items)
+        if op.stack_after:
+          stack.append(node)
+    else:
+      raise Truncated("no STOP opcode")
+  except PickleCheckError:
+    raise
+  except ValueError as e:  # pickletools: unknown opcode, argument past the end, ...
+    if f.tell() >= end:
+      raise Truncated(str(e)) from e
+    raise PickleCheckError(str(e)) from e
+  graph.check_keys()
+  graph.check_expansion()
+  return f.tell()
+
+
+def _global(arg: str, on_global: Callable[[str, str], None]) -> tuple[str, str]:
+  module, _, name = arg.partition(" ")
+  on_global(module, name)
+  return module, name
+
+
+class _Graph:
+  """The objects a pickle builds: node i holds children[i] (repeats and shared nodes
+  included); `globals` names the global a node is, `calls` the one that made it."""
+
+  def __init__(self):
+    self.children: list[list[int]] = []
+    self.globals: dict[int, tuple[str, str]] = {}
+    self.calls: dict[int, tuple[str, str]] = {}
+    self.texts: dict[int, str] = {}
+    self.literals: set[int] = set()  # strings, bytes, numbers, None, booleans
+    self.keys: list[int] = []  # nodes used as dict keys or set items
+
+  def new(self, items: list[int]) -> int:
+    self.children.append(list(items))
+    return len(self.children) - 1
+
+  def describe(self, node: int) -> str:
+    if node in self.globals:
+      return f"the global {printable('.'.join(self.globals[node]))}"
+    if node in self.calls:
+      return f"the result of {printable('.'.join(self.calls[node]))}"
+    return "an object"
+
+  def check_keys(self) -> None:
+    """Dict keys and set items, also those that set(), frozenset() and OrderedDict() get
+    through REDUCE, must be literals (so their hashing is linear and collision-checked)."""
+    keys = list(self.keys)
+    for node, call in self.calls.items():
+      if call in _SETS or call in _DICTS:
+        args = self.children[node][1:2]  # REDUCE's children: the callable, the args tuple
+        first = self.children[args[0]][:1] if args else []
+        items = self.children[first[0]] if first and first[0] not in self.literals else []
+        if call in _DICTS:  # OrderedDict([[key, value], ...]) as Python 2 pickled it
+          items = [self.children[i][0] for i in items if self.children[i]]
+        keys.extend(items)
+    for key in keys:
+      if key not in self.literals:
+        raise PickleCheckError(f"a dict key or set item that is {self.describe(key)}, not "
+                               f"a string or number")
+
+  def check_expansion(self) -> None:
+    """Refuse a node whose tree expansion (shared parts counted at every use) exceeds
+    EXPANSION_FACTOR * nodes + EXPANSION_SLACK, and any self-referencing structure."""
+    children = self.children
+    limit = EXPANSION_FACTOR * len(children) + EXPANSION_SLACK
+    size = [0] * len(children)  # 0: not visited, -1: on the current path
+    for root in range(len(children)):
+      todo = [(root, False)] if not size[root] else []
+      while todo:
+        node, done = todo.pop()
+        if done:
+          size[node] = 1 + sum(size[k] for k in children[node])
+          if size[node] > limit:
+            raise PickleCheckError(f"shared sub-objects expand to over {limit} items (a "
+                                   f"pickle of {len(children)} objects)")
+        elif not size[node]:
+          size[node] = -1
+          todo.append((node, True))
+          for k in children[node]:
+            if size[k] == -1:
+              raise PickleCheckError("a self-referencing structure")
+            if not size[k]:
+              todo.append((k, False))

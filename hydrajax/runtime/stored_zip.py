@@ -1,0 +1,59 @@
+"""Zip archives whose members are stored, checked before any member is read.
+
+torch.save checkpoints and numpy's .npz (np.savez) are zips of stored (uncompressed)
+members, so a member that is compressed, or that declares more bytes than it stores or than
+the file holds, is refused before a byte of it is inflated: what a reader of such an
+archive allocates is then bounded by the file's size.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+
+_METHODS = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+            zipfile.ZIP_LZMA: "lzma", 9: "deflate64", 93: "zstandard"}
+
+
+class StoredZipError(ValueError):
+  """The archive is not a zip of stored members within the file; says which and why."""
+
+
+def printable(text: str, limit: int = 60) -> str:
+  """`text` quoted, escaped (no control or terminal escape characters) and truncated: how a
+  name read from a file is shown in a message."""
+  text = str(text)
+  return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def stored_members(zf: zipfile.ZipFile, path: str | os.PathLike) -> dict[str, zipfile.ZipInfo]:
+  """{name: info} of every member of `zf` (opened from `path`), after checking that each
+  is stored, unencrypted, once, of the size it declares, inside the file, and that the
+  members' sizes sum to no more than the file's."""
+  path = os.fspath(path)
+  file_size = os.path.getsize(path)
+  members: dict[str, zipfile.ZipInfo] = {}
+  total = 0
+  for info in zf.infolist():
+    name = printable(info.filename)
+    if info.filename in members:
+      raise StoredZipError(f"{path}: member {name} appears twice in the zip directory")
+    if info.flag_bits & 0x1:
+      raise StoredZipError(f"{path}: member {name} is encrypted")
+    if info.compress_type != zipfile.ZIP_STORED:
+      method = _METHODS.get(info.compress_type, f"method {info.compress_type}")
+      raise StoredZipError(f"{path}: member {name} is compressed ({method}); only stored "
+                           f"(uncompressed) members are accepted, as torch.save and "
+                           f"np.savez write them")
+    if info.file_size != info.compress_size:
+      raise StoredZipError(f"{path}: member {name} declares {info.file_size} bytes but "
+                           f"stores {info.compress_size}")
+    if info.header_offset + info.compress_size > file_size:
+      raise StoredZipError(f"{path}: member {name} ({info.compress_size} bytes at offset "
+                           f"{info.header_offset}) reaches past the end of the "
+                           f"{file_size}-byte file")
+    total += info.file_size
+    if total > file_size:
+      raise StoredZipError(f"{path}: the members declare more bytes ({total} by {name}) "
+                           f"than the {file_size}-byte file holds")
+    members[info.filename] = info
+  return members
