@@ -11,7 +11,8 @@ only), `jax_xla` (hydrajax with HYDRAJAX_CPU_KERNELS=0: its XLA-only CPU form, w
 FFI kernels of hydrajax/models/ops/cpu_kernels.cc), and with `--bf16` `jax_bf16` (bfloat16
 compute). The jax processes relaunch themselves with glibc's huge-page tunable as train.py and
 evaluate.py do (hydrajax/runtime/hugepages.py); `jax_4k` is hydrajax without it (a plain Python process
-importing hydrajax), and `torch_eager_hugepages` / `torch_compile_hugepages` give PyTorch the
+importing hydrajax, which sets glibc's malloc to reuse freed memory: hugepages.reuse_freed_memory),
+`jax_4k_noreuse` the same with HYDRAJAX_MALLOC_REUSE=0 (glibc's defaults), and `torch_eager_hugepages` / `torch_compile_hugepages` give PyTorch the
 same tunable. Each process records the GLIBC_TUNABLES it ran with. Each (round, variant) is
 one process that compiles, warms up, times `--runs` runs and exits, with nothing else of ours alive; the
 variants alternate within a round and their order rotates between rounds, so machine load
@@ -43,11 +44,12 @@ TINY_WORKLOADS = {  # --tiny: the same procedure in seconds (a smoke test, not a
     "train_2x64x64": ("train", 2, 64, 64),
 }
 VARIANTS = ("jax", "torch_eager", "torch_compile", "jax_xla", "jax_4k", "torch_eager_hugepages",
-            "torch_compile_hugepages", "jax_bf16")
-JAX_VARIANTS = ("jax", "jax_xla", "jax_4k", "jax_bf16")
+            "torch_compile_hugepages", "jax_bf16", "jax_4k_noreuse")
+JAX_VARIANTS = ("jax", "jax_xla", "jax_4k", "jax_bf16", "jax_4k_noreuse")
 # Variant -> environment of its process. The jax variants also relaunch as hydrajax's command-
 # line tools do (hydrajax/runtime/hugepages.py), except jax_4k: hydrajax in a plain Python process.
 VARIANT_ENV = {"jax_xla": {"HYDRAJAX_CPU_KERNELS": "0"}, "jax_4k": {"HYDRAJAX_HUGEPAGES": "0"},
+               "jax_4k_noreuse": {"HYDRAJAX_HUGEPAGES": "0", "HYDRAJAX_MALLOC_REUSE": "0"},
                "torch_eager_hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
                "torch_compile_hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
 
@@ -100,7 +102,7 @@ def run_process(variant: str, workload: tuple, warmup: int, runs: int, threads: 
   kind, batch, h, w = workload
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
              **VARIANT_ENV.get(variant, {}))
-  if variant == "jax_4k" and "GLIBC_TUNABLES" in env:  # 4 KiB pages even if the shell set it
+  if variant.startswith("jax_4k") and "GLIBC_TUNABLES" in env:  # 4 KiB pages even if the shell set it
     env["GLIBC_TUNABLES"] = ":".join(t for t in env["GLIBC_TUNABLES"].split(":")
                                      if not t.startswith("glibc.malloc.hugetlb="))
   cmd = [sys.executable, os.path.abspath(__file__), "--serve",

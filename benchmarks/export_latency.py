@@ -8,6 +8,9 @@
 Variants (batch 1, uint8 RGB in):
   onnxruntime_quarter  ONNX export, outputs at 1/4 resolution
   onnxruntime_full     ONNX export --full-resolution (logits, depth and labels at H x W)
+  onnxruntime_int8     ONNX export --int8 (hydrajax/export/quantize.py, its default float
+                       parts), outputs at 1/4 resolution like onnxruntime_quarter; calibrated
+                       on --calibrate-count images of --calibrate-config's training split
   torch_eager          the authors' network (tests/torch_reference.py) in PyTorch eager,
                        channels_last, outputs upsampled to H x W (benchmarks/compare_cases.py)
   hydrajax_apply       `hydrajax.apply` (outputs at H x W)
@@ -39,8 +42,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 VARIANTS = ("onnxruntime_quarter", "onnxruntime_full", "torch_eager", "hydrajax_apply",
-            "stablehlo_full", "hydrajax_apply_labels")
+            "stablehlo_full", "onnxruntime_int8", "hydrajax_apply_labels")
 ARTIFACTS = {"onnxruntime_quarter": "quarter.onnx", "onnxruntime_full": "full.onnx",
+             "onnxruntime_int8": "quarter_int8.onnx",
              "hydrajax_apply": "weights.npz", "stablehlo_full": "full.stablehlo",
              "hydrajax_apply_labels": "weights.npz"}
 
@@ -129,6 +133,14 @@ def make_artifacts(args: argparse.Namespace, folder: str) -> dict[str, float]:
     data = export.export(variables, fmt, args.height, args.width, full_resolution=full)
     seconds[name] = time.perf_counter() - t0
     atomic.write_bytes_atomic(os.path.join(folder, name), data)
+    if name == "quarter.onnx" and "onnxruntime_int8" in args.variants:
+      from hydrajax.export import quantize
+      t0 = time.perf_counter()
+      images = quantize.images_from_config(args.calibrate_config, (args.height, args.width),
+                                           args.calibrate_count)
+      int8 = quantize.quantize(data, images)
+      seconds["quarter_int8.onnx"] = time.perf_counter() - t0
+      atomic.write_bytes_atomic(os.path.join(folder, "quarter_int8.onnx"), int8)
   return seconds
 
 
@@ -160,10 +172,15 @@ def summarize(reports: dict[str, list[dict]]) -> dict[str, dict]:
         "round_medians_ms": [float(np.median(rep["times_ms"])) for rep in rounds],
         "peak_rss_mb": max(rep["peak_rss_mb"] for rep in rounds),
         "setup_s": [rep["setup_s"] for rep in rounds], "runs": len(times)}
-  if "torch_eager" in out:
-    ref = out["torch_eager"]["median_ms"]
+  for ref_name, key in (("torch_eager", "torch_eager"), ("onnxruntime_quarter", "float_ort")):
+    if ref_name not in out:
+      continue
+    ref = out[ref_name]
     for stats in out.values():
-      stats["vs_torch_eager"] = stats["median_ms"] / ref
+      stats[f"vs_{key}"] = stats["median_ms"] / ref["median_ms"]
+      # each round's median over the reference's median of the same round
+      stats[f"round_ratios_vs_{key}"] = [
+          a / b for a, b in zip(stats["round_medians_ms"], ref["round_medians_ms"])]
   return out
 
 
@@ -175,7 +192,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--rounds", type=int, default=5, help="processes per variant")
   p.add_argument("--runs", type=int, default=10, help="timed calls per process")
   p.add_argument("--threads", type=int, default=2, help="onnxruntime / torch intra-op threads")
-  p.add_argument("--variants", default=",".join(VARIANTS[:5]))
+  p.add_argument("--variants", default=",".join(VARIANTS[:6]))
+  p.add_argument("--calibrate-config", default=os.path.join(ROOT, "configs", "synthetic.py"),
+                 help="onnxruntime_int8: calibration images from this config's training split")
+  p.add_argument("--calibrate-count", type=int, default=8)
   p.add_argument("--out",
                  default=os.path.join(ROOT, "benchmarks", "results", "export_latency.json"))
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -194,6 +214,7 @@ def main(argv=None) -> int:
     print(json.dumps(worker(args.worker, args.artifact, args.height, args.width, args.runs,
                             args.threads)))
     return 0
+  load_at_start = os.getloadavg()
   with tempfile.TemporaryDirectory() as folder:
     export_s = make_artifacts(args, folder)
     reports = run_rounds(args, folder)
@@ -205,13 +226,20 @@ def main(argv=None) -> int:
                  "weights": args.weights or "random 40-class", "cpu_count": os.cpu_count(),
                  "machine": platform.machine(),
                  **{pkg: version(pkg) for pkg in ("jax", "onnxruntime", "torch")},
+                 "load_average_at_start": load_at_start,
                  "load_average_at_end": os.getloadavg()}}
   from hydrajax.runtime import atomic
   atomic.write_bytes_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
   for variant, stats in result["variants"].items():
     print(f"{variant:20s} median {stats['median_ms']:8.1f} ms  min {stats['min_ms']:8.1f} ms"
           f"  peak RSS {stats['peak_rss_mb']:7.0f} MB"
-          + (f"  {stats['vs_torch_eager']:.2f}x torch" if "vs_torch_eager" in stats else ""))
+          + (f"  {stats['vs_torch_eager']:.2f}x torch (rounds "
+             + ", ".join(f"{r:.2f}" for r in stats["round_ratios_vs_torch_eager"]) + ")"
+             if "vs_torch_eager" in stats else "")
+          + (f"  {stats['vs_float_ort']:.2f}x float ort (rounds "
+             + ", ".join(f"{r:.2f}" for r in stats["round_ratios_vs_float_ort"]) + ")"
+             if "vs_float_ort" in stats else ""))
+  print(f"load average at start {load_at_start}, at end {os.getloadavg()}")
   return 0
 
 

@@ -5,6 +5,12 @@
     out["segm"].argmax(-1), out["depth"]       # labels, metres
     cloud = hydrajax.points(out["depth"], intrinsics, colors=image, labels=out["segm"])
 """
+from hydrajax.runtime import hugepages as _hugepages
+
+# Before JAX starts its threads: XLA's per-run temp buffer then reuses freed heap memory
+# instead of a fresh mmap per run (hydrajax/runtime/hugepages.py; HYDRAJAX_MALLOC_REUSE=0: off).
+_hugepages.reuse_freed_memory()
+
 from hydrajax.api import (apply, init, model_config, model_from_config, model_from_variables,
                           normalize)
 from hydrajax.inference.points import points

@@ -171,3 +171,15 @@ def test_predict_relaunches_for_a_video_only(monkeypatch, argv, relaunched):
   monkeypatch.setattr(sys, "argv", ["hydrajax-predict"] + argv)
   assert predict.cli() == 0
   assert calls == (["relaunch", "main"] if relaunched else ["main"])
+
+
+@pytest.mark.skipif(hugepages._glibc_version() is None, reason="mallopt is glibc's")
+def test_import_hydrajax_keeps_xla_temp_buffers_from_faulting_each_run():
+  """`import hydrajax` sets glibc's malloc to reuse freed memory (reuse_freed_memory): the
+  program's > 32 MiB temp buffer is then not a fresh mmap per run."""
+  def faults(**env):
+    code = "import hydrajax\n" + _FAULTS
+    return int(subprocess.run([sys.executable, "-c", code], env=_clean_env(**env),
+                              capture_output=True, text=True, check=True).stdout.split()[-1])
+  plain, reused = faults(HYDRAJAX_MALLOC_REUSE="0"), faults()
+  assert plain > 8000 and reused < plain / 4, (plain, reused)

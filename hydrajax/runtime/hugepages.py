@@ -112,3 +112,40 @@ def relaunch(*entries: str) -> None:
     os.execve(sys.executable, argv, env)
   except OSError as e:  # e.g. the interpreter moved: run on without huge pages
     print(f"hydrajax: could not relaunch with {TUNABLE}: {e}", file=sys.stderr)
+
+
+REUSE_OFF = "HYDRAJAX_MALLOC_REUSE"  # =0: leave glibc's malloc settings alone
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
+_REUSE_SETTINGS = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20),
+                   (_M_ARENA_MAX, 1))
+_reuse_applied: bool | None = None
+
+
+def reuse_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
+  """Make glibc's malloc keep freed memory for reuse in this process, so XLA's per-run temp
+  buffer is not a fresh mmap (4 KiB page faults) on every run: no mmap for large blocks
+  (M_MMAP_MAX 0), one heap for all threads (M_ARENA_MAX 1: other arenas would mmap blocks
+  larger than their 64 MiB heaps), the heap's top trimmed only above 1 GiB. Works after the
+  process started (mallopt), unlike the huge-page tunable; `import hydrajax` calls it. Memory
+  freed by the network stays in the process (peak RSS ~ the same, it is not given back).
+
+  Not applied (returns False): not glibc, HYDRAJAX_MALLOC_REUSE=0, or the huge-page tunable
+  already set (the relaunched tools). Idempotent; returns whether the settings are in force.
+  """
+  global _reuse_applied
+  if _reuse_applied is not None:
+    return _reuse_applied
+  environ = os.environ if environ is None else environ
+  _reuse_applied = False
+  if (environ.get(REUSE_OFF, "1") == "0" or _glibc_version() is None
+      or "glibc.malloc.hugetlb=" in environ.get("GLIBC_TUNABLES", "")):
+    return False
+  import ctypes
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return False
+  mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+  _reuse_applied = all(mallopt(param, value) == 1 for param, value in _REUSE_SETTINGS)
+  return _reuse_applied
