@@ -400,6 +400,21 @@ def test_python2_numpy_scalars_load_as_numpy_unpickles_them(good, tmp_path):
   assert_good_loads_exactly(good)
 
 
+def test_shared_objects_load_shared_not_expanded(tmp_path):
+  """A DAG of moderate depth (256 paths) and a tensor referenced twice load as one object
+  each, as pickle built them."""
+  root = legacy_py2.Storage("1", np.arange(6, dtype=np.float32))
+  tensor = legacy_py2.Tensor(root, 0, (2, 3), (3, 1))
+  path = tmp_path / "shared.ckpt"
+  legacy_py2.save(str(path), {"a": tensor, "b": tensor, "dag": _dag_list(8),
+                              "pairs": Reduce("collections", "OrderedDict", [["k", [tensor]]])},
+                  [root])
+  got = torch_pickle.load(path)
+  assert got["a"] is got["b"] is got["pairs"]["k"][0]
+  np.testing.assert_array_equal(got["a"], np.arange(6).reshape(2, 3))
+  assert got["dag"][0] is got["dag"][1] and got["dag"] == _dag_list(8)
+
+
 # --------------------------------------------------------------------- weights files
 
 @pytest.fixture(scope="module")

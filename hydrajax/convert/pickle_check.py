@@ -43,6 +43,7 @@ _SETS = {("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"),
          ("__builtin__", "frozenset")}
 _DICTS = {("collections", "OrderedDict"), ("builtins", "dict"), ("__builtin__", "dict")}
 _BYTES_CALLS = {("_codecs", "encode")}
+_SEQUENCES = {"EMPTY_LIST", "LIST", "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"}
 _TEXT = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
          "SHORT_BINSTRING"}
 # Expanded as a tree, no node of a legitimate checkpoint is much larger than the graph:
@@ -167,7 +168,9 @@ def check(f: io.BytesIO, on_global: Callable[[str, str], None] = lambda m, n: No
           if len(same) > MAX_SAME_HASH:
             raise PickleCheckError(f"{len(same)} distinct numbers with one hash (a "
                                    f"hash-collision attack on dict insertion)")
-        elif name == "DICT":
+        elif name in _SEQUENCES:
+          graph.sequences.add(node)
+        if name == "DICT":
           graph.keys.extend(items[0::2])
         elif name == "FROZENSET":
           graph.keys.extend(items)
@@ -203,6 +206,7 @@ class _Graph:
     self.texts: dict[int, str] = {}
     self.literals: set[int] = set()  # strings, bytes, numbers, None, booleans
     self.keys: list[int] = []  # nodes used as dict keys or set items
+    self.sequences: set[int] = set()  # lists and tuples
 
   def new(self, items: list[int]) -> int:
     self.children.append(list(items))
@@ -223,9 +227,12 @@ class _Graph:
       if call in _SETS or call in _DICTS:
         args = self.children[node][1:2]  # REDUCE's children: the callable, the args tuple
         first = self.children[args[0]][:1] if args else []
-        items = self.children[first[0]] if first and first[0] not in self.literals else []
-        if call in _DICTS:  # OrderedDict([[key, value], ...]) as Python 2 pickled it
-          items = [self.children[i][0] for i in items if self.children[i]]
+        # set(sequence); OrderedDict([[key, value], ...]) as Python 2 pickled it. (A dict
+        # or set argument had its keys checked when it was built.)
+        items = self.children[first[0]] if first and first[0] in self.sequences else []
+        if call in _DICTS:
+          items = [self.children[i][0] for i in items
+                   if i in self.sequences and self.children[i]]
         keys.extend(items)
     for key in keys:
       if key not in self.literals:
