@@ -33,7 +33,7 @@ from flax import traverse_util
 
 from hydrajax import api
 from hydrajax.runtime import atomic, stored_zip
-from hydrajax.runtime.stored_zip import printable
+from hydrajax.runtime.stored_zip import describe, printable
 
 _META_ENTRY = "__meta__"
 _CONVERT_HINT = " (PyTorch checkpoints: convert with `python -m hydrajax.convert.official SRC DST.npz`)"
@@ -220,7 +220,7 @@ def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str
       shape, _, dtype = read(f)
     except ValueError as e:
       raise ValueError(f"{path}: member {name} has no valid .npy header "
-                       f"({_first_line(e)})") from e
+                       f"({describe(e)})") from e
     header_bytes = f.tell()
   if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields or dtype.subdtype:
     raise ValueError(f"{path}: member {name} holds {dtype} values, not numbers: refused "
@@ -232,11 +232,6 @@ def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str
   return tuple(shape), dtype
 
 
-def _first_line(e: BaseException) -> str:
-  lines = str(e).strip().splitlines()
-  return lines[0][:200] if lines else type(e).__name__
-
-
 def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
   with zf.open(info) as f:
     return np.lib.format.read_array(f, allow_pickle=False)
@@ -246,7 +241,7 @@ def _read_meta(raw: np.ndarray, path: str) -> dict:
   try:
     meta = json.loads(raw.tobytes().decode())
   except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-    raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not JSON ({_first_line(e)}): a "
+    raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not JSON ({describe(e)}): a "
                      f"damaged weights file") from e
   if not isinstance(meta, dict):
     raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not a JSON object: a damaged "

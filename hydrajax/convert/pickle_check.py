@@ -23,7 +23,7 @@ import io
 import pickletools
 from typing import Callable
 
-from hydrajax.runtime.stored_zip import printable
+from hydrajax.runtime.stored_zip import describe, printable
 
 # BUILD is how pickle restores these two: OrderedDict's `_metadata`, a dtype's byte order.
 BUILD_TARGETS = frozenset({("collections", "OrderedDict"), ("numpy", "dtype")})
@@ -182,8 +182,8 @@ def check(f: io.BytesIO, on_global: Callable[[str, str], None] = lambda m, n: No
     raise
   except ValueError as e:  # pickletools: unknown opcode, argument past the end, ...
     if f.tell() >= end:
-      raise Truncated(str(e)) from e
-    raise PickleCheckError(str(e)) from e
+      raise Truncated(describe(e)) from e
+    raise PickleCheckError(describe(e)) from e
   graph.check_keys()
   graph.check_expansion()
   return f.tell()

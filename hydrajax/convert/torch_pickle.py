@@ -35,7 +35,7 @@ import numpy as np
 
 from hydrajax.convert import pickle_check
 from hydrajax.runtime import stored_zip
-from hydrajax.runtime.stored_zip import printable
+from hydrajax.runtime.stored_zip import describe, printable
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -259,16 +259,10 @@ def load(path: str | os.PathLike) -> Any:
   except (CheckpointFormatError, UnsafeCheckpointError):
     raise
   except Exception as e:  # noqa: BLE001 - any failure to decode untrusted bytes is corruption
-    raise CheckpointFormatError(f"{path}: corrupt checkpoint ({_describe(e)})") from e
+    raise CheckpointFormatError(f"{path}: corrupt checkpoint ({describe(e)})") from e
 
 
 _ZIP_MAGIC = b"PK\x03\x04"  # a zip's first local file header; torch.save's zip starts so
-
-
-def _describe(e: BaseException) -> str:
-  """An exception as one line: its type and its message's first line, truncated."""
-  text = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def _refuse_global(path: str) -> Callable[[str, str], None]:
@@ -303,14 +297,14 @@ def _unpickle(f: io.BytesIO, load_storage, path: str, what: str) -> Any:
   except Exception as e:  # noqa: BLE001 - pickle raises many types for corrupt data
     if "truncated" in str(e):
       raise CheckpointFormatError(f"{path}: truncated file (it ends inside the {what})") from e
-    raise CheckpointFormatError(f"{path}: corrupt {what} ({_describe(e)})") from e
+    raise CheckpointFormatError(f"{path}: corrupt {what} ({describe(e)})") from e
 
 
 def _load_zip(path: str) -> Any:
   try:
     zf = zipfile.ZipFile(path)
   except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-    raise CheckpointFormatError(f"{path}: truncated or damaged zip archive ({_describe(e)}); "
+    raise CheckpointFormatError(f"{path}: truncated or damaged zip archive ({describe(e)}); "
                                 f"a complete torch.save file ends with the zip directory") from e
   with zf:
     try:
@@ -329,7 +323,7 @@ def _load_zip(path: str) -> Any:
         return zf.read(entry)
       except Exception as e:  # noqa: BLE001 - BadZipFile (CRC, header), OSError, ...
         raise CheckpointFormatError(f"{path}: corrupt zip entry {printable(entry)} "
-                                    f"({_describe(e)})") from e
+                                    f"({describe(e)})") from e
 
     if root + "byteorder" in names and read(root + "byteorder").strip() != b"little":
       raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
@@ -365,7 +359,7 @@ def _load_legacy(f: io.BytesIO, path: str) -> Any:
       raise
     except Exception as e:  # noqa: BLE001 - whatever the bytes are, it is not a header
       raise CheckpointFormatError(f"{path}: not a PyTorch checkpoint (cannot read the {what}: "
-                                  f"{_describe(e.__cause__ or e)})") from e
+                                  f"{describe(e.__cause__ or e)})") from e
 
   if header("magic number") != LEGACY_MAGIC:
     raise CheckpointFormatError(f"{path}: not a PyTorch checkpoint (wrong magic number)")

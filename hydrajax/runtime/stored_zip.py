@@ -25,6 +25,16 @@ def printable(text: str, limit: int = 60) -> str:
   return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
+def describe(error: BaseException, limit: int = 200) -> str:
+  """An exception as one printable line: its type and its message's first line, escaped
+  (the message may quote bytes from a file) and truncated."""
+  lines = str(error).strip().splitlines()
+  if not lines:
+    return type(error).__name__
+  text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in lines[0][:limit])
+  return f"{type(error).__name__}: {text}"
+
+
 def stored_members(zf: zipfile.ZipFile, path: str | os.PathLike) -> dict[str, zipfile.ZipInfo]:
   """{name: info} of every member of `zf` (opened from `path`), after checking that each
   is stored, unencrypted, once, of the size it declares, inside the file, and that the
