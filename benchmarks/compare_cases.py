@@ -140,23 +140,12 @@ def build_jax(kind: str, batch: int, h: int, w: int, dtype: str = "float32",
 
 # ----------------------------------------------------------------------------- PyTorch
 
-def berhu_torch(pred, target):
-  import torch
-  valid = target > 0
-  diff = torch.where(valid, torch.relu(pred) - target, torch.zeros_like(pred))
-  err = diff.abs()
-  c = 0.2 * err.max().detach()
-  c_safe = torch.where(c > 0, c, torch.ones_like(c))
-  loss = torch.where(err <= c, err, (diff ** 2 + c ** 2) / (2 * c_safe))
-  return torch.where(valid, loss, torch.zeros_like(loss)).sum() / valid.sum().clamp(min=1)
-
-
 def build_torch(kind: str, batch: int, h: int, w: int, compiled: bool = False,
                 threads: int = 2):
   import torch
   import torch.nn.functional as F
 
-  from tests.torch_reference import OfficialNet
+  from tests.torch_reference import OfficialNet, berhu_loss
 
   torch.set_num_threads(threads)
   torch.manual_seed(0)
@@ -209,7 +198,7 @@ def build_torch(kind: str, batch: int, h: int, w: int, compiled: bool = False,
     t = time.perf_counter()
     out = net(normalize(image))
     ce = F.cross_entropy(up(out["segm"]), labels, ignore_index=255)
-    loss = 0.5 * ce + 0.5 * berhu_torch(up(out["depth"])[:, 0], depth)
+    loss = 0.5 * ce + 0.5 * berhu_loss(up(out["depth"])[:, 0], depth)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

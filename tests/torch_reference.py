@@ -138,6 +138,18 @@ class OfficialNet(nn.Module):
     return out
 
 
+def berhu_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+  """Masked inverse Huber (the hydrajax loss): pixels with target > 0, on relu(pred),
+  c = 0.2 x the largest error (no gradient); the mean over valid pixels. (N, H, W)."""
+  valid = target > 0
+  diff = torch.where(valid, torch.relu(pred) - target, torch.zeros_like(pred))
+  err = diff.abs()
+  c = 0.2 * err.max().detach()
+  c_safe = torch.where(c > 0, c, torch.ones_like(c))
+  loss = torch.where(err <= c, err, (diff ** 2 + c ** 2) / (2 * c_safe))
+  return torch.where(valid, loss, torch.zeros_like(loss)).sum() / valid.sum().clamp(min=1)
+
+
 def randomize(net: nn.Module, seed: int = 0, batches: int = 3, size=(32, 48)) -> nn.Module:
   """Random weights with non-trivial BN statistics: perturb BN affine params, then run a few
   train-mode batches so running_mean/var move away from 0/1. Returns `net` in eval mode."""

@@ -115,6 +115,9 @@ def _poly(count: jax.Array, *, peak: float, power: float, steps: int) -> jax.Arr
   power 0.9 with optax 0.2.8: 1 - count / steps rounds slightly below 0 and its fractional
   power is NaN. Here steps - count is exact (integers below 2**24), so the end is 0;
   tests/test_optimizer.py checks the end of every run length up to 63.)"""
+  # In JAX's widest float (float64 under jax.enable_x64; optax casts the rate to each update's
+  # dtype), so a float64 run applies its learning rate unrounded, as PyTorch's double does.
+  count = jnp.asarray(count, jax.dtypes.canonicalize_dtype(jnp.float64))
   frac = (steps - jnp.minimum(count, steps)) / steps
   return peak * jnp.maximum(frac, 0.0) ** power
 
