@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 
 import jax
 import numpy as np
@@ -89,6 +90,22 @@ def test_page_outputs_show_the_networks_labels_depth_and_points(page_logic, mode
   assert demo.class_names(model, 40)[largest] in out["legend"]
 
 
+def test_page_runs_an_exported_onnx_graph_at_its_size(model, tmp_path):
+  """--onnx: the graph's own input size, the labels of hydrajax.apply (float graph)."""
+  from hydrajax.export import cli as export
+  from hydrajax.inference import onnx_runner
+  path = tmp_path / "m.onnx"
+  path.write_bytes(export.export_onnx(model, 64, 96))
+  page = demo.Demo(onnx_runner.OnnxModel(path), workdir=str(tmp_path))
+  assert page.engine.size == (64, 96)
+  image = np.asarray(Image.open(NYUD).convert("RGB"))
+  out = page.process(image)
+  small = demo.resize_to(image, (64, 96))
+  want = np.asarray(hydrajax.apply(model, small)["segm"]).argmax(-1)
+  assert np.mean(decode_overlay(out["overlay"], small, page.palette) == want) > 0.99
+  assert "NYUDv2 Kinect" in page.camera_text
+
+
 def test_bad_uploads_raise_input_errors_naming_the_file(tmp_path):
   text = tmp_path / "notes.png"
   text.write_text("not an image")
@@ -156,9 +173,15 @@ def _browser(playwright, tmp_path, extra_args=()):
   return context
 
 
+def _fetch(url):
+  """The bytes the page shows at `url` (on the local server), read over plain HTTP."""
+  with urllib.request.urlopen(url, timeout=20) as response:
+    return response.read()
+
+
 def _fetch_png(page, locator):
-  src = page.locator(locator).first.get_attribute("src")
-  return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())))
+  return np.asarray(Image.open(io.BytesIO(_fetch(
+      page.locator(locator).first.get_attribute("src")))))
 
 
 def test_browser_upload_shows_labels_equal_to_apply_depth_and_3d(server, playwright, model,
@@ -181,7 +204,7 @@ def test_browser_upload_shows_labels_equal_to_apply_depth_and_3d(server, playwri
     # The 3D view: the PLY it loaded holds the labelled points, and its canvas is drawn.
     href = page.locator("#hj-3d a[download]").first.get_attribute("href")
     assert href.endswith(".ply")
-    ply = plyfile.PlyData.read(io.BytesIO(page.request.get(href).body()))
+    ply = plyfile.PlyData.read(io.BytesIO(_fetch(href)))
     np.testing.assert_array_equal(ply["vertex"]["label"], want[::2, ::2].ravel())
     page.wait_for_selector("#hj-3d canvas", timeout=20000)
     page.wait_for_timeout(2500)  # Babylon draws the points

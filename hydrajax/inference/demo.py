@@ -2,12 +2,13 @@
 
     pip install hydrajax[demo]
     hydrajax-demo --weights nyud.npz [--size 240x320] [--port 7860]
+    hydrajax-demo --onnx nyud_int8.onnx      (an exported graph: int8 is the fastest on a CPU)
 
 The page (served on 127.0.0.1 only) shows the segmentation over the picture with a legend of
 the classes in view, the depth colour map with its scale in metres, the labelled metric point
 cloud in an interactive 3D view (a PLY file, drawn as points), and the frames per second
-reached. Every frame is resized to one fixed size (`--size`, default 240x320) so the compiled
-network is reused and the page stays interactive on a CPU. Uploads that are not images, or
+reached. Every frame is resized to one fixed size (`--size`, default 240x320; an ONNX graph's
+own size) so the compiled network is reused and the page stays interactive on a CPU. Uploads that are not images, or
 larger than `--max-pixels`, get a message on the page instead of outputs.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from hydrajax import api
 from hydrajax.data import pngio
+from hydrajax.inference import onnx_runner
 from hydrajax.inference import points as points_lib
 from hydrajax.inference import visualize
 
@@ -44,7 +46,8 @@ class InputError(ValueError):
 def class_names(variables: Mapping[str, Any], num_classes: int) -> list[str]:
   """Class names from the weights metadata, else the dataset's for 40 (NYUDv2) or 6 (KITTI-6)
   classes, else "class i"."""
-  stored = variables.get(api.META_KEY, {}).get("class_names")
+  stored = ((variables.get(api.META_KEY) or {}).get("class_names")
+            if isinstance(variables, Mapping) else None)
   if stored and len(stored) == num_classes:
     return [str(n) for n in stored]
   from hydrajax.data.kitti import KITTI6_CLASSES
@@ -140,23 +143,30 @@ class Frame:
 
 
 class Engine:
-  """The network at one fixed input size: `hydrajax.apply`, compiled once for (1, h, w, 3)."""
+  """The network at one fixed input size: `hydrajax.apply` (compiled once for (1, h, w, 3)),
+  or an exported ONNX graph (`onnx_runner.OnnxModel`, e.g. int8) at the graph's own size."""
 
-  def __init__(self, variables: Mapping[str, Any], size: tuple[int, int] = DEFAULT_SIZE):
-    cfg = api.model_config(variables)
+  def __init__(self, model: Mapping[str, Any] | onnx_runner.OnnxModel,
+               size: tuple[int, int] = DEFAULT_SIZE):
+    self.onnx = isinstance(model, onnx_runner.OnnxModel)
+    cfg = model.config() if self.onnx else api.model_config(model)
     missing = {"segm", "depth"} - set(cfg["tasks"])
     if missing:
-      raise ValueError(f"the demo needs segmentation and depth; the weights lack "
+      raise ValueError(f"the demo needs segmentation and depth; the model lacks "
                        f"{sorted(missing)}")
+    size = model.size if self.onnx else tuple(size)
     if min(size) < 16:
       raise ValueError(f"--size must be at least 16x16 pixels, got {size[0]}x{size[1]}")
-    self.variables, self.size = variables, tuple(size)
+    self.model, self.size = model, size
     self.num_classes = cfg["num_classes"]
 
   def __call__(self, image: np.ndarray) -> Frame:
     small = resize_to(np.ascontiguousarray(image[..., :3]), self.size)
     start = time.perf_counter()
-    out = jax.block_until_ready(api.apply(self.variables, small))
+    if self.onnx:
+      out = {k: v[0] for k, v in self.model(small[None]).items()}
+    else:
+      out = jax.block_until_ready(api.apply(self.model, small))
     seconds = time.perf_counter() - start
     return Frame(small, np.asarray(out["segm"]).argmax(-1), np.asarray(out["depth"]), seconds)
 
@@ -164,12 +174,13 @@ class Engine:
 class Demo:
   """The page's logic, without Gradio: turns an image into the page's outputs."""
 
-  def __init__(self, variables: Mapping[str, Any], *, size: tuple[int, int] = DEFAULT_SIZE,
+  def __init__(self, variables: Mapping[str, Any] | onnx_runner.OnnxModel, *,
+               size: tuple[int, int] = DEFAULT_SIZE,
                intrinsics: str | None = None, fov: float | None = None,
                max_depth: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                workdir: str | None = None, weights_name: str = "weights"):
     self.engine = Engine(variables, size)
-    self.palette, self.max_depth = visualize.settings_for(variables, "auto", max_depth)
+    self.palette, self.max_depth = onnx_runner.display_settings(variables, "auto", max_depth)
     self.names = class_names(variables, self.engine.num_classes)
     self.camera = points_lib.camera_choice(variables, intrinsics, fov, weights_name,
                                            fallback_fov=FALLBACK_FOV)
@@ -264,9 +275,11 @@ def build(demo: Demo, *, stream_every: float = 0.2):
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="hydrajax-demo", description=__doc__.split("\n")[0])
-  parser.add_argument("--weights", required=True, help="hydrajax weights (.npz)")
+  from hydrajax import weights
+  weights.add_source_args(parser, onnx=True)
   parser.add_argument("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}",
-                      help="HxW the network runs at (default %(default)s)")
+                      help="HxW the network runs at (default %(default)s; an --onnx graph "
+                           "runs at its own size)")
   parser.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
   parser.add_argument("--intrinsics", default=None, metavar="FX,FY,CX,CY",
                       help="camera intrinsics in pixels at the uploaded images' size")
@@ -297,10 +310,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   from hydrajax import weights
   try:
-    variables = weights.load(args.weights)
+    if args.onnx:
+      variables, name = onnx_runner.OnnxModel(args.onnx), args.onnx
+    else:
+      name = weights.choose(args.weights, args.workdir)
+      variables = weights.load(name)
     demo = Demo(variables, size=parse_size(args.size), intrinsics=args.intrinsics, fov=args.fov,
                 max_depth=args.max_depth, max_pixels=args.max_pixels,
-                weights_name=args.weights)
+                weights_name=name)
     demo.engine(np.zeros(demo.engine.size + (3,), np.uint8))  # compile before serving
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

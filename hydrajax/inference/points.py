@@ -126,7 +126,7 @@ class CameraChoice:
     return k
 
 
-def camera_choice(variables: Mapping[str, Any], intrinsics: str | None = None,
+def camera_choice(variables: Mapping[str, Any] | Any, intrinsics: str | None = None,
                   fov: float | None = None, weights_path: str = "weights",
                   fallback_fov: float | None = None) -> CameraChoice:
   """The camera for a model's point clouds: explicit arguments first, then the intrinsics in
@@ -137,9 +137,11 @@ def camera_choice(variables: Mapping[str, Any], intrinsics: str | None = None,
     parse_intrinsics(intrinsics, 1, 1)
   if fov is not None:
     from_fov(fov, 1, 1)
-  stored = variables.get(api.META_KEY, {}).get("intrinsics")
+  # Weights carry metadata; an exported graph (onnx_runner.OnnxModel) only its class count.
+  is_weights = isinstance(variables, Mapping)
+  stored = (variables.get(api.META_KEY) or {}).get("intrinsics") if is_weights else None
   stored = from_mapping(stored, f"{weights_path} metadata") if stored else None
-  num_classes = api.model_config(variables)["num_classes"]
+  num_classes = (api.model_config(variables) if is_weights else variables.config())["num_classes"]
   default = DATASET_DEFAULTS.get(num_classes)
   if intrinsics is None and fov is None and stored is None and default is None:
     if fallback_fov is not None:
