@@ -176,6 +176,15 @@ def test_predict_points_takes_explicit_intrinsics_and_fov_first(tmp_path, weight
   np.testing.assert_allclose(v["x"][0], (0 - 40) * v["z"][0] / 60.0, rtol=1e-5)
 
 
+def test_a_default_camera_of_another_aspect_ratio_is_warned_about(capsys):
+  choice = points.CameraChoice(default=points.NYUD_KINECT)
+  assert choice.for_image(240, 320) is points.NYUD_KINECT
+  assert "warning" not in capsys.readouterr().err
+  choice.for_image(370, 1226)
+  err = capsys.readouterr().err
+  assert "for 640x480 images, stretched to 1226x370" in err and "--intrinsics or --fov" in err
+
+
 def test_predict_points_without_a_known_camera_says_what_to_give(tmp_path, small_nyud):
   path = str(tmp_path / "model7.npz")
   hydrajax.save(path, hydrajax.init(0, num_classes=7))

@@ -213,7 +213,7 @@ class Demo:
 
   @property
   def camera_text(self) -> str:
-    return "intrinsics: " + next(iter(self.camera.printed), "none yet")
+    return "intrinsics: " + (self.camera.last.describe() if self.camera.last else "none yet")
 
 
 def build(demo: Demo, *, stream_every: float = 0.2):

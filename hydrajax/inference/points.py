@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from typing import Any, Mapping
 
 import numpy as np
@@ -112,6 +113,7 @@ class CameraChoice:
   stored: Intrinsics | None = None
   default: Intrinsics | None = None
   printed: set = dataclasses.field(default_factory=set)
+  last: Intrinsics | None = None  # the latest choice
 
   def for_image(self, height: int, width: int) -> Intrinsics:
     if self.intrinsics is not None:
@@ -123,6 +125,13 @@ class CameraChoice:
     if k.describe() not in self.printed:
       self.printed.add(k.describe())
       print(f"point clouds: intrinsics {k.describe()}")
+    self.last = k
+    aspect = (width / height) / (k.width / k.height)
+    if not 0.95 < aspect < 1.05 and (k.describe(), height, width) not in self.printed:
+      self.printed.add((k.describe(), height, width))
+      print(f"warning: those intrinsics are for {k.width}x{k.height} images, stretched to "
+            f"{width}x{height} (another aspect ratio, so probably another camera): give "
+            f"--intrinsics or --fov for it", file=sys.stderr)
     return k
 
 
