@@ -172,7 +172,7 @@ def _read(path: str, arrays: bool = True) -> tuple[dict, dict]:
     raise ValueError(f"{path} is not a hydrajax weights file (.npz): not a zip archive (a "
                      f"truncated file?){_CONVERT_HINT}")
   try:
-    with zipfile.ZipFile(path) as zf:
+    with stored_zip.open_zip(path) as zf:
       members = stored_zip.stored_members(zf, path)
       headers = {}
       for name, info in members.items():

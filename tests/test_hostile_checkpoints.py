@@ -20,6 +20,7 @@ from hydrajax import weights
 from hydrajax.convert import official as convert
 from hydrajax.convert import pickle_check
 from hydrajax.convert import torch_pickle
+from hydrajax.runtime import stored_zip
 from tests import legacy_py2
 
 MAX_SECONDS = 1.0
@@ -165,6 +166,24 @@ def test_zip_members_claiming_more_than_the_file_in_sum_are_refused(good, tmp_pa
   assert_good_loads_exactly(good)
 
 
+def test_zip_of_many_members_is_refused_before_its_directory_is_parsed(good, good_weights,
+                                                                      tmp_path, monkeypatch):
+  monkeypatch.setattr(stored_zip, "MAX_MEMBERS", 300)  # the real limit takes seconds to write
+  path = tmp_path / "many.pth"
+  with zipfile.ZipFile(path, "w") as zf:
+    for i in range(301):
+      zf.writestr(zipfile.ZipInfo(f"{i}", (1980, 1, 1, 0, 0, 0)), b"")
+  parsed = []
+  monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: parsed.append(1))
+  match = "lists 301 members, more than the 300"
+  refused(path, match)
+  refused(path, match, ValueError, weights.load)
+  assert not parsed
+  monkeypatch.undo()
+  assert_good_loads_exactly(good)
+  assert_good_weights_load_exactly(good_weights)
+
+
 # --------------------------------------------------------------------- tensor geometry
 
 def test_stride_zero_tensor_from_torch_is_refused(good, tmp_path, capsys):
@@ -200,6 +219,30 @@ def test_views_that_do_not_overlap_load_like_torch(tmp_path):
     np.testing.assert_array_equal(got[key], value.numpy(), err_msg=key)
     assert not got[key].flags.writeable, key
   assert np.shares_memory(got["perm"], got["base"])
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_torch_save_files_of_every_protocol_load_like_torch(tmp_path, protocol, zip_format):
+  """What torch.save writes passes the checks: a model's and an SGD optimizer's state
+  (int keys), numbers, strings, tuples, None, at pickle protocols 2-5, in both formats."""
+  torch.manual_seed(0)
+  net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+  opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+  net(torch.randn(2, 3, 8, 8)).sum().backward()
+  opt.step()
+  obj = {"state_dict": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
+         "args": {"lr": 0.1, "name": "x", "sizes": (1, 2), "flags": [True, None]}}
+  path = tmp_path / "ckpt.pt"
+  torch.save(obj, path, pickle_protocol=protocol, _use_new_zipfile_serialization=zip_format)
+  want, got = torch.load(path, weights_only=False), torch_pickle.load(path)
+  assert got["epoch"] == 3 and got["args"] == obj["args"]
+  assert got["optimizer"]["param_groups"][0]["lr"] == 0.1
+  for key, value in want["state_dict"].items():
+    np.testing.assert_array_equal(got["state_dict"][key], value.numpy(), err_msg=key)
+  for i, state in want["optimizer"]["state"].items():
+    np.testing.assert_array_equal(got["optimizer"]["state"][i]["momentum_buffer"],
+                                  state["momentum_buffer"].numpy())
 
 
 # ------------------------------------------------------------- storages of the legacy file

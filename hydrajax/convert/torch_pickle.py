@@ -302,7 +302,9 @@ def _unpickle(f: io.BytesIO, load_storage, path: str, what: str) -> Any:
 
 def _load_zip(path: str) -> Any:
   try:
-    zf = zipfile.ZipFile(path)
+    zf = stored_zip.open_zip(path)
+  except stored_zip.StoredZipError as e:
+    raise CheckpointFormatError(str(e)) from e
   except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
     raise CheckpointFormatError(f"{path}: truncated or damaged zip archive ({describe(e)}); "
                                 f"a complete torch.save file ends with the zip directory") from e
