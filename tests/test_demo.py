@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 import hydrajax
-from hydrajax.inference import demo, visualize
+from hydrajax.inference import camera, demo, visualize
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -88,6 +88,17 @@ def test_page_outputs_show_the_networks_labels_depth_and_points(page_logic, mode
   assert 0.5 < np.median(v["z"]) < 5  # metres
   largest = np.bincount(want.ravel()).argmax()
   assert demo.class_names(model, 40)[largest] in out["legend"]
+
+
+def test_webcam_smoothing_averages_depth_over_frames(page_logic):
+  first = np.asarray(Image.open(NYUD).convert("RGB"))
+  second = first[:, ::-1].copy()  # the scene mirrored: other depths at each pixel
+  d1, d2 = (page_logic.process(x)["frame"].depth for x in (first, second))
+  smoother = camera.Smoother(0.5)
+  page_logic.process(first, smoother)
+  smoothed = page_logic.process(second, smoother)["frame"].depth
+  np.testing.assert_allclose(smoothed, 0.5 * d1 + 0.5 * d2, rtol=1e-5)
+  assert not np.allclose(smoothed, d2)
 
 
 def test_page_runs_an_exported_onnx_graph_at_its_size(model, tmp_path):
@@ -258,6 +269,9 @@ def test_browser_fake_webcam_frames_are_processed(server, playwright, tmp_path):
     page.goto(server)
     page.get_by_role("tab", name="Webcam").click()
     page.get_by_text("Click to Access Webcam").click()
+    smoothing = page.locator("#hj-smooth input[type=number]")
+    smoothing.fill("0.5")
+    smoothing.press("Enter")
     page.locator("#hj-webcam button").filter(has_text="Record").first.click()
     deadline = time.monotonic() + 40
     frames = 0
@@ -266,7 +280,8 @@ def test_browser_fake_webcam_frames_are_processed(server, playwright, tmp_path):
       status = page.locator("#hj-status")
       frames = int(status.get_attribute("data-frames")) if status.count() else 0
     assert frames >= 5, f"only {frames} webcam frames were processed"
-    assert "frames/s" in page.inner_text("#hj-status-box")
+    status = page.inner_text("#hj-status-box")
+    assert "frames/s" in status and "smoothing 0.5" in status
     assert _fetch_png(page, "#hj-segm img").shape[:2] == SIZE
   finally:
     context.close()

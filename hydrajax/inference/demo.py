@@ -9,7 +9,8 @@ the classes in view, the depth colour map with its scale in metres, the labelled
 cloud in an interactive 3D view (a PLY file, drawn as points), and the frames per second
 reached. Every frame is resized to one fixed size (`--size`, default 240x320; an ONNX graph's
 own size) so the compiled network is reused and the page stays interactive on a CPU. Uploads that are not images, or
-larger than `--max-pixels`, get a message on the page instead of outputs.
+larger than `--max-pixels`, get a message on the page instead of outputs. The webcam tab has
+a temporal smoothing slider (off by default; `hydrajax.inference.camera.Smoother`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from hydrajax import api
 from hydrajax.data import pngio
+from hydrajax.inference import camera
 from hydrajax.inference import onnx_runner
 from hydrajax.inference import points as points_lib
 from hydrajax.inference import visualize
@@ -160,7 +162,9 @@ class Engine:
     self.model, self.size = model, size
     self.num_classes = cfg["num_classes"]
 
-  def __call__(self, image: np.ndarray) -> Frame:
+  def __call__(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], float]:
+    """(H, W, 3) image -> (the (h, w, 3) image the network saw, its outputs as
+    `hydrajax.apply` gives them: "segm" logits (h, w, C), "depth" (h, w) metres; seconds)."""
     small = resize_to(np.ascontiguousarray(image[..., :3]), self.size)
     start = time.perf_counter()
     if self.onnx:
@@ -168,7 +172,7 @@ class Engine:
     else:
       out = jax.block_until_ready(api.apply(self.model, small))
     seconds = time.perf_counter() - start
-    return Frame(small, np.asarray(out["segm"]).argmax(-1), np.asarray(out["depth"]), seconds)
+    return small, {k: np.asarray(v) for k, v in out.items()}, seconds
 
 
 class Demo:
@@ -188,10 +192,15 @@ class Demo:
     self.workdir = workdir or tempfile.mkdtemp(prefix="hydrajax-demo-")
     self._count = 0
 
-  def process(self, image: np.ndarray) -> dict[str, Any]:
+  def process(self, image: np.ndarray,
+               smoother: camera.Smoother | None = None) -> dict[str, Any]:
     """(H, W, 3) uint8 -> {"overlay", "depth" (images), "legend" (HTML), "ply" (path),
-    "frame" (Frame), "intrinsics" (used, at the working size)}."""
-    frame = self.engine(image)
+    "frame" (Frame), "intrinsics" (used, at the working size)}. `smoother` (a webcam
+    stream's) averages depth and logits over the frames it has seen."""
+    small, out, seconds = self.engine(image)
+    if smoother is not None:
+      out = smoother(out)
+    frame = Frame(small, out["segm"].argmax(-1), out["depth"], seconds)
     k = self.camera.for_image(*image.shape[:2]).scaled(*frame.depth.shape)
     cloud = points_lib.points(frame.depth, k, labels=frame.labels, stride=POINT_STRIDE)
     # Shown with the class colours, y up (the viewer's convention: the photo's way up).
@@ -205,9 +214,11 @@ class Demo:
             "legend": legend_html(frame.labels, self.palette, self.names),
             "ply": ply, "frame": frame, "intrinsics": k}
 
-  def status(self, frame: Frame, fps: float | None, frames: int) -> str:
+  def status(self, frame: Frame, fps: float | None, frames: int, smoothing: float = 0.0) -> str:
     h, w = self.engine.size
     rate = f"{fps:.1f} frames/s over {frames} frames" if fps else f"{frames} frame(s)"
+    if smoothing:
+      rate += f" · smoothing {smoothing:g}"
     return (f'<span id="hj-status" data-frames="{frames}">network {frame.seconds * 1000:.0f} ms '
             f'at {w}x{h} · {rate} · {html.escape(self.camera_text)}</span>')
 
@@ -230,18 +241,21 @@ def build(demo: Demo, *, stream_every: float = 0.2):
     return (out["overlay"], out["depth"], out["ply"], out["legend"],
             demo.status(out["frame"], None, 1))
 
-  def on_frame(image, state):
+  def on_frame(image, strength, state):
     if image is None:
       return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
-    state = state or {"count": 0, "times": []}
+    state = state or {"count": 0, "times": [], "smoother": camera.Smoother(0.0)}
+    if state["smoother"].strength != strength:
+      state["smoother"] = camera.Smoother(float(strength))
     count = state["count"] + 1
     times = (state["times"] + [time.perf_counter()])[-20:]
-    out = demo.process(np.asarray(image))
+    out = demo.process(np.asarray(image), state["smoother"])
     fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None
     # The 3D view reloads every 10th frame: a new point cloud per frame would stall the page.
     ply = out["ply"] if count % 10 == 1 else gr.skip()
     return (out["overlay"], out["depth"], ply, out["legend"],
-            demo.status(out["frame"], fps, count), {"count": count, "times": times})
+            demo.status(out["frame"], fps, count, state["smoother"].strength),
+            {"count": count, "times": times, "smoother": state["smoother"]})
 
   with gr.Blocks(title="hydrajax: segmentation, depth and 3D") as page:
     gr.Markdown("## hydrajax: semantic segmentation + metric depth, in 3D\n"
@@ -254,6 +268,8 @@ def build(demo: Demo, *, stream_every: float = 0.2):
         with gr.Tab("Webcam", elem_id="hj-webcam-tab"):
           webcam = gr.Image(label="webcam", sources=["webcam"], streaming=True, type="numpy",
                             elem_id="hj-webcam")
+          smooth = gr.Slider(0.0, 0.9, value=0.0, step=0.1, elem_id="hj-smooth",
+                             label="temporal smoothing: weight of the past frames (0 = off)")
         status = gr.HTML(elem_id="hj-status-box")
         legend = gr.HTML(elem_id="hj-legend")
       with gr.Column(scale=2):
@@ -268,7 +284,7 @@ def build(demo: Demo, *, stream_every: float = 0.2):
     state = gr.State(None)
     outputs = [segm, depth, cloud, legend, status]
     upload.change(on_upload, inputs=[upload], outputs=outputs, concurrency_limit=1)
-    webcam.stream(on_frame, inputs=[webcam, state], outputs=outputs + [state],
+    webcam.stream(on_frame, inputs=[webcam, smooth, state], outputs=outputs + [state],
                   stream_every=stream_every, concurrency_limit=1)
   return page
 
