@@ -357,6 +357,10 @@ HOSTILE_OBJECTS = {
         lambda: build_on_global("torch._utils", "_rebuild_parameter", "__defaults__",
                                 b"\x88N\x86"),
         CheckpointError, "BUILD .* on the global 'torch._utils._rebuild_parameter'"),
+    "ordered-dict-method-build": (
+        lambda: {"sd": Reduce("collections", "OrderedDict", [],
+                              state={"items": Reduce("collections", "OrderedDict")})},
+        CheckpointError, "BUILD on an OrderedDict setting 'items', which would replace"),
     "escape-in-global": (lambda: {"x": Reduce("os\x1b[2J", "system" + "x" * 5000, "id")},
                          torch_pickle.UnsafeCheckpointError,
                          r"global 'os\\x1b\[2J\.systemx+'\.\.\."),

@@ -19,6 +19,7 @@ of nodes, and refuses:
 """
 from __future__ import annotations
 
+import collections
 import io
 import pickletools
 from typing import Callable
@@ -43,6 +44,7 @@ _SETS = {("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"),
          ("__builtin__", "frozenset")}
 _DICTS = {("collections", "OrderedDict"), ("builtins", "dict"), ("__builtin__", "dict")}
 _BYTES_CALLS = {("_codecs", "encode")}
+_ORDERED_DICT_NAMES = frozenset(dir(collections.OrderedDict))
 _SEQUENCES = {"EMPTY_LIST", "LIST", "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"}
 _TEXT = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
          "SHORT_BINSTRING"}
@@ -118,9 +120,8 @@ def check(f: io.BytesIO, on_global: Callable[[str, str], None] = lambda m, n: No
         items = pop_mark() if name in ("APPENDS", "SETITEMS", "ADDITEMS") else pop(
             2 if name == "SETITEM" else 1)
         (target,) = pop(1)
-        if name == "BUILD" and graph.calls.get(target) not in BUILD_TARGETS:
-          raise PickleCheckError(f"BUILD (setting attributes) on {graph.describe(target)}, "
-                                 f"not on a fresh OrderedDict or numpy dtype")
+        if name == "BUILD":
+          graph.check_build(target, items[0])
         if name in ("SETITEM", "SETITEMS"):
           graph.keys.extend(items[0::2])
         elif name == "ADDITEMS":
@@ -170,6 +171,8 @@ def check(f: io.BytesIO, on_global: Callable[[str, str], None] = lambda m, n: No
                                    f"hash-collision attack on dict insertion)")
         elif name in _SEQUENCES:
           graph.sequences.add(node)
+        elif name in ("EMPTY_DICT", "DICT"):
+          graph.dicts.add(node)
         if name == "DICT":
           graph.keys.extend(items[0::2])
         elif name == "FROZENSET":
@@ -207,6 +210,7 @@ class _Graph:
     self.literals: set[int] = set()  # strings, bytes, numbers, None, booleans
     self.keys: list[int] = []  # nodes used as dict keys or set items
     self.sequences: set[int] = set()  # lists and tuples
+    self.dicts: set[int] = set()
 
   def new(self, items: list[int]) -> int:
     self.children.append(list(items))
@@ -218,6 +222,22 @@ class _Graph:
     if node in self.calls:
       return f"the result of {printable('.'.join(self.calls[node]))}"
     return "an object"
+
+  def check_build(self, target: int, state: int) -> None:
+    """BUILD only restores a fresh numpy dtype (its `__setstate__` checks the tuple) or an
+    OrderedDict's own attributes (`_metadata`): a dict of names that shadow none of its
+    methods, so the object a file yields behaves as an OrderedDict."""
+    call = self.calls.get(target)
+    if call not in BUILD_TARGETS:
+      raise PickleCheckError(f"BUILD (setting attributes) on {self.describe(target)}, not on "
+                             f"a fresh OrderedDict or numpy dtype")
+    if call == ("collections", "OrderedDict"):
+      names = self.children[state][0::2] if state in self.dicts else [None]
+      bad = [n for n in names if self.texts.get(n, "__class__") in _ORDERED_DICT_NAMES]
+      if bad:
+        shown = printable(self.texts[bad[0]]) if bad[0] in self.texts else "a non-dict state"
+        raise PickleCheckError(f"BUILD on an OrderedDict setting {shown}, which would "
+                               f"replace one of its methods or its class")
 
   def check_keys(self) -> None:
     """Dict keys and set items, also those that set(), frozenset() and OrderedDict() get
