@@ -185,8 +185,8 @@ def check(f: io.BytesIO, on_global: Callable[[str, str], None] = lambda m, n: No
     raise
   except ValueError as e:  # pickletools: unknown opcode, argument past the end, ...
     if f.tell() >= end:
-      raise Truncated(describe(e)) from e
-    raise PickleCheckError(describe(e)) from e
+      raise Truncated(describe(e, with_type=False)) from e
+    raise PickleCheckError(describe(e, with_type=False)) from e
   graph.check_keys()
   graph.check_expansion()
   return f.tell()

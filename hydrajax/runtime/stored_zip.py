@@ -31,14 +31,14 @@ def printable(text: str, limit: int = 60) -> str:
   return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
-def describe(error: BaseException, limit: int = 200) -> str:
-  """An exception as one printable line: its type and its message's first line, escaped
-  (the message may quote bytes from a file) and truncated."""
+def describe(error: BaseException, limit: int = 200, with_type: bool = True) -> str:
+  """An exception as one printable line: its type (`with_type`) and its message's first
+  line, escaped (the message may quote bytes from a file) and truncated."""
   lines = str(error).strip().splitlines()
   if not lines:
     return type(error).__name__
   text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in lines[0][:limit])
-  return f"{type(error).__name__}: {text}"
+  return f"{type(error).__name__}: {text}" if with_type else text
 
 
 def open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
