@@ -1,2 +1,3 @@
 """Process-level plumbing: devices and processes (parallel), huge pages for XLA's buffers
-(hugepages), and files written atomically (atomic)."""
+(hugepages), files written atomically (atomic), and zip archives of stored members checked
+before they are read (stored_zip)."""
