@@ -11,8 +11,8 @@ of nodes, and refuses:
   none of them);
 - BUILD (which sets attributes or calls `__setstate__`) on anything but a fresh
   OrderedDict or numpy dtype made by the pickle itself;
-- a structure whose tree expansion is larger than a small multiple of the opcode count,
-  and self-referencing structures;
+- a structure whose tree expansion is larger than a small multiple of the number of
+  objects the pickle builds, and self-referencing structures;
 - dict keys and set items other than strings, bytes and numbers, and many distinct numbers
   with one hash (dict and set insertion is quadratic in the number of colliding keys; the
   hashes of str and bytes are randomised per process).
