@@ -218,12 +218,16 @@ def test_browser_upload_shows_labels_equal_to_apply_depth_and_3d(server, playwri
     ply = plyfile.PlyData.read(io.BytesIO(_fetch(href)))
     np.testing.assert_array_equal(ply["vertex"]["label"], want[::2, ::2].ravel())
     page.wait_for_selector("#hj-3d canvas", timeout=20000)
-    page.wait_for_timeout(2500)  # Babylon draws the points
+    colours, deadline = 0, time.monotonic() + 30
+    while colours <= 20 and time.monotonic() < deadline:  # until Babylon has drawn the points
+      page.wait_for_timeout(500)
+      canvas = np.asarray(Image.open(io.BytesIO(
+          page.locator("#hj-3d canvas").first.screenshot())).convert("RGB"))
+      colours = len(np.unique(canvas.reshape(-1, 3), axis=0))
+    assert colours > 20, "the 3D view drew no points in class colours"
+    page.wait_for_timeout(1000)  # the last points settle before the page's picture
     shot = tmp_path / "demo_page.png"
     page.screenshot(path=str(shot), full_page=True)
-    canvas = np.asarray(Image.open(io.BytesIO(
-        page.locator("#hj-3d canvas").first.screenshot())).convert("RGB"))
-    assert len(np.unique(canvas.reshape(-1, 3), axis=0)) > 20  # points in class colours
     if os.environ.get("HYDRAJAX_DEMO_SCREENSHOT"):
       shutil.copy(shot, os.environ["HYDRAJAX_DEMO_SCREENSHOT"])
   finally:
