@@ -176,6 +176,21 @@ def test_predict_points_takes_explicit_intrinsics_and_fov_first(tmp_path, weight
   np.testing.assert_allclose(v["x"][0], (0 - 40) * v["z"][0] / 60.0, rtol=1e-5)
 
 
+def test_predict_points_uses_the_weights_stored_intrinsics_before_dataset_defaults(
+    tmp_path, variables, small_nyud):
+  path = str(tmp_path / "model.npz")
+  stored = {"fx": 400.0, "fy": 400.0, "cx": 300.0, "cy": 200.0, "width": 640, "height": 480}
+  hydrajax.save(path, variables, meta={"intrinsics": stored})
+  out = tmp_path / "out"
+  code, stdout, err = _run_predict(["--weights", path, small_nyud, "--out", str(out),
+                                    "--points", "--no-progress"])
+  assert code == 0, err
+  assert f"({path} metadata)" in stdout and "Kinect" not in stdout
+  v = plyfile.PlyData.read(str(out / "000464_rgb.ply"))["vertex"]
+  cx, fx = (300.0 + 0.5) / 8 - 0.5, 400.0 / 8
+  np.testing.assert_allclose(v["x"][0], (0 - cx) * v["z"][0] / fx, rtol=1e-5)
+
+
 def test_a_default_camera_of_another_aspect_ratio_is_warned_about(capsys):
   choice = points.CameraChoice(default=points.NYUD_KINECT)
   assert choice.for_image(240, 320) is points.NYUD_KINECT
