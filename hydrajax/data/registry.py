@@ -18,7 +18,6 @@ import numpy as np
 
 from hydrajax.data.palettes import NYUD_PALETTE, generic_palette, voc_colormap  # noqa: F401
 
-
 ConfigFn = Callable[[ml_collections.ConfigDict], Any]
 
 

@@ -332,6 +332,22 @@ def write_weights(config: ml_collections.ConfigDict, workdir: str, name: str,
   return path
 
 
+def _new_best(config: ml_collections.ConfigDict, workdir: str, result: Mapping | None) -> bool:
+  """Whether `result` beats the `best_metric` of WORKDIR/weights/best.npz (or there is none).
+  Read from the file, not from the checkpoints: Orbax's reads synchronise processes, and
+  only the primary process writes weights."""
+  value = (result or {}).get(config.best_metric)
+  if value is None or not np.isfinite(value):
+    return False
+  path = os.path.join(workdir, "weights", "best.npz")
+  if not os.path.isfile(path):
+    return True
+  best = weights.read_meta(path).get("metrics", {}).get(config.best_metric)
+  if best is None:
+    return True
+  return value > best if config.best_mode == "max" else value < best
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train (resuming from WORKDIR/checkpoints if present), evaluate every
   `eval_every_steps` and at the end, checkpoint; write WORKDIR/weights/best.npz at each new
@@ -426,7 +442,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       bar.write(f"step {step}: " + ", ".join(
           f"{k} {result[k]:.4f}" for k in ("miou", "rmse") if k in result))
     ckpt.save(step, host, data, metrics=evaluated, config=record)
-    if primary and evaluated is not None and ckpt.best_step() == step:
+    if primary and _new_best(config, workdir, evaluated):
       write_weights(config, workdir, "best.npz", host, step, evaluated)
     if primary and step == total:
       write_weights(config, workdir, "final.npz", host, step, evaluated)
