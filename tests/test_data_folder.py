@@ -278,3 +278,15 @@ def test_a_rotated_phone_photo_is_read_upright_and_its_label_matches_that(tmp_pa
   _save(f"{tmp_path}/train/segm/a.png", np.zeros((W, H), np.uint8))  # drawn on the upright view
   src = folder.Folder(str(tmp_path), val_fraction=0)
   assert src[0]["image"].shape == (W, H, 3) and src[0]["segm"].shape == (W, H)
+
+
+def test_skip_bad_trains_past_unreadable_frames(tmp_path):
+  from hydrajax.train import loop as train_lib
+  _corrupt(tmp_path)  # b: unreadable header (dropped at start), c: depth data cut (at read)
+  config = _config(tmp_path, batch_size=2, crop_size=(8, 8))
+  config.folder.val_fraction = 0.0
+  with pytest.raises(folder.FolderError, match=r"b\.png: unreadable"):
+    train_lib._train_pipeline(config_check.validate(config), None)
+  config.folder.skip_bad = True
+  batch = next(iter(train_lib._train_pipeline(config_check.validate(config), None)))
+  assert batch["image"].shape == (2, 8, 8, 3)
