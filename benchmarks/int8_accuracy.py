@@ -40,7 +40,7 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                "int8_accuracy.json"))
   args = p.parse_args(argv)
-  choices = args.keep_float or ["depth_head"]
+  choices = args.keep_float or ["none"]
 
   from ml_collections.config_flags import config_flags
 

@@ -25,7 +25,8 @@ def tiny():
   variables = hydrajax.init(0, num_classes=5)
   float_graph = export.export_onnx(variables, H, W)
   images = quantize.images_from_config("configs/synthetic.py", (H, W), count=4)
-  return variables, float_graph, quantize.quantize(float_graph, images)
+  return variables, float_graph, quantize.quantize(float_graph, images,
+                                                   keep_float=("depth_head",))
 
 
 def held_out(n=3):
@@ -65,20 +66,28 @@ def float_convs(graph):
 
 def test_int8_graph_is_quantized_except_the_kept_float_depth_conv(tiny):
   graph = onnx.load_from_string(tiny[2]).graph
-  (kept,) = float_convs(graph)  # quantize.KEEP_FLOAT: the depth head's 3x3 conv
+  (kept,) = float_convs(graph)  # keep_float=("depth_head",): the depth head's 3x3 conv
   inits = {t.name: t for t in graph.initializer}
   assert onnx.numpy_helper.to_array(inits[kept.input[1]]).shape == (1, 256, 3, 3)
   # weights per output channel: the stem conv's weights have one scale per channel
   dq = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
-  stem = next(n for n in graph.node if n.op_type == "Conv")
+  normalize, stem = [n for n in graph.node if n.op_type == "Conv"][:2]
+  assert normalize.name.endswith("_normalize")  # Sub + Div as one depthwise 1x1 conv
   assert onnx.numpy_helper.to_array(inits[dq[stem.input[1]].input[1]]).shape == (32,)
+  assert not {"Sub", "Div"} & {n.op_type for n in graph.node}
 
 
-def test_resize_rewrite_keeps_shapes_and_values_for_odd_sizes():
-  """3 -> 5 pixels needs a float32 scale whose product floors to 5 in float32 and float64."""
+def test_rewrites_keep_shapes_and_values_for_odd_sizes():
+  """Resize by scales (3 -> 5 pixels needs a float32 scale whose product floors to 5 in
+  float32 and float64), the normalisation as a conv and the 5x5 max-pools as 1x5 + 5x1
+  compute the float graph's outputs."""
   variables = hydrajax.init(0, num_classes=3)
   graph = export.export_onnx(variables, 72, 96)  # decoder sizes 3x3 -> 5x6 -> 9x12 -> 18x24
-  rewritten = quantize.resize_sizes_to_scales(onnx.load_from_string(graph))
+  rewritten = quantize.separable_max_pools(quantize.normalization_as_conv(
+      quantize.resize_sizes_to_scales(onnx.load_from_string(graph))))
+  assert [n.op_type for n in rewritten.graph.node][:3] == ["Transpose", "Cast", "Conv"]
+  pools = [n for n in rewritten.graph.node if n.op_type == "MaxPool"]
+  assert len(pools) == 32 and {tuple(p.attribute[0].ints) for p in pools} == {(1, 5), (5, 1)}
   resizes = [n for n in rewritten.graph.node if n.op_type == "Resize"]
   assert len(resizes) == 3 and all(n.input[3:] == [] and n.input[2] for n in resizes)
   onnx.checker.check_model(rewritten, full_check=True)
@@ -101,13 +110,13 @@ def test_cli_int8_from_image_folder_writes_runnable_graph(tiny, tmp_path, capsys
   out = tmp_path / "m.onnx"
   rc = export.main(["--weights", str(tmp_path / "w.npz"), "--format", "onnx", "--height", str(H),
                     "--width", str(W), "--out", str(out), "--int8", "--calibrate-images",
-                    str(folder), "--calibrate-count", "2", "--keep-float", "none"])
+                    str(folder), "--calibrate-count", "2"])
   assert rc == 0, capsys.readouterr().err
   assert "int8" in capsys.readouterr().out
   model = onnx_runner.OnnxModel(out)
   assert model.config() == {"num_classes": 5, "tasks": ("segm", "depth"),
                             "align_corners": False}
-  assert float_convs(onnx.load(out).graph) == []  # --keep-float none
+  assert float_convs(onnx.load(out).graph) == []  # the default: everything int8
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -192,7 +192,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--keep-float", default=None,
                  help="--int8: comma-separated parts left float32, from "
                       "segm_head,depth_head,normals_head,output_resize,input "
-                      "(default depth_head; 'none' for none)")
+                      "(default none: everything int8)")
   p.add_argument("--platforms", default=None,
                  help="StableHLO only: comma-separated, e.g. cpu,cuda (default: this backend)")
   return p.parse_args(argv)

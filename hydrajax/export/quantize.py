@@ -23,7 +23,7 @@ import numpy as np
 
 # Parts of the graph that may stay float, by name (`float_nodes` maps them to ONNX nodes).
 FLOAT_PARTS = ("segm_head", "depth_head", "normals_head", "output_resize", "input")
-KEEP_FLOAT = ("depth_head",)  # the default: see docs/export.md for the measurements
+KEEP_FLOAT: tuple[str, ...] = ()  # the default, all int8: see docs/export.md for the measurements
 CALIBRATE_DEFAULT = 32  # images
 
 
@@ -88,10 +88,80 @@ def resize_sizes_to_scales(model: Any) -> Any:
   return model
 
 
+def normalization_as_conv(model: Any) -> Any:
+  """`model` (onnx.ModelProto, changed in place and returned) with the input normalisation
+  Sub(x, mean) -> Div(., std), per channel (1, C, 1, 1), as one 1x1 depthwise Conv (weights
+  1 / std, bias -mean / std): one op at full resolution instead of two, and one the quantizer
+  turns into a QLinearConv on the uint8 input (whose calibrated scale is then exactly 1)."""
+  from onnx import helper, numpy_helper
+  graph = model.graph
+  inits = {t.name: t for t in graph.initializer}
+  consumers: dict[str, list] = {}
+  for node in graph.node:
+    for i in node.input:
+      consumers.setdefault(i, []).append(node)
+  for sub in list(graph.node):
+    if sub.op_type != "Sub" or sub.input[1] not in inits:
+      continue
+    (div,) = consumers.get(sub.output[0], [None])[:1] or [None]
+    if (div is None or div.op_type != "Div" or len(consumers[sub.output[0]]) != 1
+        or div.input[1] not in inits):
+      continue
+    mean = numpy_helper.to_array(inits[sub.input[1]]).astype(np.float64)
+    std = numpy_helper.to_array(inits[div.input[1]]).astype(np.float64)
+    if mean.ndim != 4 or mean.shape[:1] + mean.shape[2:] != (1, 1, 1) or std.shape != mean.shape:
+      continue
+    c = mean.shape[1]
+    w, b = f"{sub.name}_norm_w", f"{sub.name}_norm_b"
+    graph.initializer.extend([
+        numpy_helper.from_array((1.0 / std).reshape(c, 1, 1, 1).astype(np.float32), w),
+        numpy_helper.from_array((-mean / std).reshape(c).astype(np.float32), b)])
+    conv = helper.make_node("Conv", [sub.input[0], w, b], [div.output[0]],
+                            name=f"{sub.name}_normalize", kernel_shape=[1, 1], group=c)
+    at = list(graph.node).index(sub)
+    graph.node.remove(sub)
+    graph.node.remove(div)
+    graph.node.insert(at, conv)
+  referenced = {i for n in graph.node for i in n.input}
+  for t in list(graph.initializer):
+    if t.name not in referenced:
+      graph.initializer.remove(t)
+  return model
+
+
+def separable_max_pools(model: Any) -> Any:
+  """`model` (changed in place and returned) with every square k x k MaxPool (stride 1,
+  symmetric padding p) as a 1 x k then a k x 1 MaxPool: the same maxima (padding never wins
+  a max), 2k instead of k^2 comparisons per output; onnxruntime's uint8 NHWC MaxPool has no
+  faster form of its own."""
+  from onnx import helper
+  graph = model.graph
+  nodes = list(graph.node)
+  out = []
+  for node in nodes:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    k, strides, pads = attrs.get("kernel_shape"), attrs.get("strides"), attrs.get("pads")
+    if (node.op_type != "MaxPool" or k is None or len(k) != 2 or k[0] != k[1] or k[0] < 3
+        or list(strides or [1, 1]) != [1, 1] or len(node.output) != 1
+        or pads is None or len(set(pads)) != 1
+        or set(attrs) - {"kernel_shape", "strides", "pads"}):
+      out.append(node)
+      continue
+    n, p = k[0], pads[0]
+    mid = f"{node.output[0]}_rows"
+    out.append(helper.make_node("MaxPool", [node.input[0]], [mid], name=f"{node.name}_w",
+                                kernel_shape=[1, n], strides=[1, 1], pads=[0, p, 0, p]))
+    out.append(helper.make_node("MaxPool", [mid], [node.output[0]], name=f"{node.name}_h",
+                                kernel_shape=[n, 1], strides=[1, 1], pads=[p, 0, p, 0]))
+  del graph.node[:]
+  graph.node.extend(out)
+  return model
+
+
 def float_nodes(model: Any, parts: Iterable[str]) -> list[str]:
   """Names of the nodes of `model` (an exported graph) that make up `parts` of FLOAT_PARTS:
   "<task>_head": the head's last (3x3) conv; "output_resize": Resize nodes that produce
-  (or feed only) an output; "input": the nodes before the first Conv (layout, cast,
+  (or feed only) an output; "input": the nodes before the stem's Conv (layout, cast,
   normalisation)."""
   parts = list(parts)
   unknown = set(parts) - set(FLOAT_PARTS)
@@ -124,7 +194,7 @@ def float_nodes(model: Any, parts: Iterable[str]) -> list[str]:
           names.append(node.name)
     elif part == "input":
       for node in graph.node:
-        if node.op_type == "Conv":
+        if node.op_type == "Conv" and not node.name.endswith("_normalize"):
           break
         names.append(node.name)
   return names
@@ -214,7 +284,7 @@ def quantize(float_model: bytes, images: np.ndarray, *,
   if images.ndim != 4 or images.shape[1:] != (h, w, 3) or len(images) == 0:
     raise ValueError(f"calibration images must be (N>0, {h}, {w}, 3) for this graph, "
                      f"got {images.shape}")
-  model = resize_sizes_to_scales(model)
+  model = separable_max_pools(normalization_as_conv(resize_sizes_to_scales(model)))
   exclude = float_nodes(model, keep_float)
   # The quantizer logs a pre-processing advice on the root logger (symbolic shape
   # inference + optimisation: the exported graph already has static shapes, BN folded).
