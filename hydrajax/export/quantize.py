@@ -41,6 +41,13 @@ def _scale_for(n_in: int, n_out: int) -> np.float32:
   raise ValueError(f"no float32 Resize scale maps {n_in} to {n_out} pixels")
 
 
+def _drop_unused_initializers(graph: Any) -> None:
+  referenced = {i for n in graph.node for i in n.input}
+  for t in list(graph.initializer):
+    if t.name not in referenced:
+      graph.initializer.remove(t)
+
+
 def resize_sizes_to_scales(model: Any) -> Any:
   """A copy of `model` (onnx.ModelProto) whose Resize nodes given by constant `sizes` use
   constant `scales` instead (same `axes`, same output shapes). Raises ValueError naming the
@@ -80,11 +87,7 @@ def resize_sizes_to_scales(model: Any) -> Any:
     x = node.input[0]
     del node.input[:]
     node.input.extend([x, "", used[key]])
-  # Drop the `sizes` constants no longer referenced.
-  referenced = {i for n in graph.node for i in n.input}
-  for t in list(graph.initializer):
-    if t.name not in referenced:
-      graph.initializer.remove(t)
+  _drop_unused_initializers(graph)  # the `sizes` constants
   return model
 
 
@@ -122,10 +125,7 @@ def normalization_as_conv(model: Any) -> Any:
     graph.node.remove(sub)
     graph.node.remove(div)
     graph.node.insert(at, conv)
-  referenced = {i for n in graph.node for i in n.input}
-  for t in list(graph.initializer):
-    if t.name not in referenced:
-      graph.initializer.remove(t)
+  _drop_unused_initializers(graph)  # mean and std
   return model
 
 
