@@ -5,7 +5,7 @@
     python benchmarks/compare.py --tiny --quick  # smoke run at tiny sizes (seconds of timing)
 
 Variants: `jax` (`hydrajax.apply` for inference; the real `train_lib.train_step`, pmapped as
-training runs it, for training), `torch_eager` (the authors' network, tests/torch_reference.py,
+training runs it, for training), `torch_eager` (the authors' network, tests/helpers/torch_reference.py,
 channels_last, 2 threads), `torch_compile` (the same forward under torch.compile, inference
 only), `jax_xla` (hydrajax with HYDRAJAX_CPU_KERNELS=0: its XLA-only CPU form, without the
 FFI kernels of hydrajax/models/ops/cpu_kernels.cc), and with `--bf16` `jax_bf16` (bfloat16

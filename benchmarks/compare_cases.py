@@ -5,7 +5,7 @@ Each `build_*` returns (run, info): `run()` executes one inference or training s
 returns its wall time in seconds (synchronised); info holds the compile time and, for JAX,
 XLA's FLOP count. JAX inference is `hydrajax.apply`; JAX training is the real
 `train_lib.train_step`, pmapped as training runs it. PyTorch runs the authors' network
-(tests/torch_reference.py OfficialNet, channels_last, 2 threads) with the same losses and
+(tests/helpers/torch_reference.py OfficialNet, channels_last, 2 threads) with the same losses and
 optimiser: CE (ignore 255) + berHu (valid = depth > 0, c = 0.2 max error, masked mean),
 weights 0.5, outputs upsampled to the label size, SGD momentum 0.9 with weight decay 1e-5,
 encoder lr 1e-3 and decoder lr 1e-2, BatchNorm in train mode.
@@ -145,7 +145,7 @@ def build_torch(kind: str, batch: int, h: int, w: int, compiled: bool = False,
   import torch
   import torch.nn.functional as F
 
-  from tests.torch_reference import OfficialNet, berhu_loss
+  from tests.helpers.torch_reference import OfficialNet, berhu_loss
 
   torch.set_num_threads(threads)
   torch.manual_seed(0)

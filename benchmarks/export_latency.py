@@ -11,7 +11,7 @@ Variants (batch 1, uint8 RGB in):
   onnxruntime_int8     ONNX export --int8 (hydrajax/export/quantize.py, its default float
                        parts), outputs at 1/4 resolution like onnxruntime_quarter; calibrated
                        on --calibrate-count images of --calibrate-config's training split
-  torch_eager          the authors' network (tests/torch_reference.py) in PyTorch eager,
+  torch_eager          the authors' network (tests/helpers/torch_reference.py) in PyTorch eager,
                        channels_last, outputs upsampled to H x W (benchmarks/compare_cases.py)
   hydrajax_apply       `hydrajax.apply` (outputs at H x W)
   stablehlo_full       the deserialized StableHLO export --full-resolution

@@ -1,5 +1,5 @@
 """The one-update table of docs/testing.md: hydrajax's training step against the authors'
-network trained in PyTorch, float64, from the same converted weights (tests/train_parity.py).
+network trained in PyTorch, float64, from the same converted weights (tests/helpers/train_parity.py).
 
   python benchmarks/train_parity.py                         # 8 rooms at 120x160, 1 device
   python benchmarks/train_parity.py --devices 2             # synchronised BatchNorm
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
   jax.config.update("jax_enable_x64", True)
   import torch
 
-  from tests import train_parity
+  from tests.helpers import train_parity
 
   torch.set_num_threads(1)
   with tempfile.TemporaryDirectory() as tmp:

@@ -47,3 +47,20 @@ import hydrajax  # noqa: E402
 def variables():
   """A 40-class segm+depth model with random weights, shared by tests that only read it."""
   return hydrajax.init(jax.random.key(0), num_classes=40)
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory, variables):
+  """The shared 40-class segm+depth model as a weights file (a str path)."""
+  path = str(tmp_path_factory.mktemp("w") / "model40.npz")
+  hydrajax.save(path, variables)
+  return path
+
+
+@pytest.fixture(scope="module")
+def kitti_dir(tmp_path_factory):
+  """KITTI-6 colour labels and KITTI depth PNGs with configs/kitti.py's list files."""
+  from tests.helpers import fabricate
+  root = tmp_path_factory.mktemp("kitti")
+  fabricate.kitti(root)
+  return root

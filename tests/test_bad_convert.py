@@ -12,8 +12,8 @@ import hydrajax
 from hydrajax import weights
 from hydrajax.convert import official as convert
 from hydrajax.convert import torch_pickle
-from tests import legacy_py2
-from tests.torch_reference import OfficialNet
+from tests.helpers import legacy_py2
+from tests.helpers.torch_reference import OfficialNet
 
 # Words that say what is wrong; every converter error must use one of them.
 KINDS = ("truncated", "corrupt", "not a PyTorch checkpoint", "does not match", "non-finite",

@@ -3,7 +3,8 @@ other classes or tasks, unreadable weights and labels outside the classes each s
 one message naming what is wrong, before any number is produced."""
 import pytest
 
-from tests.test_bad_train import _bad_labels, _nyud_config
+from tests.helpers import fabricate
+from tests.helpers.configs import nyud_config
 
 import hydrajax
 from hydrajax.train import config_check
@@ -16,14 +17,6 @@ def synthetic_config():
   return synthetic.get_config("runlocal")
 
 
-@pytest.fixture(scope="module")
-def weights_40(tmp_path_factory, variables):
-  """The shared 40-class segm+depth model as a weights file."""
-  path = str(tmp_path_factory.mktemp("w") / "nyud40.npz")
-  hydrajax.save(path, variables)
-  return path
-
-
 @pytest.fixture
 def nothing_evaluated(monkeypatch):
   def refuse(*args, **kwargs):
@@ -31,12 +24,12 @@ def nothing_evaluated(monkeypatch):
   monkeypatch.setattr(evaluate, "evaluate", refuse)
 
 
-def test_weights_of_other_classes_are_refused_naming_both(weights_40, nothing_evaluated,
+def test_weights_of_other_classes_are_refused_naming_both(weights_file, nothing_evaluated,
                                                           tmp_path):
   with pytest.raises(ValueError) as err:
-    evaluate.run(synthetic_config(), str(tmp_path), weights_40)
+    evaluate.run(synthetic_config(), str(tmp_path), weights_file)
   message = str(err.value)
-  assert f"{weights_40} is a model with 40 classes" in message
+  assert f"{weights_file} is a model with 40 classes" in message
   assert "config has num_classes=7" in message and "'synthetic'" in message
   assert not (tmp_path / "eval").exists()
 
@@ -83,13 +76,13 @@ def test_checkpoint_workdir_without_checkpoints_is_named(nothing_evaluated, tmp_
     evaluate.run(synthetic_config(), str(tmp_path))
 
 
-def test_labels_outside_the_classes_stop_evaluation_naming_the_file(weights_40, tmp_path):
-  _bad_labels(str(tmp_path / "nyud"))
+def test_labels_outside_the_classes_stop_evaluation_naming_the_file(weights_file, tmp_path):
+  fabricate.nyud_with_bad_labels(str(tmp_path / "nyud"))
   lists = tmp_path / "nyud"  # the bad mask in the evaluated split too
   (lists / "val_list_depth.txt").write_text((lists / "train_list_depth.txt").read_text())
   with pytest.raises(BadSampleError, match=r"masks/000002.png.*: segmentation labels 41, 45"):
-    evaluate.run(_nyud_config(tmp_path / "nyud", {"eval.max_examples": 0}),
-                 str(tmp_path / "run"), weights_40)
+    evaluate.run(nyud_config(tmp_path / "nyud", {"eval.max_examples": 0}),
+                 str(tmp_path / "run"), weights_file)
   assert not (tmp_path / "run" / "eval" / "metrics.json").exists()
 
 
@@ -102,7 +95,7 @@ def test_command_line_prints_one_error_line_without_orbax_info_logs(tmp_path):
   import sys
 
   from hydrajax.train import checkpoint
-  from tests.train_testlib import ROOT
+  from tests.helpers.configs import ROOT
 
   ckpt = checkpoint.Checkpointer(tmp_path / "run" / "checkpoints")
   ckpt.save(1, hydrajax.init(0, num_classes=6))

@@ -5,7 +5,8 @@ unknown --format: tests/test_export.py.)"""
 import pytest
 
 from hydrajax.export import cli as export
-from tests.test_bad_predict import assert_one_error_line, bad_weights, weights_file  # noqa: F401
+from tests.helpers.cli import assert_one_error_line
+from tests.helpers.fabricate import bad_weights
 
 
 def run(capsys, argv, out):
@@ -26,7 +27,7 @@ def no_export(monkeypatch):
 
 @pytest.mark.parametrize("case", ["text", "truncated", "pytorch", "other-arrays",
                                   "wrong-shape"])
-def test_unusable_weights(case, weights_file, no_export, tmp_path, capsys):  # noqa: F811
+def test_unusable_weights(case, weights_file, no_export, tmp_path, capsys):
   path, words = bad_weights(tmp_path, weights_file)[case]
   code, err = run(capsys, ["--weights", str(path)], tmp_path / "m.bin")
   assert code == 2
@@ -34,13 +35,13 @@ def test_unusable_weights(case, weights_file, no_export, tmp_path, capsys):  # n
   assert not (tmp_path / "m.bin").exists()
 
 
-def test_output_path_is_a_directory(weights_file, no_export, tmp_path, capsys):  # noqa: F811
+def test_output_path_is_a_directory(weights_file, no_export, tmp_path, capsys):
   code, err = run(capsys, ["--weights", str(weights_file)], tmp_path)
   assert code == 2
   assert_one_error_line(err, tmp_path, "is a directory")
 
 
-def test_output_path_under_a_file(weights_file, no_export, tmp_path, capsys):  # noqa: F811
+def test_output_path_under_a_file(weights_file, no_export, tmp_path, capsys):
   (tmp_path / "afile").write_text("x")
   code, err = run(capsys, ["--weights", str(weights_file)], tmp_path / "afile" / "m.bin")
   assert code == 2
@@ -53,7 +54,7 @@ def test_output_path_under_a_file(weights_file, no_export, tmp_path, capsys):  #
     (["--format", "tflite"], "invalid choice: 'tflite'"),
     (["--input-dtype", "int8"], "invalid choice: 'int8'"),
 ])
-def test_bad_sizes_and_choices(argv, words, weights_file, no_export, tmp_path,  # noqa: F811
+def test_bad_sizes_and_choices(argv, words, weights_file, no_export, tmp_path,
                                capsys):
   code, err = run(capsys, ["--weights", str(weights_file)] + argv, tmp_path / "m.bin")
   assert code == 2 and words in err and "Traceback" not in err

@@ -125,13 +125,6 @@ def test_exif_orientation_is_applied(tmp_path):
   np.testing.assert_array_equal(upright, np.rot90(image, k=-1))
 
 
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory, variables):
-  path = tmp_path_factory.mktemp("w") / "model.npz"
-  hydrajax.save(path, variables)
-  return str(path)
-
-
 def test_cli_names_each_bad_image_processes_the_rest_exits_1(weights_file, tmp_path, capsys):
   bomb = bomb_png(tmp_path / "bomb.png")
   broken = broken_idat_png(tmp_path / "broken.png")

@@ -4,17 +4,10 @@ culprit (exit 2, nothing written) or, per image, a named failure (exit 1)."""
 import numpy as np
 import pytest
 
-import hydrajax
 from hydrajax.inference import predict
-from tests import legacy_py2
-from tests.test_predict import NYUD
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory, variables):
-  path = tmp_path_factory.mktemp("w") / "model.npz"
-  hydrajax.save(path, variables)
-  return path
+from tests.helpers.cli import assert_one_error_line
+from tests.helpers.fabricate import bad_weights
+from tests.helpers.samples import NYUD
 
 
 def run(capsys, argv):
@@ -24,34 +17,6 @@ def run(capsys, argv):
   except SystemExit as e:  # argparse's own usage errors
     code = e.code
   return code, capsys.readouterr().err
-
-
-def assert_one_error_line(err, *names):
-  lines = err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: "), err
-  assert all(str(n) in lines[0] for n in names), err
-  assert "Traceback" not in err
-
-
-def bad_weights(tmp_path, weights_file):
-  """{case: (path, words the error must contain)} of files that are not usable weights."""
-  text = tmp_path / "notes.npz"
-  text.write_text("not weights")
-  cut = tmp_path / "cut.npz"
-  cut.write_bytes(weights_file.read_bytes()[:4000])
-  ckpt = tmp_path / "model.ckpt"
-  legacy_py2.save_state_dict(str(ckpt), {"layer1.0.weight": np.zeros((32, 3, 3, 3), np.float32)})
-  other = tmp_path / "other.npz"
-  np.savez(other, a=np.zeros(3))
-  with np.load(weights_file) as f:
-    arrays = {k: f[k] for k in f.files}
-  arrays["params/head_segm/segm/bias"] = np.zeros(7, np.float32)  # the kernel has 40
-  shapes = tmp_path / "shapes.npz"
-  np.savez(shapes, **arrays)
-  return {"text": (text, "not a zip archive"), "truncated": (cut, "not a hydrajax weights"),
-          "pytorch": (ckpt, "python -m hydrajax.convert.official"),
-          "other-arrays": (other, "no '__meta__' entry"),
-          "wrong-shape": (shapes, "wrong shape (1): params/head_segm/segm/kernel")}
 
 
 @pytest.mark.parametrize("case", ["text", "truncated", "pytorch", "other-arrays",

@@ -13,7 +13,7 @@ from hydrajax.evaluate import loop as evaluate
 from hydrajax.runtime import parallel
 from hydrajax.train import checkpoint, config_check, distill
 from hydrajax.train import loop as train_lib
-from tests.train_testlib import tiny_config
+from tests.helpers.configs import tiny_config
 
 
 def _run_with_checkpoint(workdir, step, metrics=None, **overrides):

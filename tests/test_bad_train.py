@@ -7,12 +7,10 @@ import subprocess
 import sys
 
 import ml_collections
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.test_data_bad import _corrupt, _layout
-from tests.train_testlib import ROOT, set_fields, tiny_config
+from tests.helpers import fabricate
+from tests.helpers.configs import ROOT, nyud_config, set_fields, tiny_config
 
 from hydrajax.train import config_check
 from hydrajax.train import loop as train_lib
@@ -145,25 +143,9 @@ def test_shipped_configs_are_valid(tmp_path):
   config_check.validate(default.get_config(), "train")
 
 
-def _bad_labels(root):
-  """NYUD layout (masks 0..5) whose mask 2 holds labels 41 and 45 (config: 40 classes)."""
-  _layout(root)
-  mask = np.full((16, 20), 255, np.uint8)
-  mask[:4], mask[4:8] = 45, 41
-  Image.fromarray(mask).save(os.path.join(root, "masks", "000002.png"))
-
-
-def _nyud_config(root, overrides=None):
-  from configs import nyud
-  config = nyud.get_config("runlocal")
-  config.data_dir = str(root)
-  config.batch_size = 6
-  return set_fields(config, overrides or {})
-
-
 def test_labels_outside_the_classes_stop_training_naming_the_file(tmp_path):
-  _bad_labels(str(tmp_path))
-  config = config_check.validate(_nyud_config(tmp_path, {"num_workers": 0}))
+  fabricate.nyud_with_bad_labels(str(tmp_path))
+  config = config_check.validate(nyud_config(tmp_path, {"num_workers": 0}))
   with pytest.raises(BadSampleError) as err:
     next(iter(train_lib._train_pipeline(config, None)))  # what train_and_evaluate reads
   message = str(err.value)
@@ -188,8 +170,8 @@ def test_command_line_config_error_is_one_line_and_exit_2(tmp_path):
 
 def test_command_line_worker_error_is_the_underlying_error_once(tmp_path):
   """The issue's first row on bad data: a one-number crop, 2 Grain workers, a corrupt PNG."""
-  _layout(str(tmp_path / "nyud"))
-  _corrupt(str(tmp_path / "nyud"))
+  fabricate.nyud(tmp_path / "nyud", n=6, h=16, w=20, splits=("train",))
+  fabricate.corrupt_nyud(tmp_path / "nyud")
   code, err = _run_train_py(
       ["--config", "configs/nyud.py:runlocal", f"--config.data_dir={tmp_path / 'nyud'}",
        "--config.crop_size=64", "--config.num_workers=2", "--config.batch_size=6"], tmp_path)
@@ -201,12 +183,12 @@ def test_command_line_worker_error_is_the_underlying_error_once(tmp_path):
 
 def test_unexpected_read_error_names_the_sample_files(tmp_path, monkeypatch):
   from hydrajax.data import pngio
-  _layout(str(tmp_path))
+  fabricate.nyud(tmp_path, n=6, h=16, w=20, splits=("train",))
 
   def broken(path, divisor, shape):
     raise RuntimeError("decoder crashed")
   monkeypatch.setattr(pngio, "read_depth", broken)
-  config = config_check.validate(_nyud_config(tmp_path, {"num_workers": 0}))
+  config = config_check.validate(nyud_config(tmp_path, {"num_workers": 0}))
   with pytest.raises(BadSampleError, match=r"depth/0000\d\d.png: cannot read the sample "
                                            r"\(RuntimeError: decoder crashed\)"):
     next(iter(train_lib._train_pipeline(config, None)))
@@ -214,10 +196,10 @@ def test_unexpected_read_error_names_the_sample_files(tmp_path, monkeypatch):
 
 def test_normals_task_on_data_without_normals_is_refused_for_training(tmp_path):
   from hydrajax.data import sources
-  _layout(str(tmp_path))  # list files without a normals column
+  fabricate.nyud(tmp_path, n=6, h=16, w=20, splits=("train",))  # list files without a normals column
   (tmp_path / "val_list_depth.txt").write_text((tmp_path / "train_list_depth.txt").read_text())
   config = config_check.validate(
-      _nyud_config(tmp_path, {"tasks": ("segm", "depth", "normals")}))
+      nyud_config(tmp_path, {"tasks": ("segm", "depth", "normals")}))
   with pytest.raises(ValueError, match="includes 'normals'.*has no surface normals"):
     sources.build_source(config, "train")
   assert len(sources.build_source(config, "val")) == 6  # evaluation does not score normals

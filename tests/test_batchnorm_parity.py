@@ -1,5 +1,5 @@
 """BatchNorm as PyTorch's BatchNorm2d (mobilenet_v2.BatchNorm), and the whole training step
-against the authors' network trained in PyTorch (tests/train_parity.py), in float64.
+against the authors' network trained in PyTorch (tests/helpers/train_parity.py), in float64.
 
 Both frameworks normalise with the biased batch variance and move the running variance
 toward the unbiased one (times n / (n - 1)); at 8 images of 64x96, n = 48 values per channel
@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from hydrajax.models.mobilenet_v2 import BatchNorm  # noqa: E402
-from tests import train_parity  # noqa: E402
+from tests.helpers import train_parity  # noqa: E402
 
 # One torch thread: on a shared 2-core machine more threads only contend.
 torch.set_num_threads(1)

@@ -11,8 +11,8 @@ from PIL import Image
 
 import hydrajax
 from hydrajax.inference import camera, predict, visualize
+from tests.helpers.samples import NYUD
 
-NYUD = os.path.join(os.path.dirname(__file__), "data", "nyud", "000464_rgb.png")
 
 
 def test_smoothing_off_returns_each_frame_unchanged():

@@ -12,7 +12,7 @@ from configs import default
 from hydrajax.train import config_check
 from hydrajax.data import sources
 from hydrajax.data import teacher
-from tests import fabricate
+from tests.helpers import fabricate
 
 CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.dirname(default.__file__))
                  if f.endswith(".py") and f != "__init__.py")

@@ -16,8 +16,8 @@ from hydrajax import api
 from hydrajax.convert import official as convert
 from hydrajax.convert import torch_pickle
 from hydrajax.models.mobilenet_v2 import MobileNetV2Encoder
-from tests import legacy_py2
-from tests.torch_reference import (OfficialNet, densetorch_state_dict, randomize,
+from tests.helpers import legacy_py2
+from tests.helpers.torch_reference import (OfficialNet, densetorch_state_dict, randomize,
                                    torchvision_state_dict)
 
 # One torch thread: on a shared 2-core machine more threads only contend.

@@ -1,6 +1,5 @@
 """`hydrajax-data check`: the report of a fabricated folder, its problems by file, its exit
 status, and the depth-scale hint."""
-import os
 import subprocess
 import sys
 
@@ -8,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from hydrajax.data import check
-from tests import fabricate
+from tests.helpers import fabricate
 
 
 def _run(root, *args):

@@ -246,7 +246,7 @@ def test_config_names_a_bad_classes_file(tmp_path):
 
 def test_training_stops_at_start_naming_the_bad_file(tmp_path):
   from hydrajax.train import loop as train_lib
-  from tests import fabricate
+  from tests.helpers import fabricate
   fabricate.folder(tmp_path / "data")
   Image.fromarray(np.ones((5, 7), np.uint16)).save(tmp_path / "data" / "train" / "depth" / "f0.png")
   with pytest.raises(folder.FolderError, match=r"train/depth/f0\.png: size 7x5 differs from its "

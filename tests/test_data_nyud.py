@@ -6,53 +6,27 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
-from PIL import Image
 
-from hydrajax.data import NYUDv2, prepare_nyud, pngio
+from hydrajax.data import NYUDv2, pngio, prepare_nyud
+from tests.helpers import fabricate
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "data", "nyud")
 
 
-def _write_layout(root, n=3, h=12, w=16, normals=False):
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(1, n + 1):
-        name = f"{i:06d}.png"
-        for sub in ("rgb", "masks", "depth", "normals"):
-            os.makedirs(os.path.join(root, sub), exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(f"{root}/rgb/{name}")
-        masks = rng.integers(0, 40, (h, w)).astype(np.uint8)
-        masks[0] = 255
-        Image.fromarray(masks).save(f"{root}/masks/{name}")
-        depth = np.full((h, w), 5000 * i, np.uint16)
-        depth[1] = 0
-        Image.fromarray(depth).save(f"{root}/depth/{name}")
-        cols = [f"rgb/{name}", f"masks/{name}", f"depth/{name}"]
-        if normals:
-            n_ = np.zeros((h, w, 3), np.float32)
-            n_[..., 2] = -1.0
-            n_[2] = 0.0
-            Image.fromarray(pngio.encode_normals(n_)).save(f"{root}/normals/{name}")
-            cols.append(f"normals/{name}")
-        lines.append("\t".join(cols) + "\n")
-    with open(f"{root}/train_list_depth.txt", "w") as f:
-        f.writelines(lines)
-
-
 def test_nyud_reads_layout_with_depth_in_metres_and_ignore(tmp_path):
-    _write_layout(str(tmp_path))
+    fabricate.nyud(tmp_path, n=3, h=12, w=16, first=1, splits=("train",))
     source = NYUDv2(str(tmp_path), "train")
     assert len(source) == 3 and source.key(1) == "000002" and not source.has_normals
     s = source[1]
     assert s["image"].shape == (12, 16, 3) and s["image"].dtype == np.uint8
     assert (s["segm"][0] == 255).all() and s["segm"][2:].max() < 40
     assert s["depth"].dtype == np.float32
-    np.testing.assert_allclose(s["depth"][2:], 2.0)
+    np.testing.assert_allclose(s["depth"][2:], 3.0)  # frame 2: 3 m
     assert (s["depth"][1] == 0).all()
 
 
 def test_nyud_reads_optional_normals_column(tmp_path):
-    _write_layout(str(tmp_path), normals=True)
+    fabricate.nyud(tmp_path, n=3, h=12, w=16, first=1, normals=True, splits=("train",))
     s = NYUDv2(str(tmp_path), "train")[0]
     # 8-bit PNG normals: (v / 255) * 2 - 1 is within one 2/255 step of the written vector.
     np.testing.assert_allclose(s["normals"][0], [[0, 0, -1.0]] * 16, atol=0.01)
@@ -60,7 +34,7 @@ def test_nyud_reads_optional_normals_column(tmp_path):
 
 
 def test_nyud_lists_all_missing_files_at_construction(tmp_path):
-    _write_layout(str(tmp_path))
+    fabricate.nyud(tmp_path, n=3, h=12, w=16, first=1, splits=("train",))
     os.remove(tmp_path / "rgb" / "000001.png")
     os.remove(tmp_path / "depth" / "000003.png")
     with pytest.raises(FileNotFoundError) as e:

@@ -21,12 +21,10 @@ from PIL import Image
 
 import hydrajax
 from hydrajax.inference import camera, demo, visualize
+from tests.helpers.samples import KITTI, NYUD
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
-NYUD = os.path.join(DATA, "nyud", "000464_rgb.png")
-KITTI = os.path.join(DATA, "kitti", "000099_rgb.png")
 SIZE = (96, 128)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests import fabricate
+from tests.helpers import fabricate
+from tests.helpers.configs import kitti_config
 
 import hydrajax
 from hydrajax.train import distill
@@ -20,13 +21,6 @@ SEGM_ONLY = ("img/s0", "img/s1")   # KITTI-6 frames: real segm, no depth
 DEPTH_ONLY = ("img/d0", "img/d1")  # Eigen frames: real depth, no segm
 
 
-def _config(data_dir, teacher_dir=""):
-  from configs import kitti
-  config = kitti.get_config("runlocal")
-  config.data_dir, config.teacher_dir = str(data_dir), str(teacher_dir)
-  return config
-
-
 def _files(out_dir, modality):
   path = os.path.join(out_dir, modality)
   return sorted(os.listdir(path)) if os.path.isdir(path) else []
@@ -34,13 +28,6 @@ def _files(out_dir, modality):
 
 def _names(keys):
   return sorted(teacher._filename(k) for k in keys)
-
-
-@pytest.fixture(scope="module")
-def kitti_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("kitti")
-  fabricate.kitti(root)
-  return root
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +42,7 @@ def teacher_npz(tmp_path_factory):
 def distilled(kitti_dir, teacher_npz, tmp_path_factory):
   """(counts, out_dir) of one distillation run over the fabricated training split."""
   out = str(tmp_path_factory.mktemp("distilled"))
-  return distill.run(_config(kitti_dir), out, weights=teacher_npz), out
+  return distill.run(kitti_config(kitti_dir), out, weights=teacher_npz), out
 
 
 def test_distill_writes_each_sample_only_the_modality_it_lacks(distilled):
@@ -69,7 +56,7 @@ def test_distill_writes_each_sample_only_the_modality_it_lacks(distilled):
 def test_distilled_labels_are_the_teacher_argmax_and_depth(distilled, kitti_dir, teacher_npz):
   _, out = distilled
   variables = hydrajax.load(teacher_npz)
-  raw = sources.build_source(_config(kitti_dir), "train", with_teacher=False)
+  raw = sources.build_source(kitti_config(kitti_dir), "train", with_teacher=False)
   checked = 0
   for part in raw.sources:
     for i in range(len(part)):
@@ -95,14 +82,14 @@ def test_training_source_reads_teacher_labels_back_and_real_annotations_win(dist
                                                                            tmp_path):
   out = str(tmp_path / "teacher")
   shutil.copytree(distilled[1], out)
-  raw = sources.build_source(_config(kitti_dir), "train", with_teacher=False)
+  raw = sources.build_source(kitti_config(kitti_dir), "train", with_teacher=False)
   # Labels for the modalities samples do have (another teacher, sharing the directory):
   # the source must ignore them.
   for key in SEGM_ONLY:
     teacher.write_teacher_labels(out, key, segm=np.zeros((64, 96), np.uint8))
   for key in DEPTH_ONLY:
     teacher.write_teacher_labels(out, key, depth=np.full((64, 96), 3.0))
-  filled = sources.build_source(_config(kitti_dir, out), "train")
+  filled = sources.build_source(kitti_config(kitti_dir, out), "train")
   assert [len(p) for p in filled.sources] == [len(p) for p in raw.sources] == [2, 2]
   for raw_part, part in zip(raw.sources, filled.sources):
     for i in range(len(part)):
@@ -123,14 +110,14 @@ def test_second_run_without_overwrite_writes_nothing(distilled, kitti_dir, teach
   _, out = distilled
   stamps = {(m, n): os.stat(os.path.join(out, m, n)).st_mtime_ns
             for m in ("segm", "depth") for n in _files(out, m)}
-  counts = distill.run(_config(kitti_dir), out, weights=teacher_npz)
+  counts = distill.run(kitti_config(kitti_dir), out, weights=teacher_npz)
   assert counts == {"segm": 0, "depth": 0, "samples": 0}
   assert {(m, n): os.stat(os.path.join(out, m, n)).st_mtime_ns for m, n in stamps} == stamps
 
 
 def test_overwrite_relabels_the_same_missing_modalities(distilled, kitti_dir, teacher_npz):
   counts, first = distilled
-  again = distill.run(_config(kitti_dir), first, weights=teacher_npz, overwrite=True)
+  again = distill.run(kitti_config(kitti_dir), first, weights=teacher_npz, overwrite=True)
   assert again == counts
   assert _files(first, "segm") == _names(DEPTH_ONLY)
   assert _files(first, "depth") == _names(SEGM_ONLY)
@@ -140,11 +127,11 @@ def test_depth_only_teacher_writes_depth_for_segm_only_samples(kitti_dir, tmp_pa
   weights = str(tmp_path / "depth_teacher.npz")
   hydrajax.save(weights, hydrajax.init(1, num_classes=0, tasks=("depth",)))
   out = str(tmp_path / "out")
-  counts = distill.run(_config(kitti_dir), out, weights=weights)
+  counts = distill.run(kitti_config(kitti_dir), out, weights=weights)
   assert counts == {"segm": 0, "depth": 2, "samples": 2}
   assert _files(out, "depth") == _names(SEGM_ONLY)
   assert not os.path.exists(os.path.join(out, "segm"))
-  filled = sources.build_source(_config(kitti_dir, out), "train")
+  filled = sources.build_source(kitti_config(kitti_dir, out), "train")
   for part in filled.sources:
     for i in range(len(part)):
       sample = part[i]
@@ -154,7 +141,7 @@ def test_depth_only_teacher_writes_depth_for_segm_only_samples(kitti_dir, tmp_pa
 
 def test_teacher_predicting_neither_segm_nor_depth_raises(kitti_dir, tmp_path):
   normals_only = hydrajax.init(2, num_classes=0, tasks=("normals",))
-  source = sources.build_source(_config(kitti_dir), "train", with_teacher=False)
+  source = sources.build_source(kitti_config(kitti_dir), "train", with_teacher=False)
   out = str(tmp_path / "out")
   with pytest.raises(ValueError, match="neither 'segm' nor 'depth'"):
     distill.distill(normals_only, source, out, progress=False)
@@ -166,13 +153,13 @@ def test_teacher_with_other_classes_than_the_config_is_refused(kitti_dir, variab
   hydrajax.save(weights, variables)  # 40 NYUD classes; KITTI has 6
   out = str(tmp_path / "out")
   with pytest.raises(ValueError, match="40 classes but config.num_classes=6"):
-    distill.run(_config(kitti_dir), out, weights=weights)
+    distill.run(kitti_config(kitti_dir), out, weights=weights)
   assert not os.path.exists(out)
 
 
 def test_run_without_weights_or_workdir_raises(kitti_dir, tmp_path):
   with pytest.raises(ValueError, match="--weights"):
-    distill.run(_config(kitti_dir), str(tmp_path / "out"))
+    distill.run(kitti_config(kitti_dir), str(tmp_path / "out"))
 
 
 def test_command_line_writes_the_same_labels_as_run(distilled, kitti_dir, teacher_npz, tmp_path):

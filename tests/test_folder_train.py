@@ -14,7 +14,7 @@ from hydrajax.data import synthetic
 from hydrajax.evaluate import loop as evaluate
 from hydrajax.inference import predict
 from hydrajax.train import loop as train_lib
-from tests.train_testlib import tiny_config
+from tests.helpers.configs import tiny_config
 
 
 def _write_folder(root, config):
@@ -106,7 +106,7 @@ def test_predict_takes_the_runs_workdir(runs, tmp_path):
 def test_fine_tuning_from_40_classes_keeps_all_but_the_segmentation_heads_last_conv(tmp_path):
   from configs import folder as folder_config
   from hydrajax.train import config_check
-  from tests import fabricate
+  from tests.helpers import fabricate
   fabricate.folder(tmp_path / "data")
   official = hydrajax.init(0, num_classes=40)
   hydrajax.save(tmp_path / "nyud.npz", official)

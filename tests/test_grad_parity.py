@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 
 from hydrajax.convert import official as convert  # noqa: E402
 from hydrajax.models import HydraNet  # noqa: E402
-from tests.torch_reference import OfficialNet, randomize  # noqa: E402
+from tests.helpers.torch_reference import OfficialNet, randomize  # noqa: E402
 from tests.helpers.numerics import rel_max as _rel
 
 TASKS = ("segm", "depth")

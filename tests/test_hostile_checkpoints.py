@@ -21,7 +21,7 @@ from hydrajax.convert import official as convert
 from hydrajax.convert import pickle_check
 from hydrajax.convert import torch_pickle
 from hydrajax.runtime import stored_zip
-from tests import legacy_py2
+from tests.helpers import legacy_py2
 
 MAX_SECONDS = 1.0
 MAX_PEAK_BYTES = 4 << 20  # the bombs below would take 8 MiB and far more

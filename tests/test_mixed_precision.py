@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from tests.train_testlib import tiny_config
+from tests.helpers.configs import tiny_config
 
 import hydrajax
 from hydrajax.train import loop as train_lib

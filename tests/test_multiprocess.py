@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.train_testlib import ROOT, tiny_config
+from tests.helpers.configs import ROOT, tiny_config
 
 from hydrajax.train import checkpoint
 from hydrajax.evaluate import loop as evaluate
@@ -34,7 +34,7 @@ def _free_port() -> int:
 
 
 def _launch(mode: str, workdir: str) -> list[tuple[int, str]]:
-  """Runs tests/multiprocess_worker.py as processes 0 and 1: [(return code, output)]."""
+  """Runs tests/helpers/multiprocess_worker.py as processes 0 and 1: [(return code, output)]."""
   # 2 fake devices per process, and the suite's other XLA flags (tests/conftest.py).
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
@@ -45,7 +45,7 @@ def _launch(mode: str, workdir: str) -> list[tuple[int, str]]:
              JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1", PYTHONUNBUFFERED="1")
   port = _free_port()
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "tests.multiprocess_worker", mode, str(i), "2", str(port),
+      [sys.executable, "-m", "tests.helpers.multiprocess_worker", mode, str(i), "2", str(port),
        workdir, json.dumps(OVERRIDES)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(2)]
   deadline = time.monotonic() + TIMEOUT

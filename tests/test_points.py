@@ -1,7 +1,6 @@
 """hydrajax.points (pinhole back-projection), the PLY files and `hydrajax-predict --points`."""
 import contextlib
 import io
-import os
 
 import numpy as np
 import plyfile
@@ -10,8 +9,8 @@ import pytest
 import hydrajax
 from hydrajax.inference import points, predict
 from hydrajax.inference import visualize
+from tests.helpers.samples import NYUD
 
-NYUD = os.path.join(os.path.dirname(__file__), "data", "nyud", "000464_rgb.png")
 K = points.Intrinsics(100.0, 120.0, 31.5, 23.5, 64, 48)
 
 
@@ -124,13 +123,6 @@ def _run_predict(args):
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     code = predict.main(args)
   return code, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory, variables):
-  path = str(tmp_path_factory.mktemp("points") / "model.npz")
-  hydrajax.save(path, variables)
-  return path
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,8 @@ from PIL import Image
 import hydrajax
 from hydrajax.inference import predict
 from hydrajax.inference import visualize
+from tests.helpers.samples import DATA, KITTI, NYUD
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
-NYUD = os.path.join(DATA, "nyud", "000464_rgb.png")
-KITTI = os.path.join(DATA, "kitti", "000099_rgb.png")
 
 
 @pytest.fixture(scope="module")

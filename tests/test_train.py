@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests import fabricate
-from tests.train_testlib import stop_after_checkpoint, tiny_config
+from tests.helpers import fabricate
+from tests.helpers.configs import stop_after_checkpoint, tiny_config
 
 from hydrajax.train import checkpoint
 from hydrajax.evaluate import loop as evaluate

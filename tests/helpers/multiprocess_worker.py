@@ -1,6 +1,6 @@
 """One process of a local multi-process run, for tests/test_multiprocess.py.
 
-  python -m tests.multiprocess_worker MODE PROCESS_ID NUM_PROCESSES PORT WORKDIR [JSON]
+  python -m tests.helpers.multiprocess_worker MODE PROCESS_ID NUM_PROCESSES PORT WORKDIR [JSON]
 
 MODE: "train" (train_and_evaluate stopped by an exception right after the step-2 checkpoint,
 then resumed by train_and_evaluate, then evaluate.run; process 0 writes WORKDIR/result.json),
@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from tests.train_testlib import stop_after_checkpoint, tiny_config
+from tests.helpers.configs import stop_after_checkpoint, tiny_config
 
 
 def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str,

@@ -8,7 +8,7 @@ Written from the published architecture (docs/architecture.md) so that
 MTLWRefineNet training script (`module.0.layer1...`, `module.1.stem_convs.0...`); a model
 with `align_corners=True` computes what that DenseTorch model computes.
 
-    from tests.torch_reference import OfficialNet
+    from tests.helpers.torch_reference import OfficialNet
     net = OfficialNet(num_classes=40, tasks=("segm", "depth")).eval()
     out = net(torch.zeros(1, 3, 240, 320))   # {"segm": (1,40,60,80), "depth": (1,1,60,80)}
 """

@@ -1,6 +1,6 @@
 """hydrajax's training step against the authors' network trained in PyTorch, side by side.
 
-Both start from the same weights (tests/torch_reference.py OfficialNet, saved as a .pth and
+Both start from the same weights (tests/helpers/torch_reference.py OfficialNet, saved as a .pth and
 converted with hydrajax-convert), see the same batch of synthetic rooms (normalised by
 `hydrajax.normalize` for both) and follow the same recipe in float64: SGD momentum 0.9 with
 L2 weight decay 1e-5, encoder / decoder learning rates on the poly schedule, 0.5 CE + 0.5
@@ -24,7 +24,7 @@ from hydrajax.convert import official as convert
 from hydrajax.data import SyntheticScenes
 from hydrajax.train import loop as train_lib
 from hydrajax import weights
-from tests.torch_reference import OfficialNet, berhu_loss, randomize
+from tests.helpers.torch_reference import OfficialNet, berhu_loss, randomize
 
 TASKS = ("segm", "depth")
 NUM_CLASSES = SyntheticScenes.num_classes

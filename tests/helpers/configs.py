@@ -5,7 +5,7 @@ import os
 # `configs` is installed with the package (pyproject.toml), like hydrajax itself.
 from configs import default, synthetic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout (a cwd)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 
 def tiny_config(**overrides):
@@ -50,3 +50,20 @@ def stop_after_checkpoint(step: int, error: type[BaseException]):
     yield
   finally:
     checkpoint.Checkpointer.save = original
+
+
+def nyud_config(root, overrides=None):
+  """configs/nyud.py's runlocal variant on a fabricated NYUD layout at `root`, batch 6."""
+  from configs import nyud
+  config = nyud.get_config("runlocal")
+  config.data_dir = str(root)
+  config.batch_size = 6
+  return set_fields(config, overrides or {})
+
+
+def kitti_config(data_dir, teacher_dir=""):
+  """configs/kitti.py's runlocal variant on a fabricated KITTI layout."""
+  from configs import kitti
+  config = kitti.get_config("runlocal")
+  config.data_dir, config.teacher_dir = str(data_dir), str(teacher_dir)
+  return config
