@@ -122,3 +122,20 @@ def test_out_of_memory_names_the_frame_size_and_writes_nothing(weights_file, tmp
   assert err == [f"error: {tmp_path / 'in.mp4'}: out of memory running the network on 2 "
                  f"frame(s) of {W}x{H}; lower --max-side or --batch"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_predict_video_runs_an_onnx_graph_like_the_weights(variables, tmp_path, capsys):
+  """`--onnx` (hydrajax.inference.onnx_runner) gives the frames the weights give."""
+  from hydrajax.export import cli as export
+  synthetic_clip(str(tmp_path / "in.mp4"), frames=3)
+  (tmp_path / "m.onnx").write_bytes(export.export_onnx(variables, H, W))
+  hydrajax.save(tmp_path / "w.npz", variables)
+  runs = {}
+  for flag, model in (("--onnx", "m.onnx"), ("--weights", "w.npz")):
+    out = tmp_path / f"{flag[2:]}.mp4"
+    assert predict.main([flag, str(tmp_path / model), "--video", str(tmp_path / "in.mp4"),
+                         "--out", str(out), "--batch", "2", "--no-progress"]) == 0
+    runs[flag] = np.stack(list(iio.imiter(out, plugin="FFMPEG"))).astype(np.float64)
+  assert "wrote 3 frames" in capsys.readouterr().out
+  assert runs["--onnx"].shape == runs["--weights"].shape == (3, H, 3 * W + 8, 3)
+  assert np.mean(np.abs(runs["--onnx"] - runs["--weights"])) < 1.0
