@@ -1,13 +1,15 @@
-"""A depth-only teacher on NYUDv2, for hard knowledge distillation (the paper's recipe).
+"""A depth-only teacher trained on NYUDv2's labelled frames, for hard knowledge distillation
+of depth into frames that have none (e.g. your own folder of indoor photos):
 
   python train.py --config configs/nyud_depth_teacher.py --workdir runs/teacher \\
       --config.data_dir=/data/nyud
-  python -m hydrajax.train.distill --config configs/nyud_depth_teacher.py \\
-      --config.data_dir=/data/nyud --workdir runs/teacher --out /data/nyud_teacher
-  python train.py --config configs/nyud.py --config.teacher_dir=/data/nyud_teacher ...
+  hydrajax-distill --config configs/folder.py --config.data_dir=data/mine \\
+      --workdir runs/teacher --only depth --out data/mine_teacher
+  python train.py --config configs/folder.py --config.data_dir=data/mine \\
+      --config.teacher_dir=data/mine_teacher ...
 
-The distill step labels this config's training split (NYUD's: the same images) with the
-teacher of runs/teacher's latest checkpoint; `--weights FILE.npz` instead reads a weights file.
+Every NYUDv2 labelled frame has depth, so distilling into NYUD itself labels nothing (the
+command says so and writes an empty label directory).
 """
 from configs import nyud
 

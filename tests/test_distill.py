@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import fabricate
-from tests.helpers.configs import kitti_config
+from tests.helpers.configs import kitti_config, nyud_config
 
 import hydrajax
 from hydrajax.train import distill
@@ -209,3 +209,16 @@ def test_two_teachers_fill_a_folder_and_real_labels_win(variables, tmp_path):
   for i in (0, 1):
     np.testing.assert_array_equal(filled[i]["segm"], raw[i]["segm"])
     np.testing.assert_array_equal(filled[i]["depth"], raw[i]["depth"])
+
+
+def test_nothing_to_label_says_so_and_leaves_a_label_dir_training_accepts(weights_file,
+                                                                          tmp_path, capsys):
+  # Every fabricated NYUD frame has segmentation and depth: the teacher fills nothing.
+  fabricate.nyud(tmp_path / "nyud", n=6, h=16, w=20)
+  out = tmp_path / "teacher"
+  counts = distill.run(nyud_config(tmp_path / "nyud"), str(out), weights=weights_file)
+  assert counts["segm"] == counts["depth"] == 0
+  assert "nothing to label" in capsys.readouterr().out
+  config = nyud_config(tmp_path / "nyud")
+  config.teacher_dir = str(out)
+  assert len(sources.build_source(config, "train")) == 6  # a teacher_dir training reads

@@ -30,7 +30,8 @@ def _filename(key: str) -> str:
   return key.replace("/", "__").replace(os.sep, "__") + ".png"
 
 
-def _write_meta(directory: str) -> None:
+def create_label_dir(directory: str) -> None:
+  """Makes `directory` a teacher label directory (its teacher.json), if it is not one yet."""
   path = os.path.join(directory, "teacher.json")
   if not os.path.exists(path):
     meta = {"format": TEACHER_FORMAT, "depth_divisor": TEACHER_DEPTH_DIVISOR}
@@ -43,7 +44,7 @@ def write_teacher_labels(directory: str, key: str, segm: np.ndarray | None = Non
 
   Files are written atomically; an existing label for the key is replaced.
   """
-  _write_meta(directory)
+  create_label_dir(directory)
   if segm is not None:
     segm = np.asarray(segm)
     if segm.ndim != 2 or segm.min() < 0 or segm.max() > 255:

@@ -24,6 +24,7 @@ import numpy as np
 import hydrajax
 from hydrajax import api
 from hydrajax.data import sources
+from hydrajax.data import teacher as teacher_lib
 from hydrajax.runtime import parallel
 
 
@@ -49,7 +50,6 @@ def distill(variables: dict, source: Any, out_dir: str, *, overwrite: bool = Fal
   "samples": n}."""
   import tqdm
 
-  from hydrajax.data import teacher
 
   tasks = set(api.model_config(variables)["tasks"]) & ({only} if only else {"segm", "depth"})
   if not tasks:
@@ -66,7 +66,7 @@ def distill(variables: dict, source: Any, out_dir: str, *, overwrite: bool = Fal
       todo = missing_modalities(sample) & tasks
       if not overwrite:
         todo = {m for m in todo if not os.path.exists(
-            os.path.join(out_dir, m, teacher._filename(key)))}
+            os.path.join(out_dir, m, teacher_lib._filename(key)))}
       if not todo:
         continue
       pred = hydrajax.apply(variables, sample["image"])
@@ -75,7 +75,7 @@ def distill(variables: dict, source: Any, out_dir: str, *, overwrite: bool = Fal
         labels["segm"] = np.asarray(pred["segm"].argmax(-1), np.uint8)
       if "depth" in todo:
         labels["depth"] = np.asarray(pred["depth"], np.float32)
-      teacher.write_teacher_labels(out_dir, key, **labels)
+      teacher_lib.write_teacher_labels(out_dir, key, **labels)
       for m in labels:
         counts[m] += 1
       counts["samples"] += 1
@@ -117,8 +117,14 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
                      f"use a teacher trained on these classes, or --only depth for its depth")
   source = sources.build_source(config, "train", with_teacher=False)
   counts = distill(variables, source, out_dir, overwrite=overwrite, only=only)
+  # Always a label directory, so that training with teacher_dir=OUT runs (on real labels
+  # alone when the teacher had nothing to fill).
+  teacher_lib.create_label_dir(out_dir)
   print(f"teacher {origin}: wrote {counts['segm']} segm and {counts['depth']} depth labels "
         f"for {counts['samples']} samples to {out_dir}")
+  if counts["segm"] + counts["depth"] == 0:
+    print(f"nothing to label: every sample of {config.dataset!r}'s training split already has "
+          f"the {' and '.join(teacher['tasks'] if not only else (only,))} the teacher predicts")
   return counts
 
 
