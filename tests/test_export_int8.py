@@ -126,6 +126,10 @@ def test_cli_int8_from_image_folder_writes_runnable_graph(tiny, tmp_path, capsys
     (["--format", "onnx", "--int8", "--calibrate-images", "{tmp}/none"], "no such directory"),
     (["--format", "onnx", "--int8", "--calibrate-images", "{tmp}"], "no image files"),
     (["--format", "onnx", "--int8", "--calibrate-config", "configs/none.py"], "no such file"),
+    (["--format", "onnx", "--int8", "--calibrate-images", ".", "--calibrate-data-dir", "."],
+     "--calibrate-data-dir applies to --calibrate-config only"),
+    (["--format", "onnx", "--int8", "--calibrate-config", "configs/nyud.py",
+      "--calibrate-data-dir", "{tmp}/nyud"], "{tmp}/nyud"),
     (["--format", "onnx", "--int8", "--calibrate-config", "configs/synthetic.py",
       "--keep-float", "encoder"], "unknown float parts"),
 ])
@@ -137,7 +141,7 @@ def test_cli_int8_bad_arguments_fail_and_write_nothing(extra, message, tiny, tmp
     argv += ["--format", "stablehlo"]
   argv += [e.format(tmp=tmp_path) for e in extra]
   assert export.main(argv) == 2
-  assert message in capsys.readouterr().err
+  assert message.format(tmp=tmp_path) in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
 
 
@@ -185,3 +189,13 @@ def test_onnx_evaluator_pools_metrics_like_jax(tmp_path):
   assert abs(result["miou"] - expect["miou"]) < 1e-3
   assert abs(result["rmse"] - expect["rmse"]) < 1e-4 * expect["rmse"]
   json.dumps(result)  # the evaluator writes it as JSON
+
+
+def test_onnx_evaluator_refuses_a_graph_of_other_classes(tmp_path):
+  from ml_collections.config_flags import config_flags
+  config = config_flags.ConfigFileFlagParser(name="config").parse("configs/synthetic.py")
+  path = tmp_path / "f.onnx"
+  path.write_bytes(export.export_onnx(hydrajax.init(0, num_classes=3), H, W))
+  with pytest.raises(ValueError, match="f.onnx is a model with 3 classes"):
+    onnx_eval.run(config, str(tmp_path / "run"), str(path))
+  assert not (tmp_path / "run").exists()

@@ -184,6 +184,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="ONNX only: statically quantized int8 graph (needs a calibration source)")
   p.add_argument("--calibrate-config", default=None,
                  help="--int8: calibrate on this config's training images (configs/x.py[:arg])")
+  p.add_argument("--calibrate-data-dir", default=None,
+                 help="--calibrate-config: the dataset root (the config's data_dir)")
   p.add_argument("--calibrate-images", default=None,
                  help="--int8: calibrate on the image files of this folder")
   p.add_argument("--calibrate-count", type=int, default=None,
@@ -201,7 +203,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _check_int8_args(args: argparse.Namespace) -> tuple[str, str] | None:
   """("config" | "images", path) of an --int8 export, None without --int8; ValueError on
   a bad combination."""
-  given = [n for n in ("calibrate_config", "calibrate_images", "calibrate_count", "keep_float")
+  given = [n for n in ("calibrate_config", "calibrate_images", "calibrate_count", "keep_float",
+                       "calibrate_data_dir")
            if getattr(args, n) is not None]
   if not args.int8:
     if given:
@@ -212,6 +215,8 @@ def _check_int8_args(args: argparse.Namespace) -> tuple[str, str] | None:
   if (args.calibrate_config is None) == (args.calibrate_images is None):
     raise ValueError("--int8 needs exactly one of --calibrate-config FILE or "
                      "--calibrate-images DIR")
+  if args.calibrate_data_dir is not None and args.calibrate_config is None:
+    raise ValueError("--calibrate-data-dir applies to --calibrate-config only")
   if args.calibrate_count is not None and args.calibrate_count < 1:
     raise ValueError(f"--calibrate-count must be >= 1, got {args.calibrate_count}")
   if args.keep_float is not None:
@@ -233,8 +238,12 @@ def _quantize(data: bytes, args: argparse.Namespace, calibration: tuple[str, str
   from hydrajax.export import quantize
   kind, path = calibration
   count = args.calibrate_count or quantize.CALIBRATE_DEFAULT
-  read = quantize.images_from_config if kind == "config" else quantize.images_from_folder
-  images = read(path, (args.height, args.width), count, args.calibrate_seed)
+  if kind == "config":
+    images = quantize.images_from_config(path, (args.height, args.width), count,
+                                         args.calibrate_seed, args.calibrate_data_dir)
+  else:
+    images = quantize.images_from_folder(path, (args.height, args.width), count,
+                                         args.calibrate_seed)
   keep = quantize.KEEP_FLOAT
   if args.keep_float is not None:
     keep = [p.strip() for p in args.keep_float.split(",") if p.strip() not in ("", "none")]

@@ -210,10 +210,11 @@ def _pick(n: int, count: int, seed: int) -> np.ndarray:
 
 
 def images_from_config(config_path: str, size: tuple[int, int], count: int = CALIBRATE_DEFAULT,
-                       seed: int = 0) -> np.ndarray:
+                       seed: int = 0, data_dir: str | None = None) -> np.ndarray:
   """(n, H, W, 3) uint8: `count` images (seeded choice) of the training split of the
   dataset of an ml_collections config file ("configs/x.py" or "configs/x.py:arg"), resized
-  to `size` = (H, W) (PIL bilinear). The training split, so the validation set stays held out."""
+  to `size` = (H, W) (PIL bilinear). The training split, so the validation set stays held out.
+  `data_dir` replaces the config's `data_dir` (the dataset root; configs leave it empty)."""
   from ml_collections.config_flags import config_flags
   from hydrajax.data import sources
   from hydrajax.inference import full_res
@@ -221,6 +222,8 @@ def images_from_config(config_path: str, size: tuple[int, int], count: int = CAL
   if not os.path.isfile(path):
     raise FileNotFoundError(f"calibration config {path}: no such file")
   config = config_flags.ConfigFileFlagParser(name="config").parse(config_path)
+  if data_dir:
+    config.data_dir = data_dir
   source = sources.build_source(config, "train", with_teacher=False)
   if len(source) == 0:
     raise ValueError(f"calibration config {config_path}: the training split is empty")
