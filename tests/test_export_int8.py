@@ -35,7 +35,7 @@ def held_out(n=3):
   return np.stack([full_res.resize_image(src[i]["image"], (H, W)) for i in range(n)])
 
 
-def full_optimisation_session(model: bytes):
+def full_optimisation_runner(model: bytes):
   options = ort.SessionOptions()
   options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
   return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
@@ -48,7 +48,7 @@ def test_int8_loads_under_full_optimisation_and_agrees_with_float(tiny):
   x = held_out()
   ref = dict(zip(["segm", "depth"], ort.InferenceSession(float_graph).run(
       ["segm", "depth"], {"image": x})))
-  out = dict(zip(["segm", "depth"], full_optimisation_session(int8_graph).run(
+  out = dict(zip(["segm", "depth"], full_optimisation_runner(int8_graph).run(
       ["segm", "depth"], {"image": x})))
   assert out["segm"].shape == (3, H // 4, W // 4, 5) and out["depth"].shape == (3, H // 4, W // 4)
   assert np.mean(out["segm"].argmax(-1) == ref["segm"].argmax(-1)) >= 0.97

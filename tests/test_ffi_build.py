@@ -27,7 +27,7 @@ def fresh(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def built_library():
-  """Path of the library this machine's normal cache holds (built once for the session)."""
+  """Path of the library this machine's normal cache holds (built once per test run)."""
   if ffi_build.load() is not None:
     pytest.fail(f"the kernels did not build: {ffi_build.load()}")
   path = ffi_build.cache_dir() / f"cpu_kernels-{ffi_build.library_key(ffi_build.compiler())}.so"

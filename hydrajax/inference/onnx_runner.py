@@ -20,7 +20,7 @@ from hydrajax.inference import full_res
 
 
 class OnnxModel:
-  """onnxruntime session of an exported graph. Attributes: path, input_name, size (H, W),
+  """An exported graph loaded in onnxruntime (an InferenceSession). Attributes: path, input_name, size (H, W),
   input_dtype, tasks, num_classes, align_corners, full_resolution."""
 
   def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
