@@ -31,8 +31,7 @@ from flax import traverse_util
 
 from hydrajax import api, weights
 from hydrajax.convert import torch_pickle
-from hydrajax.models import HEAD_NAMES, TASKS
-from hydrajax.models.mobilenet_v2 import MOBILENET_V2_SETTINGS
+from hydrajax.models import HEAD_NAMES, MOBILENET_V2_SETTINGS, TASKS
 from hydrajax.runtime.stored_zip import printable
 
 LAYOUTS = ("official", "densetorch", "lwrefinenet", "torchvision")

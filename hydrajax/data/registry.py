@@ -16,7 +16,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from hydrajax.data.palettes import NYUD_PALETTE, generic_palette, voc_colormap  # noqa: F401
+from hydrajax.data.palettes import NYUD_PALETTE, generic_palette
 
 ConfigFn = Callable[[ml_collections.ConfigDict], Any]
 

@@ -15,9 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from hydrajax.api import IMAGENET_MEAN, IMAGENET_STD
-from hydrajax.models.hydranet import HEAD_NAMES
-from hydrajax.models.mobilenet_v2 import MOBILENET_V2_SETTINGS
-from hydrajax.models.refinenet import CRP_STAGES
+from hydrajax.models import CRP_STAGES, HEAD_NAMES, MOBILENET_V2_SETTINGS
 
 BN_EPS = 1e-5  # mobilenet_v2.batch_norm
 IR_VERSION = 8  # ONNX IR of opset 18: loads in onnxruntime >= 1.14

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from hydrajax.models import layers, ops
 from hydrajax.models.mobilenet_v2 import MobileNetV2Encoder
-from hydrajax.models.refinenet import DECODER_CHANNELS, RefineNetDecoder
+from hydrajax.models.refinenet import RefineNetDecoder
 
 TASKS = ("segm", "depth", "normals")
 # Official head names: pre_segm/segm, pre_depth/depth, pre_normal/normal.

@@ -1,7 +1,6 @@
 """MobileNet-v2 encoder, laid out as the official model: `layer1` (stem) .. `layer8`."""
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
