@@ -176,8 +176,14 @@ def test_out_of_memory_names_the_image_and_its_size_and_goes_on(variables, tmp_p
   assert list(report.written) == [str(other)]
 
 
-def test_other_errors_in_the_network_are_not_called_out_of_memory():
+def test_out_of_memory_is_told_apart_from_other_errors_of_python_xla_and_onnxruntime():
   assert full_res.is_out_of_memory(MemoryError())
   assert full_res.is_out_of_memory(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: x"))
   assert not full_res.is_out_of_memory(jax.errors.JaxRuntimeError("INVALID_ARGUMENT: x"))
   assert not full_res.is_out_of_memory(ValueError("RESOURCE_EXHAUSTED"))
+  from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
+  assert full_res.is_out_of_memory(RuntimeException(
+      "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running "
+      "Conv node. Status Message: Failed to allocate memory for requested buffer of size 1e9"))
+  assert not full_res.is_out_of_memory(Fail("[ONNXRuntimeError] : 1 : FAIL : Load model failed"))
+  assert not full_res.is_out_of_memory(RuntimeError("Failed to allocate memory"))  # not ORT's

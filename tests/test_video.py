@@ -31,13 +31,6 @@ def synthetic_clip(path, frames=FRAMES):
   return np.stack(clip)
 
 
-@pytest.fixture(scope="module")
-def weights_file(variables, tmp_path_factory):
-  path = tmp_path_factory.mktemp("w") / "w.npz"
-  hydrajax.save(path, variables)
-  return str(path)
-
-
 def test_batches_groups_in_order_and_keeps_the_remainder():
   frames = [np.full((4, 5, 3), i, np.uint8) for i in range(7)]
   out = list(video.batches(frames, 3))
@@ -96,6 +89,18 @@ def test_frames_above_max_side_are_shrunk_before_the_network(weights_file, tmp_p
   frames = np.stack(list(iio.imiter(out, plugin="FFMPEG")))
   gap = 4
   assert frames.shape == (3, H // 2, 3 * (W // 2) + 2 * gap, 3)
+
+
+def test_video_above_the_pixel_limit_is_refused_before_decoding(weights_file, tmp_path, capsys,
+                                                                 monkeypatch):
+  synthetic_clip(str(tmp_path / "in.mp4"), frames=2)
+  out = tmp_path / "vis.mp4"
+  monkeypatch.setattr(video, "encode_stream", lambda *a, **k: pytest.fail("frames decoded"))
+  rc = predict.main(["--weights", weights_file, "--video", str(tmp_path / "in.mp4"), "--out",
+                     str(out), "--max-pixels", str(H * W - 1), "--no-progress"])
+  err = capsys.readouterr().err
+  assert rc == 2 and f"frames of {W}x{H} ({H * W} pixels) exceed the limit of {H * W - 1}" in err
+  assert not out.exists()
 
 
 def test_shrink_frames_keeps_small_frames_and_the_aspect():

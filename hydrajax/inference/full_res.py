@@ -35,9 +35,15 @@ class OutOfMemory(RuntimeError):
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-  """True for Python's MemoryError and XLA's RESOURCE_EXHAUSTED (a buffer it cannot allocate)."""
-  return isinstance(error, MemoryError) or (
-      isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error))
+  """True for Python's MemoryError, XLA's RESOURCE_EXHAUSTED and onnxruntime's failed
+  allocations (a buffer it cannot allocate, for the network or an exported graph)."""
+  if isinstance(error, MemoryError):
+    return True
+  if isinstance(error, jax.errors.JaxRuntimeError):
+    return "RESOURCE_EXHAUSTED" in str(error)
+  return (type(error).__module__.startswith("onnxruntime")
+          and any(s in str(error) for s in ("Failed to allocate memory", "bad_alloc",
+                                            "bad allocation")))
 
 
 def working_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:

@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return video.run(args.weights, args.video, args.out, onnx=args.onnx, batch_size=args.batch,
                      palette=args.palette, max_depth=args.max_depth,
                      max_frames=args.max_frames, progress=not args.no_progress,
-                     max_side=args.max_side)
+                     max_side=args.max_side, max_pixels=args.max_pixels)
   if not args.images:
     print("error: no input images given", file=sys.stderr)
     return 2

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from hydrajax import api
 from hydrajax.runtime import atomic
+from hydrajax.data import pngio
 from hydrajax.inference import full_res
 from hydrajax.inference import onnx_runner
 from hydrajax.inference import visualize
@@ -134,10 +135,13 @@ def process_video(variables: Mapping[str, Any], src: str | os.PathLike, dst: str
                   *, batch_size: int = DEFAULT_BATCH, palette: str = "auto",
                   max_depth: float | None = None, max_frames: int | None = None,
                   progress: bool = True,
-                  max_side: int = full_res.DEFAULT_MAX_SIDE) -> VideoReport:
+                  max_side: int = full_res.DEFAULT_MAX_SIDE,
+                  max_pixels: int = pngio.DEFAULT_MAX_PIXELS) -> VideoReport:
   """Read video `src`, write the side-by-side visualisation of every frame to `dst` (.mp4).
 
-  Frames above `max_side` pixels on the long side are shrunk first (0: never). Returns frame
+  A video whose frames (width x height, from its metadata) exceed `max_pixels` is refused
+  before any frame is decoded; frames above `max_side` pixels on the long side are shrunk
+  first (0: never). Returns frame
   count and timings. `dst` appears only when all frames were written; out of memory raises
   ValueError naming `src`, the frame size and the batch.
   """
@@ -150,6 +154,10 @@ def process_video(variables: Mapping[str, Any], src: str | os.PathLike, dst: str
     meta = iio.immeta(src, plugin="FFMPEG")
   except Exception as e:  # imageio raises OSError or its own errors for non-videos
     raise ValueError(f"{src}: not a readable video ({e})") from e
+  w, h = (int(v) for v in meta.get("size") or (0, 0))
+  if w * h > max_pixels:
+    raise ValueError(f"{src}: frames of {w}x{h} ({w * h} pixels) exceed the limit of "
+                     f"{max_pixels} pixels (--max-pixels)")
   fps_in = float(meta.get("fps") or 25.0)
   total = meta.get("duration", 0) * fps_in
   total = int(round(total)) if math.isfinite(total) and total > 0 else None
@@ -217,7 +225,8 @@ def add_video_args(parser: argparse.ArgumentParser) -> None:
 def run(variables_path: str, src: str, dst: str, *, onnx: str = "",
         batch_size: int = DEFAULT_BATCH,
         palette: str = "auto", max_depth: float | None = None, max_frames: int | None = None,
-        progress: bool = True, max_side: int = full_res.DEFAULT_MAX_SIDE) -> int:
+        progress: bool = True, max_side: int = full_res.DEFAULT_MAX_SIDE,
+        max_pixels: int = pngio.DEFAULT_MAX_PIXELS) -> int:
   """CLI body: load weights (or the ONNX graph `onnx`), process, print frames and fps;
   errors -> message, exit 2."""
   from hydrajax import weights
@@ -226,10 +235,12 @@ def run(variables_path: str, src: str, dst: str, *, onnx: str = "",
       raise ValueError(f"--batch must be >= 1, got {batch_size}")
     if max_side < 0:
       raise ValueError(f"--max-side must be >= 0 pixels (0 = no limit), got {max_side}")
+    if max_pixels < 1:
+      raise ValueError(f"--max-pixels must be >= 1, got {max_pixels}")
     variables = onnx_runner.OnnxModel(onnx) if onnx else weights.load(variables_path)
     report = process_video(variables, src, dst, batch_size=batch_size, palette=palette,
                            max_depth=max_depth, max_frames=max_frames, progress=progress,
-                           max_side=max_side)
+                           max_side=max_side, max_pixels=max_pixels)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
