@@ -191,6 +191,27 @@ def test_onnx_evaluator_pools_metrics_like_jax(tmp_path):
   json.dumps(result)  # the evaluator writes it as JSON
 
 
+def test_onnx_evaluator_pads_like_the_jax_evaluation_and_gives_its_metrics(tmp_path):
+  """Images of 52x90 with a graph exported at their padded size (64x96, eval.pad_to_multiple
+  32): the ONNX evaluation equals hydrajax's own evaluation of the same weights."""
+  from ml_collections.config_flags import config_flags
+  from hydrajax.evaluate import loop
+  config = config_flags.ConfigFileFlagParser(name="config").parse("configs/synthetic.py")
+  config.eval.max_examples, config.eval.batch_size = 3, 4
+  variables = hydrajax.init(3, num_classes=config.num_classes)
+  path = tmp_path / "f.onnx"
+  path.write_bytes(export.export_onnx(variables, H, W))
+  source = SyntheticScenes(3, H - 12, W - 6, seed=6)
+  got = onnx_eval.evaluate_onnx(onnx_runner.OnnxModel(path), config, source)
+  want, _ = loop.evaluate(variables, config, source)
+  assert got["num_examples"] == want["num_examples"] == 3
+  for key in ("miou", "pixel_acc", "delta1"):
+    assert abs(got[key] - want[key]) < 1e-6, key
+  # The same input to the network: float rounding only (resizing instead moves RMSE by ~1e-5).
+  for key in ("rmse", "abs_rel"):
+    assert abs(got[key] - want[key]) < 2e-6 * want[key], key
+
+
 def test_onnx_evaluator_refuses_a_graph_of_other_classes(tmp_path):
   from ml_collections.config_flags import config_flags
   config = config_flags.ConfigFileFlagParser(name="config").parse("configs/synthetic.py")

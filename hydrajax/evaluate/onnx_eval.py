@@ -4,8 +4,11 @@ error sums pooled over the whole set, the config's depth cap, minimum and crop).
 
   python evaluate.py --config configs/synthetic.py --workdir runs/demo --onnx model.onnx
 
-Each image runs alone at its own size (unpadded): images of another size than the graph's
-input are resized to it and the outputs upsampled back to the label size (onnx_runner).
+Each image runs alone. Where the graph's input size is the image's size padded to
+`config.eval.pad_to_multiple` (export at that size), the image is padded as the JAX
+evaluation pads it (black, below and to the right) and the outputs cropped back, so the two
+evaluations see the same network input and give the same metrics to float rounding. Images
+of any other size are resized to the graph's and the outputs upsampled back (onnx_runner).
 Writes WORKDIR/eval/<onnx file name>.json and prints the table of the JAX evaluation.
 """
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from hydrajax.data import sources
+from hydrajax.data import sources, transforms
 from hydrajax.evaluate import loop, metrics
 from hydrajax.inference import onnx_runner
 
@@ -35,7 +38,7 @@ def evaluate_onnx(model: onnx_runner.OnnxModel, config: ml_collections.ConfigDic
   for i in range(len(source)):
     example = source[i]
     image = np.asarray(example["image"])[None]
-    out = model(image)
+    out = _predict_like_jax(model, image, config.eval.pad_to_multiple)
     sums = {}
     if "segm" in model.tasks and "segm" in example:
       pred = np.argmax(out["segm"], axis=-1)
@@ -49,6 +52,19 @@ def evaluate_onnx(model: onnx_runner.OnnxModel, config: ml_collections.ConfigDic
                                          max_depth=protocol["max_depth"], region=region)
     acc.add(sums)
   return loop.metrics_from_sums(acc.result(), config, len(source))
+
+
+def _predict_like_jax(model: onnx_runner.OnnxModel, image: np.ndarray, multiple: int
+                      ) -> dict[str, np.ndarray]:
+  """model(image) (1, H, W, 3), on the image padded as the JAX evaluation pads it when the
+  graph takes exactly that padded size; outputs at (H, W)."""
+  h, w = image.shape[1:3]
+  padded = (-(-h // multiple) * multiple, -(-w // multiple) * multiple) if multiple else (h, w)
+  if padded == (h, w) or tuple(model.size) != padded:
+    return model(image)
+  pad = ((0, 0), (0, padded[0] - h), (0, padded[1] - w), (0, 0))
+  out = model(np.pad(image, pad, constant_values=transforms.PAD_VALUES["image"]))
+  return {k: v[:, :h, :w] for k, v in out.items()}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, onnx_path: str) -> dict:
