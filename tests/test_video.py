@@ -58,7 +58,8 @@ def test_predict_video_writes_every_frame(weights_file, tmp_path, capsys):
 
 def test_video_cli_missing_input_fails_and_writes_nothing(weights_file, tmp_path, capsys):
   out = tmp_path / "out.mp4"
-  rc = video.main(["--weights", weights_file, str(tmp_path / "missing.mp4"), "--out", str(out)])
+  rc = predict.main(["--weights", weights_file, "--video", str(tmp_path / "missing.mp4"),
+                     "--out", str(out)])
   assert rc == 2
   assert "no such video file" in capsys.readouterr().err
   assert list(tmp_path.iterdir()) == []
@@ -73,8 +74,8 @@ def test_predict_video_rejects_images_too(weights_file, tmp_path, capsys):
 
 def test_video_missing_weights_fails(tmp_path, capsys):
   synthetic_clip(str(tmp_path / "in.mp4"), frames=2)
-  rc = video.main(["--weights", str(tmp_path / "none.npz"), str(tmp_path / "in.mp4"),
-                   "--out", str(tmp_path / "o.mp4")])
+  rc = predict.main(["--weights", str(tmp_path / "none.npz"), "--video", str(tmp_path / "in.mp4"),
+                     "--out", str(tmp_path / "o.mp4")])
   assert rc == 2
   assert "weights file not found" in capsys.readouterr().err
   assert not (tmp_path / "o.mp4").exists()
@@ -83,8 +84,8 @@ def test_video_missing_weights_fails(tmp_path, capsys):
 def test_frames_above_max_side_are_shrunk_before_the_network(weights_file, tmp_path, capsys):
   synthetic_clip(str(tmp_path / "in.mp4"), frames=3)
   out = tmp_path / "vis.mp4"
-  rc = video.main(["--weights", weights_file, str(tmp_path / "in.mp4"), "--out", str(out),
-                   "--max-side", str(W // 2), "--batch", "3", "--no-progress"])
+  rc = predict.main(["--weights", weights_file, "--video", str(tmp_path / "in.mp4"), "--out",
+                     str(out), "--max-side", str(W // 2), "--batch", "3", "--no-progress"])
   assert rc == 0, capsys.readouterr().err
   frames = np.stack(list(iio.imiter(out, plugin="FFMPEG")))
   gap = 4
@@ -120,8 +121,8 @@ def test_out_of_memory_names_the_frame_size_and_writes_nothing(weights_file, tmp
 
   monkeypatch.setattr(video.api, "apply", apply)
   out = tmp_path / "o.mp4"
-  rc = video.main(["--weights", weights_file, str(tmp_path / "in.mp4"), "--out", str(out),
-                   "--batch", "2", "--no-progress"])
+  rc = predict.main(["--weights", weights_file, "--video", str(tmp_path / "in.mp4"), "--out",
+                     str(out), "--batch", "2", "--no-progress"])
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 2
   assert err == [f"error: {tmp_path / 'in.mp4'}: out of memory running the network on 2 "

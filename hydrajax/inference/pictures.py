@@ -1,6 +1,6 @@
 """The evaluation picture: one row per example, image | true segm | predicted segm |
-true depth | predicted depth. Uses hydrajax.inference.visualize's colourings when present (the
-project's shared palette), else a small built-in palette and a grey-to-yellow depth ramp."""
+true depth | predicted depth, with titles and a legend, in hydrajax.inference.visualize's
+colourings (the dataset's palette and depth colour map)."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,7 +1,6 @@
 """Video and camera-like streams: batched inference, side-by-side visualisation per frame.
 
-    python -m hydrajax.inference.video --weights nyud.npz IN.mp4 --out OUT.mp4 [--batch 4]
-    python -m hydrajax.inference.predict --weights nyud.npz --video IN.mp4 --out OUT.mp4   (same)
+    hydrajax-predict --weights nyud.npz --video IN.mp4 --out OUT.mp4 [--batch 4]
 
 Frames are decoded with imageio's FFMPEG plugin (imageio-ffmpeg ships the ffmpeg binary),
 grouped into batches of `batch_size` (the last batch is padded by repeating its last frame,
@@ -22,7 +21,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -216,7 +215,7 @@ def encode_stream(variables: Mapping[str, Any], frames: Iterable[np.ndarray],
 
 
 def add_video_args(parser: argparse.ArgumentParser) -> None:
-  """Options shared by `hydrajax.inference.video` and `hydrajax.inference.predict --video`."""
+  """The video options of `hydrajax-predict --video` (and --camera)."""
   parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
                       help=f"frames per network call (default {DEFAULT_BATCH})")
   parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
@@ -247,35 +246,3 @@ def run(variables_path: str, src: str, dst: str, *, onnx: str = "",
   print(f"wrote {report.frames} frames to {dst}: {report.fps:.2f} frames/s overall, "
         f"{report.model_fps:.2f} frames/s in the network (batch {batch_size})")
   return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m hydrajax.inference.video",
-                                   description=__doc__.split("\n")[0])
-  from hydrajax import weights
-  weights.add_source_args(parser, onnx=True)
-  parser.add_argument("video", help="input video file (.mp4, ...)")
-  parser.add_argument("--out", required=True, help="output video file (.mp4)")
-  parser.add_argument("--palette", default="auto", choices=visualize.PALETTE_CHOICES)
-  parser.add_argument("--max-depth", type=float, default=None, help="depth colour clip, metres")
-  parser.add_argument("--max-side", type=int, default=full_res.DEFAULT_MAX_SIDE,
-                      help="shrink frames whose long side is larger to this many pixels "
-                           f"(default {full_res.DEFAULT_MAX_SIDE}; 0 = never)")
-  parser.add_argument("--no-progress", action="store_true")
-  add_video_args(parser)
-  args = parser.parse_args(argv)
-  try:
-    if not args.onnx:
-      args.weights = weights.choose(args.weights, args.workdir)
-  except (OSError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return run(args.weights, args.video, args.out, onnx=args.onnx, batch_size=args.batch,
-             palette=args.palette, max_depth=args.max_depth, max_frames=args.max_frames,
-             progress=not args.no_progress, max_side=args.max_side)
-
-
-if __name__ == "__main__":
-  from hydrajax.runtime import hugepages
-  hugepages.relaunch()  # many runs of the network: huge pages for XLA's buffers
-  sys.exit(main())
