@@ -14,7 +14,7 @@ from PIL import Image
 
 import hydrajax
 from hydrajax.data import pngio
-from hydrajax.inference import full_res, predict
+from hydrajax.inference import demo, full_res, predict
 
 H, W = 48, 64
 
@@ -77,6 +77,57 @@ def test_broken_later_idat_chunk_is_a_named_error_not_a_syntax_error(tmp_path):
     pngio.load_rgb(path)
   good, image = good_png(tmp_path / "good.png")  # the process still reads good files exactly
   np.testing.assert_array_equal(pngio.load_rgb(good), image)
+
+
+def eps_payload(path):
+  """PostScript (an EPS header, then a loop that never ends) under an image's name."""
+  path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 48\n{} loop\n%%EOF\n")
+  return path
+
+
+@pytest.mark.parametrize("read", [pngio.load_rgb, pngio.read_png, pngio.read_rgb,
+                                  predict.load_image, demo.read_upload],
+                         ids=lambda f: f.__name__)
+def test_postscript_named_png_is_refused_without_running_ghostscript(read, tmp_path,
+                                                                     monkeypatch):
+  from PIL import EpsImagePlugin
+  ran = []
+
+  def ghostscript(*args, **kwargs):  # Pillow's EPS loader hands the file to this
+    ran.append(args)
+    raise OSError("Ghostscript ran")
+
+  monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+  path = eps_payload(tmp_path / "upload.png")
+  with pytest.raises(ValueError, match=r"(upload.png: not a readable image|cannot decode "
+                                       r".*upload.png:).*PNG, JPEG"):
+    read(str(path))
+  assert not ran
+
+
+def test_reading_leaves_pillows_process_wide_pixel_limit_alone(tmp_path, monkeypatch):
+  path, image = good_png(tmp_path / "good.png")
+  for limit in (W * H // 2, Image.MAX_IMAGE_PIXELS):  # an application's own, then Pillow's
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    np.testing.assert_array_equal(pngio.load_rgb(path, max_pixels=W * H), image)
+    pngio.load_rgb(path)  # hydrajax's default limit, above Pillow's default
+    with pytest.raises(ValueError, match="above the limit of 1000"):
+      pngio.read_png(str(path), max_pixels=1000)
+    assert Image.MAX_IMAGE_PIXELS == limit
+
+
+def test_no_module_assigns_pillows_pixel_limit():
+  """Importing hydrajax changes nothing of Pillow's either: no module assigns the limit."""
+  import ast
+  import pathlib
+  package = pathlib.Path(pngio.__file__).resolve().parents[1]
+  assigned = [f"{p.relative_to(package.parent)}:{node.lineno}"
+              for p in package.rglob("*.py")
+              for node in ast.walk(ast.parse(p.read_text()))
+              if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+              for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+              if isinstance(t, ast.Attribute) and t.attr == "MAX_IMAGE_PIXELS"]
+  assert not assigned
 
 
 def test_palette_png_gives_its_colours_not_its_indices(tmp_path):

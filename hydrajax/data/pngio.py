@@ -10,11 +10,14 @@ CMYK, grey, 16-bit, EXIF-rotated) into the RGB uint8 array the network takes.
 from __future__ import annotations
 
 import os
-import warnings
+import struct
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+# The plugins of FORMATS (importing one registers it in Image.OPEN).
+from PIL import BmpImagePlugin, JpegImagePlugin, PngImagePlugin, PpmImagePlugin  # noqa: F401
+from PIL import TiffImagePlugin, WebPImagePlugin  # noqa: F401
 
 from hydrajax.runtime import atomic
 
@@ -35,23 +38,43 @@ def check_exist(paths: Iterable[str], what: str) -> None:
 # above a 108-megapixel phone photo (an RGB copy is 3 bytes a pixel, the outputs ~10).
 DEFAULT_MAX_PIXELS = 2 ** 27
 
+# The formats hydrajax reads (photos, label and depth maps), by Pillow's format names. Pillow
+# otherwise tries every plugin it has whatever the file is called: PostScript named
+# `upload.png` would go to Ghostscript (EPS), and rarely used parsers would see every upload.
+FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "PPM", "WEBP")
+
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def _open(path: str, max_pixels: int) -> Image.Image:
-  """Image.open with the size checked from the header, before any pixel is decoded."""
+def _identify(path: str) -> Image.Image:
+  """The image at `path` opened (header only) by the Pillow plugin of one of FORMATS that
+  accepts its first bytes, as Image.open(path, formats=FORMATS) opens it but without
+  Image.open's check against `Image.MAX_IMAGE_PIXELS`: that limit is process-wide, and raising
+  it for one call would lift it for the whole program; `open_image` checks its own limit."""
+  with open(path, "rb") as f:
+    prefix = f.read(16)
+  for name in FORMATS:
+    factory, accept = Image.OPEN[name]
+    accepted = accept is None or accept(prefix)
+    if not accepted or isinstance(accepted, str):  # a str: the format's plugin is not built
+      continue
+    try:
+      return factory(path)
+    except (SyntaxError, IndexError, TypeError, struct.error):
+      continue  # not this format after all, as Image.open goes on
+  raise UnidentifiedImageError(f"not an image of the formats hydrajax reads "
+                               f"({', '.join(FORMATS)})")
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+  """The image file at `path`, of one of FORMATS, opened with its size checked from the
+  header before any pixel is decoded (BadSampleError naming the file above `max_pixels`).
+  Leaves Pillow's process-wide `Image.MAX_IMAGE_PIXELS` as it is. Close it (a context
+  manager) after use."""
   if max_pixels < 1:
     raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
-  if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-    # PIL refuses at twice its own limit before we see the size; an explicitly larger
-    # limit raises PIL's (every reader here checks `max_pixels` itself).
-    Image.MAX_IMAGE_PIXELS = max_pixels
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit is below
-      im = Image.open(path)
-  except Image.DecompressionBombError as e:
-    raise BadSampleError(f"{path}: too many pixels to read ({e})") from e
+  path = os.fspath(path)
+  im = _identify(path)
   w, h = im.size
   if w * h > max_pixels:
     im.close()
@@ -63,7 +86,7 @@ def _open(path: str, max_pixels: int) -> Image.Image:
 def read_png(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
   """Decodes an image file to a numpy array (mode as stored: RGB, L, I;16, ...)."""
   try:
-    with _open(path, max_pixels) as im:
+    with open_image(path, max_pixels) as im:
       im.load()
       if im.mode == "I;16B":
         return np.asarray(im).astype(np.uint16)
@@ -101,7 +124,7 @@ def load_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
   if not os.path.isfile(path):
     raise BadSampleError(f"{path}: no such file")
   try:
-    with _open(path, max_pixels) as im:
+    with open_image(path, max_pixels) as im:
       im.load()
       return to_rgb(ImageOps.exif_transpose(im))
   except BadSampleError:
