@@ -118,3 +118,52 @@ def test_open_camera_without_a_device_says_which(monkeypatch):
   with pytest.raises(ValueError, match=r"camera 97: cannot open it .*/dev/video97"):
     camera.open_camera(97)
 
+
+
+def _no_escape(run, *args, **kwargs):
+  """run(*args, **kwargs); a KeyboardInterrupt that escapes it fails the test (rather than
+  stopping pytest)."""
+  try:
+    return run(*args, **kwargs)
+  except KeyboardInterrupt:
+    pytest.fail("KeyboardInterrupt escaped the command")
+
+
+def test_ctrl_c_during_inference_keeps_the_recording_of_the_frames_so_far(
+    tmp_path, weights_file, monkeypatch, capsys):
+  """Ctrl-C while the network runs on frame 10: the 9 frames drawn so far are a playable
+  live.mp4, the command says so in one line and exits with 130."""
+  from hydrajax import api
+  monkeypatch.setattr(camera, "open_camera", lambda index: (_frames(100), 12.0))
+  apply, calls = api.apply, []
+
+  def interrupted_apply(variables, images):
+    calls.append(1)
+    if len(calls) == 10:
+      raise KeyboardInterrupt
+    return apply(variables, images)
+  monkeypatch.setattr(api, "apply", interrupted_apply)
+  out = tmp_path / "live.mp4"
+  code = _no_escape(predict.main, ["--weights", weights_file, "--camera", "0", "--out",
+                                   str(out), "--no-progress"])
+  captured = capsys.readouterr()
+  assert code == 130
+  assert captured.err.strip().splitlines() == [
+      f"stopped by Ctrl-C: wrote 9 camera frames to {out}"]
+  assert iio.imread(out, plugin="FFMPEG").shape[0] == 9
+  assert os.listdir(tmp_path) == ["live.mp4"]  # no temp file left
+
+
+def test_ctrl_c_before_the_first_frame_writes_nothing_and_exits_130(
+    tmp_path, weights_file, capsys):
+  def camera_interrupted_at_once(index):
+    def frames():
+      raise KeyboardInterrupt
+      yield
+    return frames(), 12.0
+  out = tmp_path / "live.mp4"
+  code = _no_escape(camera.run, weights_file, 0, str(out), progress=False,
+                    opener=camera_interrupted_at_once)
+  assert code == 130
+  assert capsys.readouterr().err.strip() == f"stopped by Ctrl-C: nothing written to {out}"
+  assert os.listdir(tmp_path) == []

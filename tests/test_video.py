@@ -145,3 +145,66 @@ def test_predict_video_runs_an_onnx_graph_like_the_weights(variables, tmp_path, 
   assert "wrote 3 frames" in capsys.readouterr().out
   assert runs["--onnx"].shape == runs["--weights"].shape == (3, H, 3 * W + 8, 3)
   assert np.mean(np.abs(runs["--onnx"] - runs["--weights"])) < 1.0
+
+
+def _writer_calling(monkeypatch, before_frame):
+  """The video writer calls before_frame(n, writer) before it encodes frame n (1-based)."""
+  import imageio.v2 as imageio_v2
+  get_writer = imageio_v2.get_writer
+
+  def spied(*args, **kwargs):
+    writer = get_writer(*args, **kwargs)
+    append, count = writer.append_data, [0]
+
+    def append_data(image, *more):
+      count[0] += 1
+      before_frame(count[0], writer)
+      return append(image, *more)
+    writer.append_data = append_data
+    return writer
+  monkeypatch.setattr(imageio_v2, "get_writer", spied)
+
+
+def _predict_no_escape(argv):
+  """predict.main; a KeyboardInterrupt that escapes it fails the test (not stops pytest)."""
+  try:
+    return predict.main(argv)
+  except KeyboardInterrupt:
+    pytest.fail("KeyboardInterrupt escaped hydrajax-predict")
+
+
+def test_ctrl_c_while_encoding_finishes_that_frame_and_keeps_the_video(weights_file, tmp_path,
+                                                                      capsys, monkeypatch):
+  """A real SIGINT arriving while frame 3 is encoded: frame 3 is finished, the video holds
+  frames 1-3 and plays, one line says so, exit status 130, Ctrl-C handling restored."""
+  import os
+  import signal
+  synthetic_clip(str(tmp_path / "in.mp4"), frames=6)
+  _writer_calling(monkeypatch, lambda n, writer: n == 3 and os.kill(os.getpid(), signal.SIGINT))
+  out = tmp_path / "vis.mp4"
+  rc = _predict_no_escape(["--weights", weights_file, "--video", str(tmp_path / "in.mp4"),
+                           "--out", str(out), "--batch", "2", "--no-progress"])
+  assert rc == 130
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"stopped by Ctrl-C: wrote the first 3 frames to {out}"]
+  assert np.stack(list(iio.imiter(out, plugin="FFMPEG"))).shape[0] == 3
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "vis.mp4"]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_that_kills_the_encoder_mid_frame_writes_nothing(weights_file, tmp_path,
+                                                                capsys, monkeypatch):
+  """A KeyboardInterrupt inside ffmpeg's writer (a second Ctrl-C) kills the encoder: rather
+  than a video without its header, nothing is written; exit status 130."""
+  synthetic_clip(str(tmp_path / "in.mp4"), frames=6)
+
+  def interrupt_the_encoder(n, writer):
+    if n == 4:
+      writer._write_gen.throw(KeyboardInterrupt)  # imageio's ffmpeg feeder, mid-frame
+  _writer_calling(monkeypatch, interrupt_the_encoder)
+  out = tmp_path / "vis.mp4"
+  rc = _predict_no_escape(["--weights", weights_file, "--video", str(tmp_path / "in.mp4"),
+                           "--out", str(out), "--batch", "2", "--no-progress"])
+  assert rc == 130
+  assert capsys.readouterr().err.strip() == f"stopped by Ctrl-C: nothing written to {out}"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]

@@ -5,7 +5,8 @@
 
 Frames come from camera N (/dev/videoN on Linux) through imageio's FFMPEG plugin, one network
 call per frame (batch 1: the least latency), until `--max-frames` or Ctrl-C; the recording is
-complete either way (written atomically when the loop ends).
+complete either way (written atomically when the loop ends). Ctrl-C is taken after the frame in
+progress (a second one aborts without writing) and exits with status 130.
 
 Temporal smoothing (`--smooth S`, off by default): a still camera's predictions flicker from
 frame to frame. With S in (0, 1), each frame's depth and class logits become an exponential
@@ -83,18 +84,10 @@ def record(variables: Mapping[str, Any], frames: Iterable[np.ndarray], dst: str 
   smoother = Smoother(smooth)
   if max_frames is not None:
     frames = (f for _, f in zip(range(max_frames), frames))
-  return video.encode_stream(variables, _until_interrupted(frames), dst, fps=fps,
-                             total=max_frames, batch_size=1, palette=palette,
-                             max_depth=max_depth, progress=progress, max_side=max_side,
-                             smooth=smoother if smooth else None, desc="camera")
-
-
-def _until_interrupted(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-  """The frames until the source ends or Ctrl-C, which ends the recording cleanly."""
-  try:
-    yield from frames
-  except KeyboardInterrupt:
-    print("stopped: Ctrl-C", file=sys.stderr)
+  return video.encode_stream(variables, frames, dst, fps=fps, total=max_frames, batch_size=1,
+                             palette=palette, max_depth=max_depth, progress=progress,
+                             max_side=max_side, smooth=smoother if smooth else None,
+                             desc="camera")
 
 
 def run(variables_path: str, index: int, dst: str, *, onnx: str = "", smooth: float = 0.0,
@@ -102,8 +95,9 @@ def run(variables_path: str, index: int, dst: str, *, onnx: str = "", smooth: fl
         progress: bool = True, max_side: int = full_res.DEFAULT_MAX_SIDE,
         opener: Callable[[int], tuple[Iterable[np.ndarray], float]] | None = None) -> int:
   """CLI body of `hydrajax-predict --camera N`: the weights, or the ONNX graph `onnx` (e.g.
-  int8, the fastest on a CPU); errors -> a message and exit status 2. `opener(N)` gives
-  (frames, fps); default `open_camera`."""
+  int8, the fastest on a CPU); errors -> a message and exit status 2; Ctrl-C -> the frames so
+  far recorded, one line, exit status 130. `opener(N)` gives (frames, fps); default
+  `open_camera`."""
   from hydrajax import weights
   try:
     Smoother(smooth)  # range check before the camera opens
@@ -117,6 +111,12 @@ def run(variables_path: str, index: int, dst: str, *, onnx: str = "", smooth: fl
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print(f"stopped by Ctrl-C: nothing written to {dst}", file=sys.stderr)
+    return video.INTERRUPTED
+  if report.interrupted:
+    print(f"stopped by Ctrl-C: wrote {report.frames} camera frames to {dst}", file=sys.stderr)
+    return video.INTERRUPTED
   print(f"wrote {report.frames} camera frames to {dst}: {report.fps:.2f} frames/s overall, "
         f"{report.model_fps:.2f} frames/s in the network" + (f", smoothing {smooth:g}"
                                                               if smooth else ""))

@@ -11,15 +11,19 @@ Frames above `--max-side` pixels on the long side (default 1280, as for photos) 
 before the network (PIL bilinear, aspect kept) and the video is rendered at that size: a 4K
 frame's full-size logits would be ~1.3 GB at 40 classes. Running out of memory stops with one
 line naming the frame size and batch. `--onnx model.onnx` runs an exported graph (float or
-int8) instead of weights (hydrajax/inference/onnx_runner.py).
+int8) instead of weights (hydrajax/inference/onnx_runner.py). Ctrl-C stops after the frame in
+progress and keeps the video of the frames so far (exit status 130).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -35,6 +39,7 @@ from hydrajax.inference import onnx_runner
 from hydrajax.inference import visualize
 
 DEFAULT_BATCH = 4
+INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT, as shells report it)
 
 
 @dataclasses.dataclass
@@ -42,11 +47,13 @@ class VideoReport:
   """frames: frames written; seconds: wall time of the whole loop (decode, model, render,
   encode, and the first call's compile); model_frames / model_seconds: frames and time
   inside the network (blocked on its result), without the first batch (it compiles) when
-  there is more than one."""
+  there is more than one; interrupted: Ctrl-C ended the stream (the frames so far are in
+  the file)."""
   frames: int
   seconds: float
   model_frames: int
   model_seconds: float
+  interrupted: bool = False
 
   @property
   def fps(self) -> float:
@@ -189,29 +196,89 @@ def encode_stream(variables: Mapping[str, Any], frames: Iterable[np.ndarray],
   """Run the network on `frames` ((H, W, 3) uint8, any iterable: a video, a camera) and
   encode each frame's side-by-side picture into `dst` (H.264 at `fps`), written atomically.
   `smooth`, if given, maps each frame's outputs, in order, before they are drawn (temporal
-  smoothing). Raises NoFrames when `frames` is empty, full_res.OutOfMemory from the network."""
+  smoothing). Raises NoFrames when `frames` is empty, full_res.OutOfMemory from the network.
+
+  Ctrl-C ends the stream, not the file: the frames encoded so far are closed into `dst` and
+  the report says `interrupted`. A SIGINT (in the main thread) is taken after the frame in
+  progress, so the encoder is never cut mid-frame. KeyboardInterrupt is raised, and nothing
+  written, when no frame was encoded yet, or when a KeyboardInterrupt (a second Ctrl-C)
+  killed the encoder inside a frame and left no playable file."""
   import imageio.v2 as imageio_v2
 
   dst = os.fspath(dst)
   colours, clip = onnx_runner.display_settings(variables, palette, max_depth)
   timing, count, start = [], 0, time.perf_counter()
+  interrupted = False
   with atomic.atomic_path(dst, suffix=os.path.splitext(dst)[1] or ".mp4") as tmp:
     writer = imageio_v2.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264",
                                    macro_block_size=2)
-    with writer, tqdm(total=total, desc=desc, unit="frame", disable=not progress) as bar:
-      for frame, outputs in predict_stream(variables, frames, batch_size=batch_size,
-                                           timing=timing, max_side=max_side):
-        if smooth is not None:
-          outputs = smooth(outputs)
-        writer.append_data(_even(visualize.render(frame, outputs, colours, clip)["vis"]))
-        count += 1
-        bar.update(1)
-        bar.set_postfix(fps=f"{count / (time.perf_counter() - start):.1f}")
+    with _first_sigint_deferred() as stop, writer, \
+        tqdm(total=total, desc=desc, unit="frame", disable=not progress) as bar:
+      encoding = False  # True while a KeyboardInterrupt could land inside the encoder
+      try:
+        for frame, outputs in predict_stream(variables, frames, batch_size=batch_size,
+                                             timing=timing, max_side=max_side):
+          if smooth is not None:
+            outputs = smooth(outputs)
+          picture = _even(visualize.render(frame, outputs, colours, clip)["vis"])
+          encoding = True
+          writer.append_data(picture)
+          encoding = False
+          count += 1
+          bar.update(1)
+          bar.set_postfix(fps=f"{count / (time.perf_counter() - start):.1f}")
+          if stop.requested:
+            break
+      except KeyboardInterrupt:
+        if not count:
+          raise
+        interrupted = True
+    interrupted = interrupted or stop.requested
+    if interrupted and (count == 0 or encoding and not _playable(tmp)):
+      raise KeyboardInterrupt  # nothing to keep, or the encoder was killed mid-frame
     if count == 0:
       raise NoFrames("no frames")
   steady = timing[1:] or timing
   return VideoReport(count, time.perf_counter() - start, sum(n for n, _ in steady),
-                     sum(t for _, t in steady))
+                     sum(t for _, t in steady), interrupted)
+
+
+def _playable(path: str) -> bool:
+  """Whether a closed video file has a readable header (an encoder killed before it
+  finished leaves an MP4 without one)."""
+  import imageio.v3 as iio
+  try:
+    iio.immeta(path, plugin="FFMPEG")
+  except Exception:  # noqa: BLE001 - imageio raises OSError or its own errors
+    return False
+  return True
+
+
+class _Stop:
+  requested = False
+
+
+@contextlib.contextmanager
+def _first_sigint_deferred() -> Iterator[_Stop]:
+  """Within the block, the first SIGINT (Ctrl-C) only sets `.requested` (the encoder's
+  ffmpeg is killed when a KeyboardInterrupt lands inside it, losing the file); the next
+  SIGINT raises KeyboardInterrupt as usual. Outside the main thread, nothing changes."""
+  stop = _Stop()
+  if threading.current_thread() is not threading.main_thread():
+    yield stop
+    return
+  previous = signal.getsignal(signal.SIGINT)
+  if previous is None:  # installed outside Python: restore Python's own
+    previous = signal.default_int_handler
+
+  def handler(signum, frame):
+    stop.requested = True
+    signal.signal(signal.SIGINT, previous)
+  signal.signal(signal.SIGINT, handler)
+  try:
+    yield stop
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def add_video_args(parser: argparse.ArgumentParser) -> None:
@@ -227,7 +294,7 @@ def run(variables_path: str, src: str, dst: str, *, onnx: str = "",
         progress: bool = True, max_side: int = full_res.DEFAULT_MAX_SIDE,
         max_pixels: int = pngio.DEFAULT_MAX_PIXELS) -> int:
   """CLI body: load weights (or the ONNX graph `onnx`), process, print frames and fps;
-  errors -> message, exit 2."""
+  errors -> message, exit 2; Ctrl-C -> the frames so far written, one line, exit 130."""
   from hydrajax import weights
   try:
     if batch_size < 1:
@@ -243,6 +310,12 @@ def run(variables_path: str, src: str, dst: str, *, onnx: str = "",
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print(f"stopped by Ctrl-C: nothing written to {dst}", file=sys.stderr)
+    return INTERRUPTED
+  if report.interrupted:
+    print(f"stopped by Ctrl-C: wrote the first {report.frames} frames to {dst}", file=sys.stderr)
+    return INTERRUPTED
   print(f"wrote {report.frames} frames to {dst}: {report.fps:.2f} frames/s overall, "
         f"{report.model_fps:.2f} frames/s in the network (batch {batch_size})")
   return 0
