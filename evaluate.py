@@ -5,6 +5,8 @@ Writes WORKDIR/eval/metrics.json and WORKDIR/eval/samples.png and prints a table
 --onnx FILE.onnx evaluates an exported graph (float or int8) instead, with the same metrics
 (hydrajax/evaluate/onnx_eval.py), into WORKDIR/eval/FILE.onnx.json.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -38,5 +40,7 @@ def main(argv):
 
 if __name__ == "__main__":
   from hydrajax.runtime import hugepages
-  hugepages.relaunch()  # huge pages for XLA's per-step buffers (hydrajax/runtime/hugepages.py)
+  hugepages.tune_tool()  # huge pages or malloc reuse for XLA's buffers (hydrajax/runtime/hugepages.py)
+  from hydrajax.train import config_file
+  config_file.make_importable(config_file.spec_in_argv(sys.argv[1:]) or "")
   app.run(main)

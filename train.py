@@ -3,6 +3,8 @@
 Any config field can be overridden: --config.batch_size=16 --config.num_train_steps=2000.
 A run resumes from WORKDIR/checkpoints when restarted with the same WORKDIR.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -27,5 +29,7 @@ def main(argv):
 
 if __name__ == "__main__":
   from hydrajax.runtime import hugepages
-  hugepages.relaunch()  # huge pages for XLA's per-step buffers (hydrajax/runtime/hugepages.py)
+  hugepages.tune_tool()  # huge pages or malloc reuse for XLA's buffers (hydrajax/runtime/hugepages.py)
+  from hydrajax.train import config_file
+  config_file.make_importable(config_file.spec_in_argv(sys.argv[1:]) or "")
   app.run(main)

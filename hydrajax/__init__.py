@@ -4,13 +4,10 @@
     out = hydrajax.apply(variables, image)   # image: (H, W, 3) uint8
     out["segm"].argmax(-1), out["depth"]       # labels, metres
     cloud = hydrajax.points(out["depth"], intrinsics, colors=image, labels=out["segm"])
+
+Importing hydrajax changes nothing in the process. The faster CPU path that keeps XLA's
+freed buffers for reuse is opt-in: `hydrajax.runtime.reuse_freed_memory()`.
 """
-from hydrajax.runtime import hugepages as _hugepages
-
-# Before JAX starts its threads: XLA's per-run temp buffer then reuses freed heap memory
-# instead of a fresh mmap per run (hydrajax/runtime/hugepages.py; HYDRAJAX_MALLOC_REUSE=0: off).
-_hugepages.reuse_freed_memory()
-
 from hydrajax.api import (apply, init, model_config, model_from_config, model_from_variables,
                           normalize)
 from hydrajax.inference.points import points

@@ -129,6 +129,12 @@ def test_started_as_names_the_program_only_when_the_command_line_reruns_it():
   assert hugepages.started_as([""], ["py"]) is None
   assert hugepages.started_as(["-c", "a"], ["py", "-c", "code", "a"]) is None
   assert hugepages.started_as(["train.py"], ["py", "other.py"]) is None  # runpy
+  # the dispatcher: `python -m hydrajax predict -x` runs predict with argv[0] renamed
+  assert hugepages.started_as(["python -m hydrajax predict", "-x"],
+                              ["py", "-m", "hydrajax", "predict", "-x"]
+                              ) == "python -m hydrajax predict"
+  assert hugepages.started_as(["python -m hydrajax export", "-x"],
+                              ["py", "-m", "hydrajax", "predict", "-x"]) is None
 
 
 _FAULTS = """
@@ -167,10 +173,11 @@ def test_predict_relaunches_for_a_video_only(monkeypatch, argv, relaunched):
   from hydrajax.inference import predict
   calls = []
   monkeypatch.setattr(hugepages, "relaunch", lambda *entries: calls.append("relaunch"))
+  monkeypatch.setattr(hugepages, "reuse_freed_memory", lambda: calls.append("reuse"))
   monkeypatch.setattr(predict, "main", lambda argv=None: calls.append("main") or 0)
   monkeypatch.setattr(sys, "argv", ["hydrajax-predict"] + argv)
   assert predict.cli() == 0
-  assert calls == (["relaunch", "main"] if relaunched else ["main"])
+  assert calls == (["relaunch", "reuse", "main"] if relaunched else ["reuse", "main"])
 
 
 _FAULTS_PER_RUN = _FAULTS.replace("""r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -185,16 +192,18 @@ print(*runs)""")
 
 
 @pytest.mark.skipif(hugepages._glibc_version() is None, reason="mallopt is glibc's")
-def test_import_hydrajax_keeps_xla_temp_buffers_from_faulting_each_run():
-  """`import hydrajax` sets glibc's malloc to reuse freed memory (reuse_freed_memory): the
-  program's > 32 MiB temp buffer is then not a fresh mmap per run. Without it every run
-  faults its pages in anew; with it runs reuse them (a run may still grow the heap when
-  other allocations fragment it, so the check is on the best run and the total)."""
-  def faults(**env):
-    code = "import hydrajax\n" + _FAULTS_PER_RUN
-    out = subprocess.run([sys.executable, "-c", code], env=_clean_env(**env),
+def test_opting_in_to_malloc_reuse_keeps_xla_temp_buffers_from_faulting_each_run():
+  """`hydrajax.runtime.reuse_freed_memory()` sets glibc's malloc to reuse freed memory: the
+  program's > 32 MiB temp buffer is then not a fresh mmap per run. `import hydrajax` alone
+  leaves glibc's defaults, where every run faults its pages in anew; opted in, runs reuse
+  them (a run may still grow the heap when other allocations fragment it, so the check is on
+  the best run and the total)."""
+  def faults(opt_in):
+    code = ("import hydrajax\n" + ("hydrajax.runtime.reuse_freed_memory()\n" if opt_in else "")
+            + _FAULTS_PER_RUN)
+    out = subprocess.run([sys.executable, "-c", code], env=_clean_env(),
                          capture_output=True, text=True, check=True).stdout.split()
     return [int(v) for v in out[-6:]]
-  plain, reused = faults(HYDRAJAX_MALLOC_REUSE="0"), faults()
+  plain, reused = faults(opt_in=False), faults(opt_in=True)
   assert min(plain) > 8000, plain  # 48 MiB of fresh 4 KiB pages each run
   assert min(reused) < min(plain) / 4 and sum(reused) < sum(plain), (plain, reused)

@@ -291,8 +291,7 @@ def one_line(message: str, path: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m hydrajax.convert.official",
+  parser = argparse.ArgumentParser(  # prog: the name it was run by
       description="Convert a PyTorch checkpoint (official multi-task-refinenet, DenseTorch, or "
                   "an ImageNet MobileNet-v2) to hydrajax weights (.npz). torch is not needed.")
   parser.add_argument("src", help="PyTorch checkpoint (.ckpt / .pth / .pt, zip or legacy)")
@@ -326,4 +325,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  sys.argv[0] = "python -m hydrajax.convert.official"
   sys.exit(main())

@@ -164,7 +164,7 @@ def format_report(r: Report, depth_scale: float = folder.DEFAULT_DEPTH_SCALE,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="hydrajax-data", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="command", required=True)
   c = sub.add_parser("check", help="report what a folder dataset holds and what is wrong")
   c.add_argument("root", help="the folder (ROOT/train/images, ...)")
@@ -184,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cli() -> int:
-  """The `hydrajax-data` console script; `python -m hydrajax.data.check ROOT` (the
-  sub-command may be left out)."""
+  """The `hydrajax-data` console script (`python -m hydrajax data`); the sub-command may be
+  left out: `hydrajax-data ROOT`."""
   argv = sys.argv[1:]
   if argv and argv[0] not in ("check", "-h", "--help"):
     argv = ["check"] + argv
@@ -193,4 +193,5 @@ def cli() -> int:
 
 
 if __name__ == "__main__":
+  sys.argv[0] = "python -m hydrajax.data.check"
   sys.exit(cli())

@@ -40,7 +40,8 @@ INPUT_DTYPES = ("uint8", "float32")
 INPUT_NAME = "image"
 OUTPUT_ORDER = ("segm", "depth", "normals", "labels")
 ONNX_OPSET = 18  # the first with Resize(axes=...): sizes for H, W only, batch left symbolic
-_ONNX_INSTALL = "pip install onnx==1.23.2 onnxruntime==1.32.0"
+# From a clone (hydrajax is not on a package index); versions: pyproject.toml, requirements.txt.
+_ONNX_INSTALL = 'pip install -e ".[onnx]" in the hydrajax checkout'
 
 
 def inference_fn(variables: Mapping[str, Any], *, full_resolution: bool = False
@@ -169,7 +170,7 @@ def export(variables: Mapping[str, Any], fmt: str, height: int, width: int, **kw
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m hydrajax.export.cli", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   weights.add_source_args(p)
   p.add_argument("--format", required=True, choices=FORMATS)
   p.add_argument("--height", required=True, type=int, help="input height in pixels")
@@ -286,4 +287,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  sys.argv[0] = "python -m hydrajax.export.cli"
   sys.exit(main())

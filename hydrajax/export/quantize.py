@@ -215,13 +215,13 @@ def images_from_config(config_path: str, size: tuple[int, int], count: int = CAL
   dataset of an ml_collections config file ("configs/x.py" or "configs/x.py:arg"), resized
   to `size` = (H, W) (PIL bilinear). The training split, so the validation set stays held out.
   `data_dir` replaces the config's `data_dir` (the dataset root; configs leave it empty)."""
-  from ml_collections.config_flags import config_flags
   from hydrajax.data import sources
   from hydrajax.inference import full_res
+  from hydrajax.train import config_file
   path = config_path.split(":", 1)[0]
   if not os.path.isfile(path):
     raise FileNotFoundError(f"calibration config {path}: no such file")
-  config = config_flags.ConfigFileFlagParser(name="config").parse(config_path)
+  config = config_file.load(config_path)
   if data_dir:
     config.data_dir = data_dir
   source = sources.build_source(config, "train", with_teacher=False)
@@ -234,11 +234,14 @@ def images_from_config(config_path: str, size: tuple[int, int], count: int = CAL
 def images_from_folder(folder: str, size: tuple[int, int], count: int = CALIBRATE_DEFAULT,
                        seed: int = 0) -> np.ndarray:
   """(n, H, W, 3) uint8: `count` images (seeded choice) of the image files in `folder`
-  (by suffix, IMAGE_SUFFIXES), resized to `size` = (H, W) (PIL bilinear)."""
+  (by suffix, IMAGE_SUFFIXES; hidden files skipped: macOS's `._NAME.jpg` resource forks and
+  unfinished `.tmp-*` writes are no images), resized to `size` = (H, W) (PIL bilinear)."""
   from hydrajax.inference import full_res, predict
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"calibration images {folder}: no such directory")
-  files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+  files = sorted(f for f in os.listdir(folder)
+                 if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
+                 and os.path.isfile(os.path.join(folder, f)))
   if not files:
     raise ValueError(f"calibration images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
   return np.stack([full_res.resize_image(predict.load_image(os.path.join(folder, files[i])), size)

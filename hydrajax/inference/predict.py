@@ -149,8 +149,7 @@ def _unique_stem(stem: str, used: set[str]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
   """The CLI's arguments (kept separate so other inputs, e.g. video, can be added)."""
-  parser = argparse.ArgumentParser(
-      prog="python -m hydrajax.inference.predict",
+  parser = argparse.ArgumentParser(  # prog: the name it was run by
       description="Predict segmentation and depth for images with hydrajax weights.")
   weights.add_source_args(parser, onnx=True)
   parser.add_argument("images", nargs="*", help="image files (PNG, JPEG, ...)")
@@ -170,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   parser.add_argument("--points", action="store_true",
                       help="also write NAME.ply: the metric point cloud (needs plyfile: "
-                           "pip install hydrajax[points])")
+                           'pip install -e ".[points]")')
   parser.add_argument("--intrinsics", default=None, metavar="FX,FY,CX,CY",
                       help="camera intrinsics in pixels at the images' size, for --points")
   parser.add_argument("--fov", type=float, default=None, metavar="DEG",
@@ -227,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
       raise ValueError(f"--out {args.out} is a file; give a directory for the predictions")
-    variables = (onnx_runner.OnnxModel(args.onnx) if args.onnx
+    variables = (onnx_runner.OnnxModel(args.onnx, max_pixels=args.max_pixels) if args.onnx
                  else weights.load(args.weights))
     intrinsics = None
     if args.points:
@@ -248,14 +247,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cli() -> int:
-  """The `hydrajax-predict` console script (and `python -m hydrajax.inference.predict`). A video
-  or a camera is many runs of the network, so for one it first relaunches with huge pages
-  (hydrajax/runtime/hugepages.py); a few images are not worth the second start-up."""
+  """The `hydrajax-predict` console script (and `python -m hydrajax predict`). A video or a
+  camera is many runs of the network, so for one it first relaunches with huge pages
+  (hydrajax/runtime/hugepages.py); a few images are not worth the second start-up. Without
+  the relaunch it keeps freed memory for reuse (hugepages.reuse_freed_memory)."""
   known = build_parser().parse_known_args()[0]
   if known.video is not None or known.camera is not None:
     hugepages.relaunch("hydrajax-predict", "hydrajax.inference.predict")
+  hugepages.reuse_freed_memory()
   return main()
 
 
 if __name__ == "__main__":
+  sys.argv[0] = "python -m hydrajax.inference.predict"
   sys.exit(cli())

@@ -14,10 +14,14 @@ relaunches again even if something strips GLIBC_TUNABLES. There is no relaunch w
 command line cannot be run again to the same effect: a script read from stdin (`python - <
 train.py`: stdin is at its end), `python -c`, or a tool's entry function called from another
 program (re-executing would rerun that program): the process must have been started as the
-tool itself (its script, console script or `python -m` module).
+tool itself (its script, console script, `python -m` module or `python -m hydrajax NAME`).
+
+Where no relaunch happens a tool keeps freed memory for reuse instead (`reuse_freed_memory`,
+via `tune_tool`). None of this happens on `import hydrajax`: a library user opts in.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Mapping
@@ -25,6 +29,8 @@ from typing import Mapping
 TUNABLE = "glibc.malloc.hugetlb=1"
 MARKER = "HYDRAJAX_HUGEPAGES_RELAUNCHED"  # set in the relaunched process's environment
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+# sys.argv[0] of a tool run through the package's dispatcher (hydrajax/__main__.py)
+DISPATCHER = "python -m hydrajax"
 
 
 def _glibc_version() -> tuple[int, int] | None:
@@ -65,12 +71,17 @@ def launch_env(environ: Mapping[str, str], glibc: tuple[int, int] | None,
 def started_as(argv: list[str], orig_argv: list[str]) -> str | None:
   """The program the interpreter was started with, if running `orig_argv` again would run it
   with `argv`: the script path as given, or the `-m` module's name. None for a script from
-  stdin ("-" or ""), `-c`, or when `argv` is not the tail of `orig_argv` (runpy, an embedder)."""
+  stdin ("-" or ""), `-c`, or when `argv` is not the tail of `orig_argv` (runpy, an embedder).
+  The dispatcher's form (`python -m hydrajax NAME ...`, argv[0] "python -m hydrajax NAME") is
+  returned as argv[0]."""
   if not argv or argv[0] in ("", "-", "-c"):
     return None
   at = len(orig_argv) - len(argv)
   if at < 1 or orig_argv[at + 1:] != argv[1:]:
     return None
+  if (at >= 3 and orig_argv[at - 2:at] == ["-m", "hydrajax"]
+      and argv[0] == f"{DISPATCHER} {orig_argv[at]}"):
+    return argv[0]
   if orig_argv[at] == argv[0]:
     return argv[0]
   if at >= 2 and orig_argv[at - 1] == "-m":
@@ -93,14 +104,16 @@ def relaunch(*entries: str) -> None:
   image is replaced (same pid, same arguments and interpreter options). `entries`: for a
   function that other programs may call (a console script's `cli()`), the names the tool
   runs under (console script, `-m` module): anything else is not relaunched. Without them
-  (a script's `__main__` block) any program started as a script or module is.
+  (a script's `__main__` block) any program started as a script or module is. A tool run
+  through the dispatcher (`python -m hydrajax NAME`) is always one of its own entries.
   """
   if not sys.platform.startswith("linux"):
     return
   if os.environ.pop(MARKER, None) is not None:
     return  # already relaunched (children start afresh)
   program = started_as(sys.argv, list(sys.orig_argv))
-  if program is None or (entries and not _is_entry(program, entries)):
+  if program is None or (entries and not program.startswith(DISPATCHER + " ")
+                         and not _is_entry(program, entries)):
     return
   env = launch_env(os.environ, _glibc_version(), _thp_mode())
   if env is None:
@@ -115,20 +128,38 @@ def relaunch(*entries: str) -> None:
 
 
 REUSE_OFF = "HYDRAJAX_MALLOC_REUSE"  # =0: leave glibc's malloc settings alone
-# glibc mallopt parameters (malloc.h)
+# glibc mallopt parameters (malloc.h) and the values set for reuse
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
 _REUSE_SETTINGS = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20),
                    (_M_ARENA_MAX, 1))
+# glibc's documented defaults (mallopt(3)), what `reusing_freed_memory` puts back
+_GLIBC_DEFAULTS = ((_M_MMAP_MAX, 65536), (_M_TRIM_THRESHOLD, 128 << 10), (_M_TOP_PAD, 128 << 10))
 _reuse_applied: bool | None = None
 
 
+def _mallopt():
+  """glibc's mallopt, or None (not glibc)."""
+  if _glibc_version() is None:
+    return None
+  import ctypes
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return None
+  mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+  return mallopt
+
+
 def reuse_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
-  """Make glibc's malloc keep freed memory for reuse in this process, so XLA's per-run temp
-  buffer is not a fresh mmap (4 KiB page faults) on every run: no mmap for large blocks
-  (M_MMAP_MAX 0), one heap for all threads (M_ARENA_MAX 1: other arenas would mmap blocks
-  larger than their 64 MiB heaps), the heap's top trimmed only above 1 GiB. Works after the
-  process started (mallopt), unlike the huge-page tunable; `import hydrajax` calls it. Memory
-  freed by the network stays in the process (peak RSS ~ the same, it is not given back).
+  """Opt-in: make glibc's malloc keep freed memory for reuse in this whole process, so XLA's
+  per-run temp buffer is not a fresh mmap (4 KiB page faults) on every run of the network.
+
+  Process-wide and not undone: no mmap for large blocks (M_MMAP_MAX 0), one heap for all
+  threads (M_ARENA_MAX 1: other arenas would mmap blocks larger than their 64 MiB heaps, and
+  every thread then shares one malloc lock), the heap's top trimmed only above 1 GiB (memory
+  the program frees stays in the process). It helps XLA:CPU only. Importing hydrajax never
+  calls it; the command-line tools do (`tune_tool`), a library user calls it once, before
+  the first `hydrajax.apply`, if their process can live with the above.
 
   Not applied (returns False): not glibc, HYDRAJAX_MALLOC_REUSE=0, or the huge-page tunable
   already set (the relaunched tools). Idempotent; returns whether the settings are in force.
@@ -138,14 +169,35 @@ def reuse_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
     return _reuse_applied
   environ = os.environ if environ is None else environ
   _reuse_applied = False
-  if (environ.get(REUSE_OFF, "1") == "0" or _glibc_version() is None
+  mallopt = _mallopt()
+  if (mallopt is None or environ.get(REUSE_OFF, "1") == "0"
       or "glibc.malloc.hugetlb=" in environ.get("GLIBC_TUNABLES", "")):
     return False
-  import ctypes
-  try:
-    mallopt = ctypes.CDLL(None).mallopt
-  except (OSError, AttributeError):
-    return False
-  mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
   _reuse_applied = all(mallopt(param, value) == 1 for param, value in _REUSE_SETTINGS)
   return _reuse_applied
+
+
+@contextlib.contextmanager
+def reusing_freed_memory():
+  """The reuse settings (but M_ARENA_MAX, which cannot be undone) only while the block runs,
+  then glibc's default values again. Confines the change to hydrajax's own calls; whether it
+  keeps the speed is measured in docs/performance.md. Does nothing where mallopt is missing."""
+  mallopt = _mallopt()
+  if mallopt is None or _reuse_applied:
+    yield
+    return
+  for param, value in _REUSE_SETTINGS[:3]:
+    mallopt(param, value)
+  try:
+    yield
+  finally:
+    for param, value in _GLIBC_DEFAULTS:
+      mallopt(param, value)
+
+
+def tune_tool(*entries: str) -> None:
+  """What a command-line tool does for itself first thing: relaunch with the huge-page
+  tunable where it helps (`relaunch`, with its `entries`), else keep freed memory for reuse
+  (`reuse_freed_memory`). Tools are applications; library code never calls this."""
+  relaunch(*entries)
+  reuse_freed_memory()

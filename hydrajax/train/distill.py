@@ -6,10 +6,10 @@ depth in metres) and the label is written to OUT in hydrajax.data.teacher's form
 with `--config.teacher_dir=OUT` then reads them back, filling only the missing parts
 (real annotations always win).
 
-  python -m hydrajax.train.distill --config configs/kitti.py --config.data_dir=/data/kitti \\
+  hydrajax-distill --config configs/kitti.py --config.data_dir=/data/kitti \\
       --weights depth_teacher.npz --out /data/kitti_teacher
-  python -m hydrajax.train.distill --config configs/nyud.py --workdir runs/teacher --out DIR
-  hydrajax-distill --config configs/folder.py --config.data_dir=/data/mine \
+  hydrajax-distill --config configs/nyud.py --workdir runs/teacher --out DIR
+  python -m hydrajax distill --config configs/folder.py --config.data_dir=/data/mine \\
       --weights nyud.npz --only depth --out /data/mine_teacher
 """
 from __future__ import annotations
@@ -139,10 +139,16 @@ def main(argv):
 
 
 def cli() -> None:
-  """The `hydrajax-distill` console script (also `python -m hydrajax.train.distill`)."""
+  """The `hydrajax-distill` console script (also `python -m hydrajax distill`)."""
   from hydrajax.runtime import hugepages
   # huge pages for XLA's per-step buffers; only when started as this tool, not from a caller
-  hugepages.relaunch("hydrajax-distill", "hydrajax.train.distill")
+  hugepages.tune_tool("hydrajax-distill", "hydrajax.train.distill")
+  # absl's --help prints the __main__ module's docstring: this tool's, however it was started
+  sys.modules["__main__"].__doc__ = __doc__
+  from hydrajax.train import config_file
+  spec = config_file.spec_in_argv(sys.argv[1:])
+  if spec:  # its `from configs import default` works from this console script too
+    config_file.make_importable(spec)
   from absl import app, flags
   from ml_collections import config_flags
 
@@ -164,4 +170,5 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
+  sys.argv[0] = "python -m hydrajax.train.distill"
   cli()
