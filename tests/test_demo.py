@@ -21,6 +21,8 @@ from PIL import Image
 
 import hydrajax
 from hydrajax.inference import camera, demo, visualize
+from tests.helpers import onnx_graphs
+from tests.helpers.cli import assert_one_error_line
 from tests.helpers.samples import KITTI, NYUD
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -112,7 +114,7 @@ def test_page_runs_an_exported_onnx_graph_at_its_size(model, tmp_path):
   small = demo.resize_to(image, (64, 96))
   want = np.asarray(hydrajax.apply(model, small)["segm"]).argmax(-1)
   assert np.mean(decode_overlay(out["overlay"], small, page.palette) == want) > 0.99
-  assert "NYUDv2 Kinect" in page.camera_text
+  assert "NYUDv2 Kinect" in out["camera"] and "NYUDv2 Kinect" in page.status(out, None, 1)
 
 
 def test_bad_uploads_raise_input_errors_naming_the_file(tmp_path):
@@ -141,6 +143,124 @@ def test_depth_panel_has_a_metre_scale_beside_the_colour_map():
 def test_demo_refuses_a_model_without_depth():
   with pytest.raises(ValueError, match="lack"):
     demo.Engine(hydrajax.init(0, num_classes=40, tasks=("segm",)), SIZE)
+
+
+# --- sessions, files, limits and launching, on a tiny ONNX graph (no network to compile) ------
+
+@pytest.fixture(scope="module")
+def tiny_graph(tmp_path_factory):
+  return onnx_graphs.graph_file(tmp_path_factory.mktemp("graph") / "tiny.onnx", 16, 24)
+
+
+def _tiny_page(tiny_graph, **kw):
+  from hydrajax.inference import onnx_runner
+  return demo.Demo(onnx_runner.OnnxModel(tiny_graph), **kw)
+
+
+def _frame(h, w, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)
+
+
+def test_two_tabs_see_their_own_intrinsics_and_point_cloud_files(tiny_graph, tmp_path):
+  page = _tiny_page(tiny_graph, fov=60.0, workdir=str(tmp_path))
+  wide = page.process(_frame(48, 64))
+  tall = page.process(_frame(64, 48))  # another tab's frame, processed after
+  assert wide["camera"] != tall["camera"]
+  assert wide["camera"] in page.status(wide, None, 1)  # not the latest choice (tall's)
+  assert tall["camera"] not in page.status(wide, None, 1)
+  paths = [wide["ply"], tall["ply"]] + [page.process(_frame(48, 64))["ply"] for _ in range(4)]
+  assert len(set(paths)) == 6 and all(os.path.isfile(p) for p in paths)
+
+
+def test_a_session_keeps_only_the_cloud_it_shows(tiny_graph, tmp_path):
+  page = _tiny_page(tiny_graph, workdir=str(tmp_path))
+  image = tmp_path / "photo.png"
+  Image.fromarray(_frame(30, 40)).save(image)
+  first, _, session = page.upload(str(image), None)
+  second, status, same = page.upload(str(image), session)
+  assert same is session and session.ply == second["ply"] != first["ply"]
+  assert not os.path.exists(first["ply"]) and os.path.isfile(second["ply"])
+  assert 'id="hj-status"' in status
+  session.close()  # as Gradio's delete_callback does when the tab's state is deleted
+  assert not [p for p in os.listdir(tmp_path) if p.endswith(".ply")]
+
+
+def test_webcam_writes_a_cloud_only_for_the_frames_the_page_shows(tiny_graph, tmp_path):
+  page = _tiny_page(tiny_graph, workdir=str(tmp_path))
+  session, written = None, []
+  for i in range(2 * demo.CLOUD_EVERY + 1):
+    out, _, session = page.webcam_frame(_frame(24, 32, i), 0.0, session)
+    written.append(out["ply"] is not None)
+  assert [i + 1 for i, w in enumerate(written) if w] == [1, demo.CLOUD_EVERY + 1,
+                                                         2 * demo.CLOUD_EVERY + 1]
+  assert os.listdir(tmp_path) == [os.path.basename(session.ply)]
+
+
+def test_webcam_frames_above_max_pixels_get_a_message(tiny_graph, tmp_path):
+  page = _tiny_page(tiny_graph, workdir=str(tmp_path), max_pixels=1000)
+  out, message, session = page.webcam_frame(_frame(40, 40), 0.0, None)
+  assert out is None and "hj-error" in message
+  assert "40x40 frame (1600 pixels) is above --max-pixels 1000" in message
+  assert page.webcam_frame(_frame(20, 40), 0.0, session)[0] is not None
+  with pytest.raises(ValueError, match="--max-pixels must be >= 1, got 0"):
+    _tiny_page(tiny_graph, max_pixels=0)
+
+
+def test_the_work_folder_is_removed_at_close_and_a_given_one_kept(tiny_graph, tmp_path):
+  page = _tiny_page(tiny_graph)
+  page.process(_frame(16, 24))
+  assert os.listdir(page.workdir)
+  page.close()
+  assert not os.path.exists(page.workdir)
+  given = _tiny_page(tiny_graph, workdir=str(tmp_path))
+  given.process(_frame(16, 24))
+  given.close()
+  assert os.listdir(tmp_path)
+
+
+def test_gradio_cache_is_trimmed_and_each_handler_has_its_own_state(tiny_graph, tmp_path):
+  import gradio as gr
+  blocks = demo.build(_tiny_page(tiny_graph, workdir=str(tmp_path)))
+  assert blocks.delete_cache == demo.DELETE_CACHE
+  states = [b for b in blocks.blocks.values() if isinstance(b, gr.State)]
+  assert len(states) == 2 and all(s.delete_callback is not None for s in states)
+  inputs = [{b._id for b in fn.inputs} for fn in blocks.fns.values()]
+  assert all(sum(s._id in ids for s in states) == 1 for ids in inputs)
+
+
+@pytest.fixture
+def launched(monkeypatch):
+  gradio = pytest.importorskip("gradio")
+  calls = []
+  monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **kw: calls.append(kw))
+  for name in ("GRADIO_SHARE", "KAGGLE_KERNEL_RUN_TYPE"):
+    monkeypatch.delenv(name, raising=False)
+  return calls
+
+
+@pytest.mark.parametrize("variable, value, said", [("GRADIO_SHARE", "true", "GRADIO_SHARE=true"),
+                                                   ("KAGGLE_KERNEL_RUN_TYPE", "Interactive",
+                                                    "Kaggle")])
+def test_launch_never_shares_unless_given_share_and_says_so(variable, value, said, tiny_graph,
+                                                           launched, monkeypatch, capsys):
+  monkeypatch.setenv(variable, value)
+  assert demo.main(["--onnx", tiny_graph]) == 0
+  assert launched[-1]["share"] is False and launched[-1]["server_name"] == "127.0.0.1"
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and said in err[0] and "--share" in err[0]
+  assert demo.main(["--onnx", tiny_graph, "--share"]) == 0
+  assert launched[-1]["share"] is True and not capsys.readouterr().err
+
+
+def test_launch_without_share_settings_says_nothing(tiny_graph, launched, capsys):
+  assert demo.main(["--onnx", tiny_graph]) == 0
+  assert launched[-1]["share"] is False and not capsys.readouterr().err
+
+
+def test_max_pixels_below_one_is_refused_in_one_line(tiny_graph, launched, capsys):
+  assert demo.main(["--onnx", tiny_graph, "--max-pixels", "0"]) == 2
+  assert_one_error_line(capsys.readouterr().err, "--max-pixels must be >= 1, got 0")
+  assert not launched
 
 
 # --- the served page in a real browser -------------------------------------------------------

@@ -4,23 +4,30 @@
     hydrajax-demo --weights nyud.npz [--size 240x320] [--port 7860]
     hydrajax-demo --onnx nyud_int8.onnx      (an exported graph: int8 is the fastest on a CPU)
 
-The page (served on 127.0.0.1 only) shows the segmentation over the picture with a legend of
-the classes in view, the depth colour map with its scale in metres, the labelled metric point
-cloud in an interactive 3D view (a PLY file, drawn as points), and the frames per second
-reached. Every frame is resized to one fixed size (`--size`, default 240x320; an ONNX graph's
-own size) so the compiled network is reused and the page stays interactive on a CPU. Uploads that are not images, or
-larger than `--max-pixels`, get a message on the page instead of outputs. The webcam tab has
-a temporal smoothing slider (off by default; `hydrajax.inference.camera.Smoother`).
+The page (served on 127.0.0.1 only; on a public Gradio link only with `--share`) shows the
+segmentation over the picture with a legend of the classes in view, the depth colour map with
+its scale in metres, the labelled metric point cloud in an interactive 3D view (a PLY file,
+drawn as points), and the frames per second reached. Every frame is resized to one fixed size
+(`--size`, default 240x320; an ONNX graph's own size) so the compiled network is reused and
+the page stays interactive on a CPU. Uploads that are not images, uploads and webcam frames
+larger than `--max-pixels`, get a message on the page instead of outputs. The webcam tab has a
+temporal smoothing slider (off by default; `hydrajax.inference.camera.Smoother`). Each browser
+tab has its own state (`Session`); the point cloud files live in a work folder removed when
+the demo closes, and Gradio's cache of uploads and pictures is trimmed as the page runs
+(`DELETE_CACHE`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import html
 import os
+import shutil
 import sys
 import tempfile
 import time
+import weakref
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -39,6 +46,11 @@ DEFAULT_MAX_PIXELS = 40_000_000  # larger uploads are refused before decoding
 OVERLAY_ALPHA = 0.5  # weight of the class colour in the segmentation overlay
 FALLBACK_FOV = 60.0  # degrees, for webcams of models without stored or dataset intrinsics
 POINT_STRIDE = 2  # every 2nd row and column of the working size goes into the 3D view
+CLOUD_EVERY = 10  # the webcam's 3D view reloads every 10th frame: one per frame stalls the page
+# Gradio's cache holds every upload and every picture shown (two per webcam frame): every
+# minute, the files older than 10 minutes (long shown by then) are deleted, and all of them
+# when the server stops.
+DELETE_CACHE = (60, 600)
 
 
 class InputError(ValueError):
@@ -175,6 +187,36 @@ class Engine:
     return small, {k: np.asarray(v) for k, v in out.items()}, seconds
 
 
+class Session:
+  """One browser tab's state (a gr.State for each of its upload and webcam handlers, which
+  may run at once): the webcam's frame count, frame times and smoother, and the point cloud
+  file the tab shows, removed when the next one replaces it or the session ends."""
+
+  def __init__(self):
+    self.count, self.times, self.smoother, self.ply = 0, [], camera.Smoother(0.0), None
+
+  def show(self, ply: str | None) -> None:
+    """`ply` is now the tab's file (None: it keeps its current one); the old one is removed
+    (Gradio has copied it to its cache when the event that returned it ended)."""
+    if ply is not None:
+      old, self.ply = self.ply, ply
+      _remove(old)
+
+  def close(self) -> None:
+    _remove(self.ply)
+    self.ply = None
+
+
+def _remove(path: str | None) -> None:
+  if path:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
+
+
+def _error_html(error: Exception) -> str:
+  return f'<span id="hj-error">{html.escape(str(error))}</span>'
+
+
 class Demo:
   """The page's logic, without Gradio: turns an image into the page's outputs."""
 
@@ -183,48 +225,113 @@ class Demo:
                intrinsics: str | None = None, fov: float | None = None,
                max_depth: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                workdir: str | None = None, weights_name: str = "weights"):
+    if max_pixels < 1:
+      raise ValueError(f"--max-pixels must be >= 1, got {max_pixels}")
     self.engine = Engine(variables, size)
+    h, w = self.engine.size
+    if h * w > max_pixels:  # checked before the network is ever run at that size
+      what = f"{variables.path}: the graph's input" if self.engine.onnx else "--size"
+      raise ValueError(f"{what} {w}x{h} = {w * h} pixels is above --max-pixels {max_pixels}")
     self.palette, self.max_depth = onnx_runner.display_settings(variables, "auto", max_depth)
     self.names = class_names(variables, self.engine.num_classes)
     self.camera = points_lib.camera_choice(variables, intrinsics, fov, weights_name,
                                            fallback_fov=FALLBACK_FOV)
     self.max_pixels = max_pixels
-    self.workdir = workdir or tempfile.mkdtemp(prefix="hydrajax-demo-")
-    self._count = 0
+    self.workdir = workdir
+    if workdir is None:  # ours: removed by close(), or at exit
+      self.workdir = tempfile.mkdtemp(prefix="hydrajax-demo-")
+      self._cleanup = weakref.finalize(self, shutil.rmtree, self.workdir, ignore_errors=True)
 
-  def process(self, image: np.ndarray,
-               smoother: camera.Smoother | None = None) -> dict[str, Any]:
-    """(H, W, 3) uint8 -> {"overlay", "depth" (images), "legend" (HTML), "ply" (path),
-    "frame" (Frame), "intrinsics" (used, at the working size)}. `smoother` (a webcam
-    stream's) averages depth and logits over the frames it has seen."""
+  def close(self) -> None:
+    """Removes the work folder the demo made (not one it was given)."""
+    if hasattr(self, "_cleanup"):
+      self._cleanup()
+
+  def process(self, image: np.ndarray, smoother: camera.Smoother | None = None, *,
+              cloud: bool = True) -> dict[str, Any]:
+    """(H, W, 3) uint8 -> {"overlay", "depth" (images), "legend" (HTML), "ply" (the path of
+    a new file in the work folder; None without `cloud`), "frame" (Frame), "intrinsics" (used,
+    at the working size), "camera" (their description, at the image's size)}. `smoother` (a
+    webcam stream's) averages depth and logits over the frames it has seen. InputError for
+    an image above `max_pixels`."""
+    h, w = image.shape[:2]
+    if h * w > self.max_pixels:
+      raise InputError(f"a {w}x{h} frame ({w * h} pixels) is above --max-pixels "
+                       f"{self.max_pixels}")
     small, out, seconds = self.engine(image)
     if smoother is not None:
       out = smoother(out)
     frame = Frame(small, out["segm"].argmax(-1), out["depth"], seconds)
-    k = self.camera.for_image(*image.shape[:2]).scaled(*frame.depth.shape)
-    cloud = points_lib.points(frame.depth, k, labels=frame.labels, stride=POINT_STRIDE)
-    # Shown with the class colours, y up (the viewer's convention: the photo's way up).
-    cloud.colors = self.palette[np.clip(cloud.labels, 0, len(self.palette) - 1)]
-    cloud.xyz = cloud.xyz * np.array([1, -1, 1], np.float32)
-    self._count += 1
-    ply = os.path.join(self.workdir, f"cloud_{self._count % 4}.ply")
-    points_lib.write_ply(ply, cloud, self.palette)
+    chosen = self.camera.for_image(h, w)
+    k = chosen.scaled(*frame.depth.shape)
+    ply = None
+    if cloud:
+      points = points_lib.points(frame.depth, k, labels=frame.labels, stride=POINT_STRIDE)
+      # Shown with the class colours, y up (the viewer's convention: the photo's way up).
+      points.colors = self.palette[np.clip(points.labels, 0, len(self.palette) - 1)]
+      points.xyz = points.xyz * np.array([1, -1, 1], np.float32)
+      fd, ply = tempfile.mkstemp(prefix="cloud_", suffix=".ply", dir=self.workdir)
+      os.close(fd)  # a name no other call or tab gets
+      points_lib.write_ply(ply, points, self.palette)
     return {"overlay": overlay(frame.image, frame.labels, self.palette),
             "depth": depth_panel(frame.depth, self.max_depth),
             "legend": legend_html(frame.labels, self.palette, self.names),
-            "ply": ply, "frame": frame, "intrinsics": k}
+            "ply": ply, "frame": frame, "intrinsics": k, "camera": chosen.describe()}
 
-  def status(self, frame: Frame, fps: float | None, frames: int, smoothing: float = 0.0) -> str:
-    h, w = self.engine.size
+  def upload(self, path: str | os.PathLike | None, session: Session | None
+             ) -> tuple[dict[str, Any] | None, str, Session]:
+    """The Photo tab: (`process`'s outputs, or None for a bad upload; the status or error
+    HTML; the tab's session)."""
+    session = session or Session()
+    try:
+      out = self.process(read_upload(path, self.max_pixels))
+    except InputError as e:
+      return None, _error_html(e), session
+    session.show(out["ply"])
+    return out, self.status(out, None, 1), session
+
+  def webcam_frame(self, image: np.ndarray, strength: float, session: Session | None
+                   ) -> tuple[dict[str, Any] | None, str, Session]:
+    """The Webcam tab, one frame: as `upload`; the point cloud is made for every
+    CLOUD_EVERY-th frame only (the frames whose cloud the page shows), else "ply" is None."""
+    session = session or Session()
+    if session.smoother.strength != strength:
+      session.smoother = camera.Smoother(float(strength))
+    session.count += 1
+    session.times = (session.times + [time.perf_counter()])[-20:]
+    try:
+      out = self.process(np.asarray(image), session.smoother,
+                         cloud=session.count % CLOUD_EVERY == 1)
+    except InputError as e:
+      return None, _error_html(e), session
+    session.show(out["ply"])
+    times = session.times
+    fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None
+    return out, self.status(out, fps, session.count, session.smoother.strength), session
+
+  def status(self, out: Mapping[str, Any], fps: float | None, frames: int,
+             smoothing: float = 0.0) -> str:
+    """The status line of one `process` output (its own intrinsics, not another tab's)."""
+    frame, (h, w) = out["frame"], self.engine.size
     rate = f"{fps:.1f} frames/s over {frames} frames" if fps else f"{frames} frame(s)"
     if smoothing:
       rate += f" · smoothing {smoothing:g}"
     return (f'<span id="hj-status" data-frames="{frames}">network {frame.seconds * 1000:.0f} ms '
-            f'at {w}x{h} · {rate} · {html.escape(self.camera_text)}</span>')
+            f'at {w}x{h} · {rate} · intrinsics: {html.escape(out["camera"])}</span>')
 
-  @property
-  def camera_text(self) -> str:
-    return "intrinsics: " + (self.camera.last.describe() if self.camera.last else "none yet")
+
+def share_requested(environ: Mapping[str, str] = os.environ) -> str | None:
+  """What asks Gradio to share the page on a public link by itself when launch() is not
+  given `share` (GRADIO_SHARE=true, a Kaggle or SageMaker notebook, Colab); None if nothing."""
+  if environ.get("GRADIO_SHARE", "").lower() == "true":
+    return "GRADIO_SHARE=true"
+  if environ.get("KAGGLE_KERNEL_RUN_TYPE"):
+    return "Kaggle"
+  if os.path.exists("/home/ec2-user/SageMaker"):
+    return "SageMaker"
+  if "google.colab" in sys.modules:
+    return "Colab"
+  return None
 
 
 def build(demo: Demo, *, stream_every: float = 0.2):
@@ -232,32 +339,26 @@ def build(demo: Demo, *, stream_every: float = 0.2):
   os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
   import gradio as gr
 
-  def on_upload(path):
-    try:
-      image = read_upload(path, demo.max_pixels)
-      out = demo.process(image)
-    except InputError as e:
-      return None, None, None, "", f'<span id="hj-error">{html.escape(str(e))}</span>'
-    return (out["overlay"], out["depth"], out["ply"], out["legend"],
-            demo.status(out["frame"], None, 1))
+  def on_upload(path, session):
+    out, status, session = demo.upload(path, session)
+    if out is None:
+      return None, None, None, "", status, session
+    return out["overlay"], out["depth"], out["ply"], out["legend"], status, session
 
-  def on_frame(image, strength, state):
+  def on_frame(image, strength, session):
     if image is None:
-      return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
-    state = state or {"count": 0, "times": [], "smoother": camera.Smoother(0.0)}
-    if state["smoother"].strength != strength:
-      state["smoother"] = camera.Smoother(float(strength))
-    count = state["count"] + 1
-    times = (state["times"] + [time.perf_counter()])[-20:]
-    out = demo.process(np.asarray(image), state["smoother"])
-    fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None
-    # The 3D view reloads every 10th frame: a new point cloud per frame would stall the page.
-    ply = out["ply"] if count % 10 == 1 else gr.skip()
-    return (out["overlay"], out["depth"], ply, out["legend"],
-            demo.status(out["frame"], fps, count, state["smoother"].strength),
-            {"count": count, "times": times, "smoother": state["smoother"]})
+      return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), session
+    out, status, session = demo.webcam_frame(image, strength, session)
+    if out is None:
+      return gr.skip(), gr.skip(), gr.skip(), gr.skip(), status, session
+    ply = out["ply"] if out["ply"] is not None else gr.skip()
+    return out["overlay"], out["depth"], ply, out["legend"], status, session
 
-  with gr.Blocks(title="hydrajax: segmentation, depth and 3D") as page:
+  def end_session(session):  # Gradio deletes a closed tab's state, calling this on it
+    if session is not None:
+      session.close()
+
+  with gr.Blocks(title="hydrajax: segmentation, depth and 3D", delete_cache=DELETE_CACHE) as page:
     gr.Markdown("## hydrajax: semantic segmentation + metric depth, in 3D\n"
                 "Upload a photo or stream the webcam. Everything runs on this machine.")
     with gr.Row():
@@ -281,11 +382,15 @@ def build(demo: Demo, *, stream_every: float = 0.2):
         cloud = gr.Model3D(label="point cloud (metres, class colours)", elem_id="hj-3d",
                            height=360, interactive=False, clear_color=(0.08, 0.08, 0.1, 1.0),
                            camera_position=(-60, 70, None))
-    state = gr.State(None)
+    # One state per tab and handler (the two handlers run at once: separate queues).
+    photo_session = gr.State(None, delete_callback=end_session)
+    webcam_session = gr.State(None, delete_callback=end_session)
     outputs = [segm, depth, cloud, legend, status]
-    upload.change(on_upload, inputs=[upload], outputs=outputs, concurrency_limit=1)
-    webcam.stream(on_frame, inputs=[webcam, smooth, state], outputs=outputs + [state],
-                  stream_every=stream_every, concurrency_limit=1)
+    upload.change(on_upload, inputs=[upload, photo_session], outputs=outputs + [photo_session],
+                  concurrency_limit=1)
+    webcam.stream(on_frame, inputs=[webcam, smooth, webcam_session],
+                  outputs=outputs + [webcam_session], stream_every=stream_every,
+                  concurrency_limit=1)
   return page
 
 
@@ -305,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--max-depth", type=float, default=None,
                       help="depth colour-map clip in metres (default 8 NYUD, 80 KITTI)")
   parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                      help="largest upload in pixels (default %(default)s)")
+                      help="largest upload or webcam frame in pixels (default %(default)s)")
+  parser.add_argument("--share", action="store_true",
+                      help="also serve the page on a public Gradio link (off unless given, "
+                           "even where GRADIO_SHARE, Kaggle or SageMaker ask for one)")
   return parser
 
 
@@ -326,8 +434,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   from hydrajax import weights
   try:
+    if args.max_pixels < 1:
+      raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if args.onnx:
-      variables, name = onnx_runner.OnnxModel(args.onnx), args.onnx
+      variables = onnx_runner.OnnxModel(args.onnx, max_pixels=args.max_pixels)
+      name = args.onnx
     else:
       name = weights.choose(args.weights, args.workdir)
       variables = weights.load(name)
@@ -338,8 +449,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  build(demo).launch(server_name="127.0.0.1", server_port=args.port, max_file_size="100mb",
-                     show_error=True)
+  asked = share_requested()
+  if asked and not args.share:
+    print(f"note: {asked} asks Gradio for a public link; the page stays on 127.0.0.1 "
+          f"(--share to share it)", file=sys.stderr)
+  try:
+    build(demo).launch(server_name="127.0.0.1", server_port=args.port, share=args.share,
+                       max_file_size="100mb", show_error=True)
+  except (OSError, ValueError) as e:  # a busy port; a notebook that needs a public link
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  finally:
+    demo.close()
   return 0
 
 

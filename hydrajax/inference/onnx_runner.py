@@ -14,16 +14,20 @@ from typing import Any
 import numpy as np
 
 from hydrajax import api
+from hydrajax.data import pngio
 from hydrajax.export.onnx_graph import METADATA_KEY
 from hydrajax.inference import full_res
-
 
 
 class OnnxModel:
   """An exported graph loaded in onnxruntime (an InferenceSession). Attributes: path, input_name, size (H, W),
   input_dtype, tasks, num_classes, align_corners, full_resolution."""
 
-  def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
+  def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
+               max_pixels: int = pngio.DEFAULT_MAX_PIXELS):
+    """ValueError naming the file (one line) for a file onnx or onnxruntime cannot load (a
+    broken graph, unknown or custom ops), metadata that is not a JSON object, or an input
+    size above `max_pixels` (width x height, checked before anything is allocated)."""
     import onnx
     import onnxruntime as ort
     path = os.fspath(path)
@@ -32,7 +36,7 @@ class OnnxModel:
     try:
       proto = onnx.load(path, load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and friends for non-ONNX bytes
-      raise ValueError(f"{path}: not a readable ONNX model ({e})") from e
+      raise ValueError(f"{path}: not a readable ONNX model ({_one_line(e)})") from e
     graph = proto.graph
     if len(graph.input) != 1 or len(graph.input[0].type.tensor_type.shape.dim) != 4:
       raise ValueError(f"{path}: expected one (N, H, W, 3) image input, "
@@ -42,23 +46,39 @@ class OnnxModel:
     if dims[1] < 1 or dims[2] < 1 or dims[3] != 3:
       raise ValueError(f"{path}: input {inp.name} must be (N, H, W, 3) with fixed H, W, "
                        f"got {dims}")
+    if dims[1] * dims[2] > max_pixels:
+      raise ValueError(f"{path}: input {inp.name} is {dims[2]}x{dims[1]} = "
+                       f"{dims[1] * dims[2]} pixels, above the limit of {max_pixels} "
+                       f"(--max-pixels)")
     self.path, self.input_name, self.size = path, inp.name, (dims[1], dims[2])
-    self.input_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
-        inp.type.tensor_type.elem_type))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    cfg = json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+    try:
+      self.input_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
+          inp.type.tensor_type.elem_type))
+    except (KeyError, TypeError, ValueError):
+      raise ValueError(f"{path}: input {inp.name} has no numeric element type "
+                       f"({inp.type.tensor_type.elem_type})") from None
+    cfg = _metadata(path, {p.key: p.value for p in proto.metadata_props})
     outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
                for o in graph.output}
     self.tasks = tuple(t for t in ("segm", "depth", "normals") if t in outputs)
     if not self.tasks:
       raise ValueError(f"{path}: no segm / depth / normals output (got {sorted(outputs)})")
+    if "segm" in outputs and (len(outputs["segm"]) != 4 or outputs["segm"][-1] < 1):
+      raise ValueError(f"{path}: output segm must be (N, H, W, classes) with a fixed number "
+                       f"of classes, got {outputs['segm']}")
     self.num_classes = outputs["segm"][-1] if "segm" in outputs else 0
-    self.align_corners = bool(cfg.get("align_corners", False))
+    self.align_corners = cfg.get("align_corners", False)
+    if not isinstance(self.align_corners, bool):
+      raise ValueError(f"{path}: metadata {METADATA_KEY!r}: align_corners must be true or "
+                       f"false, got {self.align_corners!r}")
     self.full_resolution = outputs[self.tasks[0]][1:3] == list(self.size)
     options = ort.SessionOptions()
     if threads:
       options.intra_op_num_threads = int(threads)
-    self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    try:
+      self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own types (InvalidGraph, Fail, ...)
+      raise ValueError(f"{path}: onnxruntime cannot load it ({_one_line(e)})") from e
 
   def config(self) -> dict:
     """The model config as `api.model_config` gives it for weights."""
@@ -72,7 +92,12 @@ class OnnxModel:
       raise ValueError(f"{self.path} takes (N, {self.size[0]}, {self.size[1]}, 3) images, "
                        f"got {images.shape}")
     names = list(self.tasks)
-    values = self.session.run(names, {self.input_name: images.astype(self.input_dtype)})
+    try:
+      values = self.session.run(names, {self.input_name: images.astype(self.input_dtype)})
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own types; out of memory kept as is
+      if full_res.is_out_of_memory(e):
+        raise
+      raise ValueError(f"{self.path}: onnxruntime failed running it ({_one_line(e)})") from e
     return dict(zip(names, values))
 
   def _at_graph_size(self, images: np.ndarray) -> np.ndarray:
@@ -101,6 +126,25 @@ class OnnxModel:
       raise ValueError(f"dense_predictions takes one image (H, W, 3), got shape {image.shape}")
     raw = {k: v[0] for k, v in self.raw(self._at_graph_size(image[None])).items()}
     return full_res.upsample_in_blocks(raw, image.shape[:2], self.align_corners)
+
+
+def _one_line(error: BaseException) -> str:
+  """An exception's message on one line (onnx and onnxruntime messages may span several)."""
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def _metadata(path: str, props: dict[str, str]) -> dict:
+  """The model config stored under METADATA_KEY (a JSON object; {} when absent)."""
+  if METADATA_KEY not in props:
+    return {}
+  try:
+    cfg = json.loads(props[METADATA_KEY])
+  except ValueError as e:
+    raise ValueError(f"{path}: metadata {METADATA_KEY!r} is not JSON ({e})") from None
+  if not isinstance(cfg, dict):
+    raise ValueError(f"{path}: metadata {METADATA_KEY!r} must be a JSON object, got "
+                     f"{type(cfg).__name__}")
+  return cfg
 
 
 def display_settings(model: Any, palette: str = "auto", max_depth: float | None = None
