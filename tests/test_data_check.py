@@ -55,3 +55,18 @@ def test_a_missing_root_is_a_problem_not_a_traceback(tmp_path, capsys):
   assert check.main(["check", str(tmp_path / "nope")]) == 1
   out = capsys.readouterr()
   assert "not a directory" in out.out and not out.err
+
+
+def test_symlinks_out_of_the_root_and_millimetre_float_depth_are_named(tmp_path):
+  root = tmp_path / "data"
+  fabricate.folder(root, n=3)
+  (tmp_path / "outside.png").write_bytes((root / "train" / "images" / "f0.png").read_bytes())
+  (root / "train" / "images" / "f9.png").symlink_to(tmp_path / "outside.png")
+  np.save(root / "train" / "depth" / "f0.npy", np.full((64, 96), 2500.0, np.float32))
+  (root / "train" / "depth" / "f0.png").unlink()
+  report = check.inspect(str(root))
+  messages = [m for _, m in report.problems]
+  assert any(m.startswith(f"{root}/train/images/f9.png: a symbolic link out of the dataset "
+                          f"root") for m in messages), messages
+  assert any(m.startswith(f"{root}/train/depth/f0.npy: float depth of median 2500")
+             for m in messages), messages

@@ -2,6 +2,7 @@
 modalities, mismatched sizes, corrupt files, orphans, classes and intrinsics files."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -290,3 +291,62 @@ def test_skip_bad_trains_past_unreadable_frames(tmp_path):
   config.folder.skip_bad = True
   batch = next(iter(train_lib._train_pipeline(config_check.validate(config), None)))
   assert batch["image"].shape == (2, 8, 8, 3)
+
+
+def test_hidden_files_are_skipped_not_read(tmp_path):
+  """macOS's `._NAME.jpg` resource forks and unfinished `.tmp-*` writes beside the frames
+  are neither frames nor problems."""
+  _classes(tmp_path)
+  _image(f"{tmp_path}/train/images/a.png")
+  _save(f"{tmp_path}/train/segm/a.png", np.zeros((H, W), np.uint8))
+  (tmp_path / "train" / "images" / "._a.jpg").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+  (tmp_path / "train" / "segm" / ".tmp-123-0123abcd.png").write_bytes(b"\x89PNG cut")
+  src = folder.Folder(str(tmp_path), val_fraction=0)
+  assert [src.key(i) for i in range(len(src))] == ["train/a"]
+  found = folder.scan(str(tmp_path))
+  assert (found.problems, found.orphans, found.ignored) == ([], [], [])
+
+
+def test_a_symlink_out_of_the_root_is_refused_naming_it(tmp_path):
+  root, outside = tmp_path / "data", tmp_path / "elsewhere"
+  _image(f"{outside}/secret.png")
+  _image(f"{root}/train/images/a.png")
+  _image(f"{root}/shared/b.png")
+  (root / "train" / "images" / "b.png").symlink_to(root / "shared" / "b.png")  # inside: fine
+  (root / "train" / "images" / "c.png").symlink_to(outside / "secret.png")
+  link = root / "train" / "images" / "c.png"
+  with pytest.raises(folder.FolderError, match=re.escape(
+      f"{link}: a symbolic link out of the dataset root {root} (to {outside / 'secret.png'})")):
+    folder.Folder(str(root), val_fraction=0)
+  src = folder.Folder(str(root), val_fraction=0, skip_bad=True)
+  assert [src.key(i) for i in range(len(src))] == ["train/a", "train/b"]
+  (outside / "classes.txt").write_text("floor\n")
+  (root / "classes.txt").symlink_to(outside / "classes.txt")
+  with pytest.raises(folder.FolderError, match="classes.txt: a symbolic link out of"):
+    folder.read_classes(str(root))
+
+
+def test_float_depth_in_millimetres_stops_with_the_fix(tmp_path):
+  _image(f"{tmp_path}/train/images/a.png")
+  _save(f"{tmp_path}/train/depth/a.npy", RNG.uniform(500, 9000, (H, W)).astype(np.float32))
+  src = folder.Folder(str(tmp_path), val_fraction=0)
+  with pytest.raises(BadSampleError, match=r"a\.npy: float depth of median .* looks like "
+                                           r"millimetres, but float depth is metres: save it "
+                                           r"divided by 1000"):
+    src[0]
+  far = RNG.uniform(150, 900, (H, W)).astype(np.float32)  # mostly sky, in metres ...
+  far[-3:] = RNG.uniform(2, 5, (3, W))                     # ... over ground near the camera
+  _save(f"{tmp_path}/train/depth/a.npy", far)
+  np.testing.assert_array_equal(src[0]["depth"], far)
+
+
+def test_a_huge_classes_file_is_refused_by_its_size_not_parsed(tmp_path):
+  """Two million lines stop at the size bound (the read stops there); a file under it stops
+  at the 256th class, not after parsing them all."""
+  (tmp_path / "classes.txt").write_text("c\n" * 2_000_000)
+  with pytest.raises(folder.FolderError, match=r"classes\.txt: larger than 1024 KiB: not a "
+                                               r"classes file \(at most 255 class names"):
+    folder.read_classes(str(tmp_path))
+  (tmp_path / "classes.txt").write_text("".join(f"c{i}\n" for i in range(300)))
+  with pytest.raises(folder.FolderError, match=r"classes\.txt: more than 255 classes"):
+    folder.read_classes(str(tmp_path))

@@ -220,3 +220,14 @@ def test_onnx_evaluator_refuses_a_graph_of_other_classes(tmp_path):
   with pytest.raises(ValueError, match="f.onnx is a model with 3 classes"):
     onnx_eval.run(config, str(tmp_path / "run"), str(path))
   assert not (tmp_path / "run").exists()
+
+
+def test_calibration_folder_skips_hidden_files(tmp_path):
+  """macOS's `._NAME.png` resource forks and unfinished `.tmp-*` writes are not images:
+  the calibration reads the two real images and stops on neither."""
+  for i, image in enumerate(held_out(2)):
+    Image.fromarray(image).save(tmp_path / f"{i}.png")
+  (tmp_path / "._0.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+  (tmp_path / ".tmp-123-0123abcd.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # cut short
+  images = quantize.images_from_folder(str(tmp_path), (H, W), count=10)
+  np.testing.assert_array_equal(images, held_out(2))

@@ -11,11 +11,15 @@ Layout (ROOT = config.data_dir):
                                  class has that colour)
   ROOT/train/depth/NAME.{png,npy,tiff,tif}  optional: 16-bit PNG (or 16-bit TIFF) divided by
                                  `depth_scale` (1000 for millimetres), or float metres (.npy,
-                                 32-bit float TIFF); 0, negative or non-finite = invalid
+                                 32-bit float TIFF); 0, negative or non-finite = invalid; a
+                                 float frame whose range says millimetres stops (MM_MEDIAN)
   ROOT/val/...                   optional: else a seeded `val_fraction` of train
 
 Any image may have either label, both or none; images may differ in size, but a label's size
 must be its image's. A frame's key is "SPLITDIR/NAME" (teacher labels are stored by key).
+Hidden files (`.NAME`: macOS's `._NAME.jpg`, unfinished `.tmp-*` writes) are skipped; a file
+that is a symbolic link out of ROOT is refused, naming it (links within ROOT are fine). The
+classes file is read up to MAX_CLASSES_BYTES.
 """
 from __future__ import annotations
 
@@ -43,6 +47,11 @@ DEPTH_EXTS = (".png", ".npy", ".tiff", ".tif")
 SPLITS = ("train", "val")
 IGNORE = 255
 DEFAULT_DEPTH_SCALE = 1000.0
+MAX_CLASSES_BYTES = 1 << 20  # a classes file is read up to this size, no further
+# Float depth is metres: a frame whose median valid depth is above MM_MEDIAN metres while
+# its nearest 1% is beyond MM_NEAR metres reads as millimetres (a sky-heavy outdoor frame in
+# metres still has ground near the camera).
+MM_MEDIAN, MM_NEAR = 100.0, 10.0
 _ORIENTATION = 0x0112  # the EXIF tag
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -81,12 +90,26 @@ class Frame:
 # --- the classes file and intrinsics ----------------------------------------------------
 
 
+def outside_root(path: str, root: str) -> str | None:
+  """Where `path` really is (symbolic links followed) when that is outside `root`, else None."""
+  real, real_root = os.path.realpath(path), os.path.realpath(root)
+  return real if os.path.commonpath([real, real_root]) != real_root else None
+
+
+def _outside_message(path: str, target: str, root: str) -> str:
+  return (f"{path}: a symbolic link out of the dataset root {root} (to {target}): refused; "
+          f"copy the file into the folder")
+
+
 def classes_path(root: str) -> str | None:
-  """ROOT/classes.txt or ROOT/classes.json (FolderError if both), or None."""
+  """ROOT/classes.txt or ROOT/classes.json (FolderError if both, or if it links out of
+  ROOT), or None."""
   found = [os.path.join(root, f"classes{e}") for e in (".txt", ".json")
            if os.path.isfile(os.path.join(root, f"classes{e}"))]
   if len(found) > 1:
     raise FolderError(f"{found[0]} and {found[1]}: two classes files; keep one")
+  if found and outside_root(found[0], root):
+    raise FolderError(_outside_message(found[0], outside_root(found[0], root), root))
   return found[0] if found else None
 
 
@@ -106,16 +129,17 @@ def read_classes(root: str) -> Classes | None:
 def _read_classes(path: str, mtime_ns: int, size: int) -> Classes:
   del mtime_ns, size  # cache keys: a changed file is read again
   try:
-    with open(path, encoding="utf-8") as f:
-      text = f.read()
+    with open(path, "rb") as f:
+      data = f.read(MAX_CLASSES_BYTES + 1)  # never more: the file may be anything
+    if len(data) > MAX_CLASSES_BYTES:
+      raise FolderError(f"{path}: larger than {MAX_CLASSES_BYTES // 1024} KiB: not a classes "
+                        f"file (at most {IGNORE} class names, one per line)")
+    text = data.decode("utf-8")
   except (OSError, UnicodeDecodeError) as e:
     raise FolderError(f"{path}: cannot read the classes file ({e})") from e
   entries = _parse_json(path, text) if path.endswith(".json") else _parse_txt(path, text)
   if not entries:
     raise FolderError(f"{path}: no class names (one per line, in id order)")
-  if len(entries) > IGNORE:
-    raise FolderError(f"{path}: {len(entries)} classes; at most {IGNORE} (ids 0..254, 255 = "
-                      f"ignore)")
   names = [n for n, _ in entries]
   dup = sorted({n for n in names if names.count(n) > 1})
   if dup:
@@ -139,12 +163,19 @@ def _colour(path: str, where: str, value: Any) -> tuple[int, int, int]:
   raise FolderError(f"{path}: {where}: colour {value!r} is not R G B (0-255) or #rrggbb")
 
 
+def _too_many(path: str) -> FolderError:
+  return FolderError(f"{path}: more than {IGNORE} classes; at most {IGNORE} (ids 0..254, "
+                     f"255 = ignore)")
+
+
 def _parse_txt(path: str, text: str) -> list[tuple[str, tuple | None]]:
   entries = []
   for n, line in enumerate(text.splitlines(), 1):
     tokens = line.split()
     if not tokens or tokens[0].startswith("#"):
       continue
+    if len(entries) == IGNORE:
+      raise _too_many(path)
     colour = None
     if _HEX.match(tokens[-1]) and len(tokens) > 1:
       colour, tokens = _colour(path, f"line {n}", tokens[-1]), tokens[:-1]
@@ -165,6 +196,8 @@ def _parse_json(path: str, text: str) -> list[tuple[str, tuple | None]]:
   if not isinstance(data, list):
     raise FolderError(f'{path}: expected a list of class names or {{"name", "color"}} '
                       f'objects (or {{"classes": [...]}})')
+  if len(data) > IGNORE:
+    raise _too_many(path)
   entries = []
   for i, item in enumerate(data):
     if isinstance(item, str):
@@ -187,6 +220,8 @@ def read_intrinsics(root: str) -> dict | None:
   path = os.path.join(root, "intrinsics.json") if root else ""
   if not path or not os.path.isfile(path):
     return None
+  if outside_root(path, root):
+    raise FolderError(_outside_message(path, outside_root(path, root), root))
   try:
     with open(path, encoding="utf-8") as f:
       data = json.load(f)
@@ -237,13 +272,18 @@ def _listing(directory: str) -> list[str]:
 
 
 def _by_stem(directory: str, exts: Sequence[str], scan: Scan) -> dict[str, str]:
-  """{stem: path} of the files with `exts`; two files of one stem are a problem."""
+  """{stem: path} of the files with `exts`; two files of one stem, or a file that links out
+  of the root, are a problem."""
   out: dict[str, str] = {}
   for name in _listing(directory):
     stem, ext = os.path.splitext(name)
     path = os.path.join(directory, name)
     if ext.lower() not in exts:
       scan.ignored.append(path)
+      continue
+    target = outside_root(path, scan.root)
+    if target:
+      scan.problems.append((path, _outside_message(path, target, scan.root)))
       continue
     if stem in out:
       scan.problems.append((path, f"two files for frame {stem!r}: {out[stem]} and {path}; "
@@ -409,13 +449,13 @@ def read_depth(path: str, hw: Sequence[int], depth_scale: float) -> np.ndarray:
       a = a[..., 0]
     if a.ndim != 2 or not np.issubdtype(a.dtype, np.floating):
       raise BadSampleError(f"{path}: expected (H, W) float metres, got {a.dtype} {a.shape}")
-    metres = a.astype(np.float32)
+    metres = _float_metres(path, a)
   else:
     a = pngio.read_png(path)
     if a.ndim != 2:
       raise BadSampleError(f"{path}: expected a single-channel depth map, got shape {a.shape}")
     if np.issubdtype(a.dtype, np.floating):
-      metres = a.astype(np.float32)
+      metres = _float_metres(path, a)
     elif a.dtype in (np.uint16, np.int32, np.uint32, np.int16) or (
         a.dtype == np.uint8 and ext in (".tif", ".tiff")):
       metres = a.astype(np.float32) / np.float32(depth_scale)
@@ -424,6 +464,20 @@ def read_depth(path: str, hw: Sequence[int], depth_scale: float) -> np.ndarray:
                            f"got {a.dtype}")
   pngio.check_shape(path, metres, hw)
   return np.where(np.isfinite(metres) & (metres > 0), metres, 0).astype(np.float32)
+
+
+def _float_metres(path: str, a: np.ndarray) -> np.ndarray:
+  """A float depth map as float32 metres; BadSampleError when its range says millimetres
+  (MM_MEDIAN, MM_NEAR)."""
+  metres = a.astype(np.float32)
+  valid = metres[np.isfinite(metres) & (metres > 0)]
+  if valid.size:
+    near, median = np.percentile(valid, [1, 50])
+    if median > MM_MEDIAN and near > MM_NEAR:
+      raise BadSampleError(f"{path}: float depth of median {median:.4g} and nearest 1% beyond "
+                           f"{near:.4g} looks like millimetres, but float depth is metres: "
+                           f"save it divided by 1000")
+  return metres
 
 
 # --- the source ---------------------------------------------------------------------------
