@@ -1,7 +1,7 @@
-"""Hostile or broken ONNX files given by the user (`--onnx`: predict, evaluate, the demo): each
-is refused in one line naming the file, before anything of the declared size is allocated.
-Each is a tiny valid graph of the exported form (tests/helpers/onnx_graphs.py) with one thing
-broken."""
+"""Hostile or broken ONNX files given by the user (`--onnx`: predict, evaluate; the demo's in
+test_demo.py): each is refused in one line naming the file, before anything of the declared
+size is allocated. Each is a tiny valid graph of the exported form
+(tests/helpers/onnx_graphs.py) with one thing broken."""
 import json
 from functools import partial
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from hydrajax.inference import demo, onnx_runner, predict
+from hydrajax.inference import onnx_runner, predict
 from tests.helpers import onnx_graphs
 from tests.helpers.cli import assert_one_error_line
 
@@ -114,13 +114,3 @@ def test_onnx_evaluation_refuses_bad_metadata_naming_the_file(tmp_path):
   with pytest.raises(ValueError, match="meta.onnx: metadata 'hydrajax' must be a JSON object"):
     onnx_eval.run(config, str(tmp_path / "run"), path)
   assert not (tmp_path / "run").exists()
-
-
-def test_demo_refuses_a_graph_above_max_pixels_before_serving(tmp_path, monkeypatch, capsys):
-  gradio = pytest.importorskip("gradio")
-  launched = []
-  monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **kw: launched.append(kw))
-  path = graph_file(tmp_path / "big.onnx", height=16, width=24)  # the demo's smallest is 16
-  code = demo.main(["--onnx", path, "--max-pixels", str(16 * 24 - 1)])
-  assert code == 2 and not launched
-  assert_one_error_line(capsys.readouterr().err, path, f"above the limit of {16 * 24 - 1}")

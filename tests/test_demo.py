@@ -263,6 +263,13 @@ def test_max_pixels_below_one_is_refused_in_one_line(tiny_graph, launched, capsy
   assert not launched
 
 
+def test_graph_above_max_pixels_is_refused_before_serving(tmp_path, launched, capsys):
+  path = onnx_graphs.graph_file(tmp_path / "big.onnx", 16, 24)
+  assert demo.main(["--onnx", path, "--max-pixels", str(16 * 24 - 1)]) == 2
+  assert_one_error_line(capsys.readouterr().err, path, f"above the limit of {16 * 24 - 1}")
+  assert not launched
+
+
 # --- the served page in a real browser -------------------------------------------------------
 
 def _free_port():
