@@ -61,6 +61,7 @@ def save(path: str | os.PathLike, variables: Mapping[str, Any],
   meta = {"format": "hydrajax-weights", "version": FORMAT_VERSION, **api.model_config(variables)}
   meta["tasks"] = list(meta["tasks"])
   meta.update({k: _plain(v) for k, v in extra.items() if v is not None})
+  _check_types(meta, path)
   _check_extra(meta, path)
   arrays[_META_ENTRY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
   atomic.write_atomic(path, lambda f: np.savez(f, **arrays))
@@ -73,7 +74,8 @@ def load(path: str | os.PathLike) -> dict:
   The file is checked before any array is decoded: members stored (np.savez never
   compresses), each an .npy of a number dtype whose header's shape matches the bytes it
   holds, the meta entry JSON, and the keys and shapes those of the architecture it names.
-  Any failure is a ValueError naming the file and what is wrong."""
+  Every metadata field is type-checked (`_META_TYPES`). Any failure is a ValueError naming
+  the file and what is wrong."""
   path = os.fspath(path)
   arrays, meta = _read(path)
   variables = _variables(arrays, meta)
@@ -144,22 +146,60 @@ def _plain(value: Any) -> Any:
   return value
 
 
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_intrinsics(k: Any) -> bool:
+  return (isinstance(k, dict) and all(_is_number(k.get(c)) for c in ("fx", "fy", "cx", "cy"))
+          and all(_is_int(k.get(c)) and k[c] > 0 for c in ("width", "height")))
+
+
+# Every meta field hydrajax reads: (what it must be, its test). Unknown fields are kept as
+# they are (a newer writer's), never read.
+_META_TYPES = {
+    "format": ("must be a string", lambda v: isinstance(v, str)),
+    "version": ("must be an integer", _is_int),
+    "num_classes": ("must be an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "tasks": ("must be a list of task names", lambda v: isinstance(v, list)
+              and all(isinstance(t, str) for t in v)),
+    "align_corners": ("must be true or false", lambda v: isinstance(v, bool)),
+    "dataset": ("must be a dataset name (a string)", lambda v: isinstance(v, str)),
+    "class_names": ("must be a list of strings", lambda v: isinstance(v, list)
+                    and all(isinstance(x, str) for x in v)),
+    "palette": ("must be [r, g, b] rows of 0-255", lambda v: isinstance(v, list) and all(
+        isinstance(row, list) and len(row) == 3 and all(_is_int(c) and 0 <= c <= 255
+                                                        for c in row) for row in v)),
+    "intrinsics": ("must have fx, fy, cx, cy, width, height (numbers; width and height "
+                   "integers > 0)", _is_intrinsics),
+    "step": ("must be an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "metrics": ("must be an object of metric name: number", lambda v: isinstance(v, dict)
+                and all(_is_number(x) for x in v.values())),
+}
+
+
+def _check_types(meta: Mapping[str, Any], path: str) -> None:
+  """ValueError naming `path` and the field when a meta field has the wrong type (a value
+  that would otherwise fail far from the file, e.g. an unhashable dataset name)."""
+  for key, (want, ok) in _META_TYPES.items():
+    if key in meta and not ok(meta[key]):
+      raise ValueError(f"{path}: metadata {key} {want}, got {meta[key]!r:.80}")
+
+
 def _check_extra(meta: Mapping[str, Any], path: str) -> None:
-  """ValueError naming `path` and the key when optional metadata does not fit the model."""
+  """ValueError naming `path` and the key when (type-checked) metadata does not fit the
+  model."""
   n = meta.get("num_classes", 0)
   names, palette = meta.get("class_names"), meta.get("palette")
-  if names is not None and (not isinstance(names, list) or len(names) != n
-                            or not all(isinstance(x, str) for x in names)):
+  if names is not None and len(names) != n:
     raise ValueError(f"{path}: metadata class_names must be {n} strings, got {names!r:.80}")
-  if palette is not None and (np.shape(palette) != (n, 3) or not all(
-      isinstance(v, int) and 0 <= v <= 255 for row in palette for v in row)):
+  if palette is not None and len(palette) != n:
     raise ValueError(f"{path}: metadata palette must be {n} [r, g, b] rows of 0-255, got "
-                     f"shape {np.shape(palette)}")
-  k = meta.get("intrinsics")
-  if k is not None and (not isinstance(k, dict) or not {"fx", "fy", "cx", "cy", "width",
-                                                        "height"} <= set(k)):
-    raise ValueError(f"{path}: metadata intrinsics must have fx, fy, cx, cy, width, height; "
-                     f"got {k!r:.80}")
+                     f"{len(palette)} rows")
 
 
 def _read(path: str, arrays: bool = True) -> tuple[dict, dict]:
@@ -246,6 +286,7 @@ def _read_meta(raw: np.ndarray, path: str) -> dict:
   if not isinstance(meta, dict):
     raise ValueError(f"{path}: its '{_META_ENTRY}' entry is not a JSON object: a damaged "
                      f"weights file")
+  _check_types(meta, path)
   return meta
 
 

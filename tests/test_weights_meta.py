@@ -63,3 +63,50 @@ def test_export_takes_a_workdir(model, tmp_path, capsys):
   assert cli.main(["--workdir", str(tmp_path), "--format", "stablehlo", "--height", "32",
                    "--width", "32", "--out", str(tmp_path / "m.hlo")]) == 2
   assert "has no best.npz or final.npz" in capsys.readouterr().err
+
+
+def _with_meta(src, dst, **fields):
+  """A copy of weights file `src` whose meta entry has `fields` replaced (any JSON)."""
+  import json
+  with np.load(src) as f:
+    arrays = {k: f[k] for k in f.files}
+  meta = json.loads(arrays["__meta__"].tobytes())
+  meta.update(fields)
+  arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+  np.savez(dst, **arrays)
+  return str(dst)
+
+
+@pytest.mark.parametrize("field,value,rule", [
+    ("dataset", [], "must be a dataset name"),
+    ("class_names", "floor", "must be a list of strings"),
+    ("palette", [[1, 2, 3], [4, 5], [7, 8, 9]], r"must be \[r, g, b\] rows of 0-255"),
+    ("intrinsics", {"fx": "500", "fy": 1, "cx": 1, "cy": 1, "width": 2, "height": 2},
+     "must have fx, fy, cx, cy, width, height"),
+    ("step", "7", "must be an integer >= 0"),
+    ("metrics", [0.5], "must be an object of metric name: number"),
+    ("align_corners", "yes", "must be true or false"),
+    ("tasks", "segm", "must be a list of task names"),
+    ("num_classes", 3.5, "must be an integer >= 0"),
+    ("version", None, "must be an integer"),
+    ("format", 1, "must be a string"),
+])
+def test_metadata_of_the_wrong_type_is_refused_on_load_naming_the_field(model, tmp_path, field,
+                                                                        value, rule):
+  weights.save(tmp_path / "good.npz", model, META)
+  path = _with_meta(tmp_path / "good.npz", tmp_path / "bad.npz", **{field: value})
+  for read in (weights.load, weights.read_meta):
+    with pytest.raises(ValueError, match=rf"bad\.npz: metadata {field} {rule}"):
+      read(path)
+
+
+def test_predict_names_a_wrong_metadata_type_in_one_line(model, tmp_path, capsys):
+  """`"dataset": []` once raised TypeError (unhashable) deep in predict's colour choice."""
+  from hydrajax.inference import predict
+  weights.save(tmp_path / "good.npz", model, META)
+  path = _with_meta(tmp_path / "good.npz", tmp_path / "bad.npz", dataset=[])
+  code = predict.main(["--weights", path, str(tmp_path / "x.png"), "--out",
+                       str(tmp_path / "out"), "--no-progress"])
+  assert code == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"error: {path}: metadata dataset must be a dataset name (a string), got []"]
