@@ -202,3 +202,24 @@ def test_predict_points_without_a_known_camera_says_what_to_give(tmp_path, small
   code, _, err = _run_predict(["--weights", path, small_nyud, "--out", str(tmp_path / "o"),
                                "--points", "--intrinsics", "1,2", "--no-progress"])
   assert code == 2 and "--intrinsics must be four numbers" in err
+
+
+def test_a_subnormal_or_tiny_focal_length_is_refused_not_turned_into_infinite_points():
+  with pytest.raises(ValueError, match=r"fx=5e-320, fy=500.0 are too small for a 640x480 "
+                                       r"image"):
+    points.Intrinsics(5e-320, 500.0, 320.0, 240.0, 640, 480)
+  with pytest.raises(ValueError, match="too small"):
+    points.parse_intrinsics("500,1e-300,320,240", 480, 640)
+  wide = points.Intrinsics(0.5, 0.5, 31.5, 23.5, 64, 48)  # absurd, yet finite: allowed
+  assert np.isfinite(hydrajax.points(np.ones((48, 64)), wide).xyz).all()
+  with pytest.raises(ValueError, match="beyond float32's range"):
+    hydrajax.points(np.full((48, 64), 3e38), wide)
+
+
+def test_predict_refuses_a_subnormal_focal_length_before_any_image(tmp_path, weights_file,
+                                                                    small_nyud):
+  code, _, err = _run_predict(["--weights", weights_file, small_nyud, "--out",
+                               str(tmp_path / "o"), "--points", "--intrinsics",
+                               "5e-320,5e-320,320,240", "--no-progress"])
+  assert code == 2 and "fx=5e-320, fy=5e-320 are too small" in err
+  assert not (tmp_path / "o").exists()

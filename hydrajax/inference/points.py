@@ -23,6 +23,11 @@ from hydrajax import api
 from hydrajax.runtime import atomic
 
 
+# The largest |x/z| or |y/z| a pixel's ray may have: tan of a half field of view within
+# 1e-4 degrees of 180, beyond any real pinhole camera; points stay far inside float32.
+MAX_RAY_SLOPE = 1e6
+
+
 @dataclasses.dataclass(frozen=True)
 class Intrinsics:
   """Pinhole intrinsics in pixels (fx, fy focal lengths, cx, cy principal point) of images
@@ -42,6 +47,16 @@ class Intrinsics:
                        f"fx={self.fx}, fy={self.fy}, cx={self.cx}, cy={self.cy}")
     if self.width < 1 or self.height < 1:
       raise ValueError(f"intrinsics need an image size >= 1x1, got {self.width}x{self.height}")
+    # The image's farthest pixel from the principal point, in focal lengths (x/z, y/z of its
+    # ray): a focal length far below the image's size (e.g. a subnormal 5e-320) overflows it,
+    # and every point with it.
+    reach = max((abs(self.cx) + self.width) / self.fx, (abs(self.cy) + self.height) / self.fy)
+    if not reach <= MAX_RAY_SLOPE:
+      raise ValueError(f"intrinsics fx={self.fx}, fy={self.fy} are too small for a "
+                       f"{self.width}x{self.height} image with cx={self.cx}, cy={self.cy}: its "
+                       f"pixels would lie up to {reach:.3g} focal lengths off the optical axis "
+                       f"(a field of view of 180 degrees); fx, fy are pixels, near the image's "
+                       f"width for most cameras")
 
   def scaled(self, height: int, width: int) -> "Intrinsics":
     """The same camera for the image resized to (height, width): focal lengths scale with
@@ -198,6 +213,9 @@ def points(depth: Any, intrinsics: Intrinsics, *, colors: Any = None, labels: An
   z = z[r, c]
   u, v = cols[c].astype(np.float64), rows[r].astype(np.float64)
   xyz = np.stack([(u - k.cx) * z / k.fx, (v - k.cy) * z / k.fy, z], axis=-1).astype(np.float32)
+  if not np.isfinite(xyz).all():
+    raise ValueError(f"depth up to {z.max():.3g} m with intrinsics {k.describe()} gives points "
+                     f"beyond float32's range")
   pixels = np.stack([rows[r], cols[c]], axis=-1)
   out_colors = out_labels = None
   if colors is not None:
