@@ -6,7 +6,7 @@
 Frames come from camera N (/dev/videoN on Linux) through imageio's FFMPEG plugin, one network
 call per frame (batch 1: the least latency), until `--max-frames` or Ctrl-C; the recording is
 complete either way (written atomically when the loop ends). Ctrl-C is taken after the frame in
-progress (a second one aborts without writing) and exits with status 130.
+progress and exits with status 130 (video.encode_stream).
 
 Temporal smoothing (`--smooth S`, off by default): a still camera's predictions flicker from
 frame to frame. With S in (0, 1), each frame's depth and class logits become an exponential
