@@ -2,13 +2,17 @@
 
 On-disk format of a teacher directory DIR (written by `write_teacher_labels`, read by
 `TeacherLabels`):
-  DIR/teacher.json        {"format": 1, "depth_divisor": 256.0}
+  DIR/teacher.json        {"format": 1, "depth_divisor": 256.0, "fill": "missing"}
   DIR/segm/<key>.png      uint8 class ids, 255 = ignore (the teacher's argmax)
   DIR/depth/<key>.png     uint16, metres * 256 (KITTI's convention: 3.9 mm steps up to 256 m,
                           enough for both NYUD and KITTI), 0 = invalid
 `<key>` is the wrapped source's `source.key(i)`, with "/" replaced by "__". The index of which
 keys have labels is the directory listing itself, read once at construction, so several
 distillation processes can write into one directory without sharing an index file.
+
+"fill" says where the labels count: "missing" (a modality the sample lacks entirely) or
+"all" (also every ignored / invalid pixel of a sample's own labels: sparse LiDAR depth
+densified, unlabelled borders filled). Real labels always win where they are valid.
 """
 
 from __future__ import annotations
@@ -24,18 +28,27 @@ from hydrajax.data import pngio
 TEACHER_FORMAT = 1
 TEACHER_DEPTH_DIVISOR = 256.0
 MODALITIES = ("segm", "depth")
+FILLS = ("missing", "all")
 
 
 def _filename(key: str) -> str:
   return key.replace("/", "__").replace(os.sep, "__") + ".png"
 
 
-def create_label_dir(directory: str) -> None:
-  """Makes `directory` a teacher label directory (its teacher.json), if it is not one yet."""
+def create_label_dir(directory: str, fill: str | None = None) -> None:
+  """Makes `directory` a teacher label directory (its teacher.json), if it is not one yet;
+  `fill` ("missing" or "all", see the module docstring) is recorded, "all" once given stays."""
   path = os.path.join(directory, "teacher.json")
-  if not os.path.exists(path):
-    meta = {"format": TEACHER_FORMAT, "depth_divisor": TEACHER_DEPTH_DIVISOR}
-    atomic.write_bytes_atomic(path, json.dumps(meta).encode())
+  meta = {"format": TEACHER_FORMAT, "depth_divisor": TEACHER_DEPTH_DIVISOR, "fill": "missing"}
+  if os.path.exists(path):
+    with open(path) as f:
+      meta = json.load(f)
+    if fill != "all" or meta.get("fill") == "all":
+      return
+  if fill is not None and fill not in FILLS:
+    raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+  meta["fill"] = "all" if "all" in (fill, meta.get("fill")) else "missing"
+  atomic.write_bytes_atomic(path, json.dumps(meta).encode())
 
 
 def write_teacher_labels(directory: str, key: str, segm: np.ndarray | None = None,
@@ -76,6 +89,9 @@ class TeacherLabels:
       raise ValueError(f"{meta_path}: unsupported teacher format {meta.get('format')}")
     self.source, self.directory = source, directory
     self.depth_divisor = float(meta["depth_divisor"])
+    self.fill = meta.get("fill", "missing")
+    if self.fill not in FILLS:
+      raise ValueError(f"{meta_path}: fill must be one of {FILLS}, got {self.fill!r}")
     self.has_normals = getattr(source, "has_normals", False)
     self.num_classes = getattr(source, "num_classes", None)
     self.available = {}
@@ -110,8 +126,16 @@ class TeacherLabels:
     sample = dict(self.source[index])
     name = _filename(self.source.key(index))
     hw = sample["image"].shape[:2]
-    if (sample["segm"] == 255).all() and name in self.available["segm"]:
-      sample["segm"] = pngio.read_label(os.path.join(self.directory, "segm", name), hw)
-    if (sample["depth"] == 0).all() and name in self.available["depth"]:
-      sample["depth"] = pngio.read_depth(os.path.join(self.directory, "depth", name), self.depth_divisor, hw)
+    segm, depth = np.asarray(sample["segm"]), np.asarray(sample["depth"])
+    if name in self.available["segm"]:
+      own = segm != 255
+      if not own.any() or self.fill == "all":
+        taught = pngio.read_label(os.path.join(self.directory, "segm", name), hw)
+        sample["segm"] = np.where(own, segm, taught).astype(segm.dtype)
+    if name in self.available["depth"]:
+      own = depth > 0
+      if not own.any() or self.fill == "all":
+        taught = pngio.read_depth(os.path.join(self.directory, "depth", name),
+                                  self.depth_divisor, hw)
+        sample["depth"] = np.where(own, depth, taught).astype(depth.dtype)
     return sample
