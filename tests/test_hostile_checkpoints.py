@@ -184,6 +184,43 @@ def test_zip_of_many_members_is_refused_before_its_directory_is_parsed(good, goo
   assert_good_weights_load_exactly(good_weights)
 
 
+def zip_of_empty_members(n: int, count: int) -> bytes:
+  """A zip of `n` empty stored members named 0, 1, ... whose end record claims `count`
+  (built with struct: zipfile takes seconds to write tens of thousands of members)."""
+  local, central, offset = [], [], 0
+  for i in range(n):
+    name = b"%d" % i
+    header = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0x21, 0, 0, 0, len(name),
+                         0) + name
+    central.append(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0x21, 0, 0, 0,
+                               len(name), 0, 0, 0, 0, 0, offset) + name)
+    local.append(header)
+    offset += len(header)
+  directory = b"".join(central)
+  end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(directory), offset, 0)
+  return b"".join(local) + directory + end
+
+
+def test_zip_directory_larger_than_its_claimed_count_is_refused_before_parsing(
+    good, good_weights, tmp_path, monkeypatch):
+  """zipfile parses as many records as the directory's size holds, whatever the end record's
+  count says: 70,000 members behind a count of 1."""
+  path = tmp_path / "many.pth"
+  path.write_bytes(zip_of_empty_members(70_000, 1))
+  with zipfile.ZipFile(path) as zf:  # what zipfile itself makes of it
+    assert len(zf.infolist()) == 70_000
+  parsed = []
+  monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: parsed.append(1))
+  match = (r"zip directory is 3558890 bytes \(room for 77367 members\), more than the "
+           f"{stored_zip.MAX_DIRECTORY_BYTES} a checkpoint")
+  refused(path, match)
+  refused(path, match, ValueError, weights.load)
+  assert not parsed
+  monkeypatch.undo()
+  assert_good_loads_exactly(good)
+  assert_good_weights_load_exactly(good_weights)
+
+
 # --------------------------------------------------------------------- tensor geometry
 
 def test_stride_zero_tensor_from_torch_is_refused(good, tmp_path, capsys):
@@ -463,6 +500,185 @@ def test_shared_objects_load_shared_not_expanded(tmp_path):
   assert got["a"] is got["b"] is got["pairs"]["k"][0]
   np.testing.assert_array_equal(got["a"], np.arange(6).reshape(2, 3))
   assert got["dag"][0] is got["dag"][1] and got["dag"] == _dag_list(8)
+
+
+# A PUT's index sizes the unpickler's memo table (16 bytes an index): a file of 20 bytes
+# could ask for gigabytes.
+MAGIC_PICKLE = pickle.dumps(torch_pickle.LEGACY_MAGIC, protocol=2)
+
+
+@pytest.mark.parametrize("zip_format", [False, True], ids=["legacy", "zip"])
+@pytest.mark.parametrize("case,payload,match", [
+    ("long-binput", MAGIC_PICKLE[:-1] + b"r" + struct.pack("<I", 1 << 25) + b".",
+     "memo index 33554432 at byte 14 where pickle writes 0"),
+    ("text-put", b"\x80\x02]p33554432\n.", "memo index 33554432 at byte 3 where pickle writes 0"),
+    ("skipped-index", b"\x80\x02]q\x00]q\x02\x86.",
+     "memo index 2 at byte 6 where pickle writes 1"),
+    ("index-rewritten", b"\x80\x02]q\x00]q\x00\x86.",
+     "memo index 0 at byte 6 where pickle writes 1"),
+], ids=lambda value: value if isinstance(value, str) and "-" in value else "")
+def test_memo_index_other_than_the_next_is_refused(good, tmp_path, zip_format, case, payload,
+                                                   match):
+  if zip_format:
+    path = tmp_path / f"{case}.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+      zf.writestr("archive/data.pkl", payload)
+  else:
+    path = tmp_path / f"{case}.ckpt"
+    path.write_bytes(payload)
+    if case == "long-binput":
+      assert path.stat().st_size == 20
+  refused(path, match)
+  assert_good_loads_exactly(good)
+
+
+class _CPicklePickler(legacy_py2._Py2Pickler):
+  """Python 2's cPickle (which torch 0.4 saved with) numbered memo entries from 1."""
+
+  def put(self, idx):
+    return super().put(idx + 1)
+
+  def get(self, i):
+    return super().get(i + 1)
+
+
+def test_memo_numbered_from_one_as_python2_cpickle_wrote_loads(good, tmp_path):
+  state = _good_state()
+  storages = [legacy_py2.Storage(str(i), v) for i, v in enumerate(state.values())]
+  sd = legacy_py2.Py2OrderedDict(
+      (k, legacy_py2.Tensor(s, 0, v.shape, [n // v.itemsize for n in v.strides]))
+      for (k, v), s in zip(state.items(), storages))
+  sys_info = {"protocol_version": 1001, "little_endian": True,
+              "type_sizes": {"short": 2, "int": 4, "long": 8}}
+  path = tmp_path / "cpickle.ckpt"
+  with open(path, "wb") as f:
+    for part in (legacy_py2.MAGIC, 1001, sys_info, {"state_dict": sd}, [s.key for s in storages]):
+      buf = io.BytesIO()
+      _CPicklePickler(buf, protocol=2).dump(part)
+      f.write(buf.getvalue())
+    for s in storages:
+      f.write(struct.pack("<q", s.data.size) + s.data.tobytes())
+  assert b"q\x01" in path.read_bytes() and b"q\x00" not in path.read_bytes()
+  got = torch_pickle.load(path)["state_dict"]
+  assert list(got) == list(state)
+  for key, value in state.items():
+    np.testing.assert_array_equal(got[key], value, err_msg=key)
+  assert_good_loads_exactly(good)
+
+
+def _put(index):
+  return b"r" + struct.pack("<I", index)
+
+
+def _calls_on_one_memo_entry(call: bytes, arg_ops: bytes, times: int, keep: str) -> bytes:
+  """A protocol-2 pickle calling the global `call` (GLOBAL's argument) `times` on the one
+  object `arg_ops` builds, referenced from the memo: the results in a list (`keep="list"`),
+  or each kept only in the memo (`keep="memo"`, the object being None)."""
+  out = [b"\x80\x02c" + call + b"q\x000", arg_ops, b"q\x010"]
+  one = b"h\x00h\x01\x85R"
+  if keep == "list":
+    out += [b"]q\x02("] + [one] * times + [b"e."]
+  else:
+    out += [one + _put(2 + i) + b"0" for i in range(times)] + [b"N."]
+  return b"".join(out)
+
+
+def _builds_from_one_state(n: int, times: int) -> bytes:
+  """A protocol-2 pickle of None that BUILDs `times` OrderedDicts, each kept only in the
+  memo, from one state dict of `n` attributes (copied into each one's __dict__)."""
+  state = b"}q\x01(" + b"".join(_text_op(f"a{i}") + b"N" for i in range(n)) + b"u0"
+  builds = [b"h\x00)Rh\x01b" + _put(2 + i) + b"0" for i in range(times)]
+  return b"".join([b"\x80\x02ccollections\nOrderedDict\nq\x000", state, *builds, b"N."])
+
+
+def _distinct_ints(n):
+  return b"](" + b"".join(b"M" + struct.pack("<H", 256 + i) for i in range(n)) + b"e"
+
+
+CONTAINERS_OVER_SHARED = {
+    # set(S) makes a new string for every character of S
+    "sets-of-one-string": (lambda path: legacy_stream(path, _calls_on_one_memo_entry(
+        b"__builtin__\nset\n", _text_op("".join(chr(0x100 + i) for i in range(10_000))),
+        50, "list"), []), r"__builtin__\.set\(\) of a string, not a list or tuple"),
+    # set(tensor) makes a numpy scalar for every element
+    "sets-of-one-storage": (lambda path: legacy_py2.save(str(path), [
+        Reduce("__builtin__", "set", SHARED_TENSOR) for _ in range(40)], [SHARED_STORAGE]),
+        r"__builtin__\.set\(\) of the result of 'torch\._utils\._rebuild_tensor_v2'"),
+    "ordered-dicts-of-one-storage": (lambda path: legacy_py2.save(str(path), [
+        Reduce("collections", "OrderedDict", SHARED_PAIRS) for _ in range(20)],
+        [SHARED_STORAGE]),
+        r"collections\.OrderedDict\(\) of the result of 'torch\._utils\._rebuild_tensor_v2'"),
+    "ordered-dict-of-tensor-pairs": (lambda path: legacy_py2.save(str(path), Reduce(
+        "collections", "OrderedDict", [SHARED_ROW] * 3), [SHARED_STORAGE]),
+        r"OrderedDict\(\) of an item that is not a \[key, value\] pair"),
+    # each set kept only in the memo, out of reach of the expansion bound of the object
+    "sets-of-one-list-in-the-memo": (lambda path: legacy_stream(path, _calls_on_one_memo_entry(
+        b"__builtin__\nset\n", _distinct_ints(2000), 200, "memo"), []),
+        r"set\(\), frozenset\(\), OrderedDict\(\) and BUILD copy over 42544 items, more "
+        r"than a pickle of 2403 objects"),
+    "ordered-dicts-built-from-one-state": (lambda path: legacy_stream(
+        path, _builds_from_one_state(2000, 200), []),
+        r"and BUILD copy over \d+ items, more than a pickle of \d+ objects"),
+    "bytes-of-one-string": (lambda path: legacy_stream(path, _calls_on_one_memo_entry(
+        b"_codecs\nencode\n", _text_op("x" * 20_000), 500, "list"), []),
+        r"_codecs\.encode builds 10000000 bytes, more than the \d+-byte pickle"),
+}
+SHARED_STORAGE = legacy_py2.Storage("1", np.arange(10_000, dtype=np.float32))
+SHARED_TENSOR = legacy_py2.Tensor(SHARED_STORAGE, 0, (10_000,), (1,))
+SHARED_PAIRS = legacy_py2.Tensor(SHARED_STORAGE, 0, (5_000, 2), (2, 1))
+SHARED_ROW = legacy_py2.Tensor(SHARED_STORAGE, 0, (2,), (1,))
+
+
+@pytest.mark.parametrize("case", sorted(CONTAINERS_OVER_SHARED))
+def test_containers_built_over_a_shared_object_are_refused(good, tmp_path, case):
+  """set(), frozenset() and OrderedDict() copy what they are given, and _codecs.encode its
+  string: called many times on one memo entry (a string, a list, a tensor), a small file
+  builds far more than it holds."""
+  write, match = CONTAINERS_OVER_SHARED[case]
+  path = tmp_path / f"{case}.ckpt"
+  write(path)
+  assert path.stat().st_size < 100_000
+  refused(path, match)
+  assert_good_loads_exactly(good)
+
+
+def _count_isfinite(monkeypatch) -> list:
+  """The sizes of the arrays np.isfinite is given from now on."""
+  sizes, real = [], np.isfinite
+  monkeypatch.setattr(np, "isfinite", lambda a, *args, **kw: sizes.append(np.size(a)) or real(
+      a, *args, **kw))
+  return sizes
+
+
+def test_tensors_viewing_one_storage_are_scanned_for_nan_once(good, tmp_path, monkeypatch):
+  """500 state-dict entries viewing one 200,000-element storage (a 0.8 MB file): the
+  converter checks the storage's values once, not 100 million elements."""
+  base = torch.ones(200_000)
+  path = tmp_path / "views.pth"
+  torch.save({f"w{i}": base[i:] for i in range(500)}, path)
+  sizes = _count_isfinite(monkeypatch)
+  refused(path, "cannot detect the checkpoint layout", convert.ConversionError,
+          convert.convert)
+  assert sum(sizes) <= 2 * base.numel(), sum(sizes)  # two loads
+  monkeypatch.undo()
+  assert_good_loads_exactly(good)
+
+
+def test_nan_in_a_shared_storage_is_reported_once_naming_a_tensor(good, tmp_path,
+                                                                  monkeypatch):
+  base = torch.ones(200_000)
+  base[0] = float("nan")
+  path = tmp_path / "nan.pth"
+  torch.save({f"w{i}": base[1 + i:] for i in range(500)}, path)
+  sizes = _count_isfinite(monkeypatch)
+  refused(path, r"tensor 'w0' views a storage that holds 1 non-finite value\(s\) \(NaN or "
+          r"Inf\) outside it", convert.ConversionError, convert.read_state_dict)
+  assert sum(sizes) <= 2 * 2 * base.numel(), sum(sizes)  # the storage and w0, two loads
+  torch.save({"w": base[:10]}, path)
+  with pytest.raises(convert.ConversionError, match=r"tensor 'w' has 1 non-finite value"):
+    convert.read_state_dict(str(path))
+  monkeypatch.undo()
+  assert_good_loads_exactly(good)
 
 
 # --------------------------------------------------------------------- weights files

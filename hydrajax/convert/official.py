@@ -65,7 +65,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   if not isinstance(obj, Mapping):
     raise ConversionError(f"{path}: expected a state dict (a mapping of names to tensors), "
                           f"got {type(obj).__name__}")
-  out = {}
+  out, nonfinite = {}, {}
   for key, value in obj.items():
     key = str(key)
     if not key.isprintable() or len(key) > _MAX_KEY:
@@ -78,15 +78,34 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       continue
     if not isinstance(value, np.ndarray):
       raise ConversionError(f"{path}: entry '{key}' is a {type(value).__name__}, not a tensor")
-    if value.dtype.kind not in "biu" and not np.isfinite(value).all():  # float, bfloat16
-      # The legacy format has no checksum: damaged bytes show up, at best, as NaN or Inf.
-      bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-      raise ConversionError(f"{path}: tensor '{key}' has {bad} non-finite value(s) (NaN or "
-                            f"Inf): the file is corrupt or the model diverged")
+    if value.dtype.kind not in "biu":  # float, bfloat16
+      _check_finite(path, key, value, nonfinite)
     out[key] = value
   if not out:
     raise ConversionError(f"{path}: the state dict holds no tensors")
   return out
+
+
+def _count_nonfinite(array: np.ndarray) -> int:
+  return int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+
+
+def _check_finite(path: str, key: str, value: np.ndarray, nonfinite: dict[int, int]) -> None:
+  """Refuse NaN or Inf in the storage `value` views: the legacy format has no checksum, and
+  damaged bytes show up, at best, as NaN or Inf. Each storage is scanned once (`nonfinite`:
+  id -> count), however many tensors view it."""
+  storage = value
+  while isinstance(storage.base, np.ndarray):
+    storage = storage.base
+  if id(storage) not in nonfinite:
+    nonfinite[id(storage)] = _count_nonfinite(storage)
+  if nonfinite[id(storage)]:
+    bad = _count_nonfinite(value)
+    where = (f"has {bad} non-finite value(s) (NaN or Inf)" if bad else
+             f"views a storage that holds {nonfinite[id(storage)]} non-finite value(s) (NaN or "
+             f"Inf) outside it")
+    raise ConversionError(f"{path}: tensor '{key}' {where}: the file is corrupt or the model "
+                          f"diverged")
 
 
 def detect_layout(keys: Sequence[str], source: str = "checkpoint") -> str:

@@ -7,12 +7,21 @@ any recursive walk then expands. This pass reads the opcodes with `pickletools` 
 never allocates more than the bytes present), replays their effect on the stack as a graph
 of nodes, and refuses:
 - a length beyond the data (a FRAME, string or bytes longer than what follows);
+- a memo index other than the next one: the unpickler sizes its memo table by the largest
+  index (16 bytes an index), and pickle numbers its entries 0, 1, 2, ... (Python 2's
+  cPickle, which the official checkpoints were saved with, 1, 2, 3, ...);
 - out-of-band buffers, bytearrays and the copyreg extension registry (torch.save writes
   none of them);
 - BUILD (which sets attributes or calls `__setstate__`) on anything but a fresh
   OrderedDict or numpy dtype made by the pickle itself;
 - a structure whose tree expansion is larger than a small multiple of the number of
   objects the pickle builds, and self-referencing structures;
+- set(), frozenset() and OrderedDict() of anything but a list or tuple the pickle built
+  (a string or a tensor would be copied element by element), and more items copied by
+  these calls (and by BUILD into an OrderedDict) than that multiple: one memo entry
+  passed to many calls, each result kept in the memo, is copied by every call;
+- _codecs.encode building more bytes than the pickle holds (one string encoded again and
+  again);
 - dict keys and set items other than strings, bytes and numbers, and many distinct numbers
   with one hash (dict and set insertion is quadratic in the number of colliding keys; the
   hashes of str and bytes are randomised per process).
@@ -70,6 +79,7 @@ def check(f: io.BytesIO, on_global: Callable[[str, str], None] = lambda m, n: No
   start, end = f.tell(), len(f.getbuffer())
   graph = _Graph()
   memo: dict[int, int] = {}
+  memo_base = 0  # the first PUT's index: 0 as pickle numbers the memo, 1 as cPickle did
   stack: list[int | None] = []  # None is a MARK
   numbers: dict[int, set] = {}
 
@@ -101,7 +111,17 @@ def check(f: io.BytesIO, on_global: Callable[[str, str], None] = lambda m, n: No
         stack.append(None)
       elif name in _PUT or name == "MEMOIZE":
         (node,) = pop(1)
-        memo[len(memo) if name == "MEMOIZE" else arg] = node
+        index = len(memo)
+        if name != "MEMOIZE":
+          if not memo and arg in (0, 1):
+            memo_base = arg
+          if arg != len(memo) + memo_base:
+            raise PickleCheckError(f"memo index {arg} at byte {pos - start} where pickle "
+                                   f"writes {len(memo) + memo_base}")
+          index = arg
+        if index in memo:
+          raise PickleCheckError(f"memo index {index} written twice")
+        memo[index] = node
         stack.append(node)
       elif name in _GET:
         if arg not in memo:
@@ -142,8 +162,10 @@ def check(f: io.BytesIO, on_global: Callable[[str, str], None] = lambda m, n: No
         if name == "INST":  # as REDUCE: (the global, the args as a tuple)
           items = [graph.new([]), graph.new(items)]
           graph.globals[items[0]] = _global(arg, on_global)
+          graph.sequences.add(items[1])
         elif name == "OBJ":
           items = [items[0], graph.new(items[1:])]
+          graph.sequences.add(items[1])
         node = graph.new(items)
         if name == "GLOBAL":
           graph.globals[node] = _global(arg, on_global)
@@ -187,6 +209,7 @@ def check(f: io.BytesIO, on_global: Callable[[str, str], None] = lambda m, n: No
     if f.tell() >= end:
       raise Truncated(describe(e, with_type=False)) from e
     raise PickleCheckError(describe(e, with_type=False)) from e
+  graph.check_calls(f.tell() - start)
   graph.check_keys()
   graph.check_expansion()
   return f.tell()
@@ -211,12 +234,15 @@ class _Graph:
     self.keys: list[int] = []  # nodes used as dict keys or set items
     self.sequences: set[int] = set()  # lists and tuples
     self.dicts: set[int] = set()
+    self.build_states: list[int] = []  # dicts BUILD copies into an OrderedDict
 
   def new(self, items: list[int]) -> int:
     self.children.append(list(items))
     return len(self.children) - 1
 
   def describe(self, node: int) -> str:
+    if node in self.texts:
+      return "a string"
     if node in self.globals:
       return f"the global {printable('.'.join(self.globals[node]))}"
     if node in self.calls:
@@ -232,6 +258,7 @@ class _Graph:
       raise PickleCheckError(f"BUILD (setting attributes) on {self.describe(target)}, not on "
                              f"a fresh OrderedDict or numpy dtype")
     if call == ("collections", "OrderedDict"):
+      self.build_states.append(state)
       names = self.children[state][0::2] if state in self.dicts else [None]
       bad = [n for n in names if self.texts.get(n, "__class__") in _ORDERED_DICT_NAMES]
       if bad:
@@ -239,22 +266,55 @@ class _Graph:
         raise PickleCheckError(f"BUILD on an OrderedDict setting {shown}, which would "
                                f"replace one of its methods or its class")
 
-  def check_keys(self) -> None:
-    """Dict keys and set items, also those that set(), frozenset() and OrderedDict() get
-    through REDUCE, must be literals (so their hashing is linear and collision-checked)."""
-    keys = list(self.keys)
+  def check_calls(self, pickle_bytes: int) -> None:
+    """What the allowed calls copy: set(), frozenset() and OrderedDict() take a list or
+    tuple the pickle built (whose items become dict keys or set items, see check_keys; a
+    string or a tensor would be copied element by element), and together with BUILD into an
+    OrderedDict copy no more items than EXPANSION_FACTOR times the objects the pickle builds
+    plus EXPANSION_SLACK; _codecs.encode builds no more bytes than the pickle holds. (A
+    pickler passes each such argument to one call; a result kept only in the memo is out of
+    reach of check_expansion.)"""
+    limit = EXPANSION_FACTOR * len(self.children) + EXPANSION_SLACK
+    copied, encoded = sum(len(self.children[state]) // 2 for state in self.build_states), 0
     for node, call in self.calls.items():
-      if call in _SETS or call in _DICTS:
-        args = self.children[node][1:2]  # REDUCE's children: the callable, the args tuple
-        first = self.children[args[0]][:1] if args else []
-        # set(sequence); OrderedDict([[key, value], ...]) as Python 2 pickled it. (A dict
-        # or set argument had its keys checked when it was built.)
-        items = self.children[first[0]] if first and first[0] in self.sequences else []
-        if call in _DICTS:
-          items = [self.children[i][0] for i in items
-                   if i in self.sequences and self.children[i]]
-        keys.extend(items)
-    for key in keys:
+      if call not in _SETS and call not in _DICTS and call not in _BYTES_CALLS:
+        continue
+      name = ".".join(call)  # one of the constant names above
+      args = self.children[node][1]  # REDUCE's children: the callable, the args tuple
+      if args not in self.sequences:
+        raise PickleCheckError(f"{name}() called with arguments that are "
+                               f"{self.describe(args)}, not a tuple")
+      if not self.children[args]:
+        continue
+      first = self.children[args][0]
+      if call in _BYTES_CALLS:
+        encoded += len(self.texts.get(first, ""))
+        continue
+      # set([item, ...]); OrderedDict([[key, value], ...]) as Python 2 pickled it
+      if first not in self.sequences:
+        raise PickleCheckError(f"{name}() of {self.describe(first)}, not a list or tuple")
+      items = self.children[first]
+      copied += len(items)
+      if copied > limit:
+        break
+      if call in _DICTS:
+        if any(i not in self.sequences or len(self.children[i]) != 2 for i in items):
+          raise PickleCheckError(f"{name}() of an item that is not a [key, value] pair")
+        items = [self.children[i][0] for i in items]
+      self.keys.extend(items)
+    if copied > limit:
+      raise PickleCheckError(f"set(), frozenset(), OrderedDict() and BUILD copy over {limit} "
+                             f"items, more than a pickle of {len(self.children)} objects may "
+                             f"build")
+    if encoded > pickle_bytes:
+      raise PickleCheckError(f"_codecs.encode builds {encoded} bytes, more than the "
+                             f"{pickle_bytes}-byte pickle holds (a string encoded more than "
+                             f"once)")
+
+  def check_keys(self) -> None:
+    """Dict keys and set items (also those check_calls found) must be literals (so their
+    hashing is linear and collision-checked)."""
+    for key in self.keys:
       if key not in self.literals:
         raise PickleCheckError(f"a dict key or set item that is {self.describe(key)}, not "
                                f"a string or number")

@@ -95,8 +95,9 @@ class _Function(_ReadOnly):
 
 def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *_unused) -> np.ndarray:
   """numpy equivalent of torch._utils._rebuild_tensor(_v2): a read-only strided view of the
-  storage. Refused: a stride of 0 or views whose elements overlap (which would make a few
-  bytes a huge array), and any element outside the storage."""
+  storage (its `.base`, so a reader can tell which tensors share one). Refused: a stride of
+  0 or views whose elements overlap (which would make a few bytes a huge array), and any
+  element outside the storage."""
   if not isinstance(storage, np.ndarray) or storage.ndim != 1:
     raise CheckpointFormatError(f"tensor rebuilt from a {type(storage).__name__}, not a "
                                 f"storage")
@@ -119,8 +120,10 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *_unused) ->
     raise CheckpointFormatError(f"tensor size={size} stride={stride} offset={offset} reads "
                                 f"past its storage of {storage.size} elements")
   item = storage.dtype.itemsize
-  return np.lib.stride_tricks.as_strided(storage[offset:], size, [s * item for s in stride],
-                                         writeable=False)
+  view = np.ndarray(size, storage.dtype, buffer=storage, offset=offset * item,
+                    strides=[s * item for s in stride])
+  view.flags.writeable = False
+  return view
 
 
 def _shown(value) -> str:

@@ -14,10 +14,13 @@ _METHODS = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
             zipfile.ZIP_LZMA: "lzma", 9: "deflate64", 93: "zstandard"}
 
 
-# zipfile parses the whole directory when it opens an archive (~0.5 KB of memory and ~10 us
-# per member): a few MB of empty members would take seconds and tens of MB before any check.
-# A weights file or a checkpoint of this network has a few hundred.
-MAX_MEMBERS = 1 << 16
+# zipfile parses the whole central directory when it opens an archive (~0.5 KB of memory
+# per member), reading as many records as the directory's size holds whatever member count
+# the end record claims: so the size is what is bounded. A record takes at least 46 bytes
+# (`zipfile.sizeCentralDir`, MAX_MEMBERS of them fill MAX_DIRECTORY_BYTES); a weights file
+# or a checkpoint of this network has a few hundred members of 50-90 bytes each.
+MAX_DIRECTORY_BYTES = 256 << 10
+MAX_MEMBERS = MAX_DIRECTORY_BYTES // zipfile.sizeCentralDir
 
 
 class StoredZipError(ValueError):
@@ -42,10 +45,16 @@ def describe(error: BaseException, limit: int = 200, with_type: bool = True) -> 
 
 
 def open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
-  """`zipfile.ZipFile(path)` once its end-of-directory record says it has at most
-  MAX_MEMBERS members (zipfile's errors as they are for a damaged archive)."""
+  """`zipfile.ZipFile(path)` once its end-of-directory record says that the directory
+  zipfile will parse is at most MAX_DIRECTORY_BYTES and lists at most MAX_MEMBERS members
+  (zipfile's errors as they are for a damaged archive)."""
   with open(path, "rb") as f:
     end = zipfile._EndRecData(f)  # the record zipfile itself reads first (zip64 aware)
+  size = end[zipfile._ECD_SIZE] if end is not None else 0
+  if size > MAX_DIRECTORY_BYTES:
+    raise StoredZipError(f"{os.fspath(path)}: the zip directory is {size} bytes (room for "
+                         f"{size // zipfile.sizeCentralDir} members), more than the "
+                         f"{MAX_DIRECTORY_BYTES} a checkpoint or weights file needs")
   if end is not None and end[zipfile._ECD_ENTRIES_TOTAL] > MAX_MEMBERS:
     raise StoredZipError(f"{os.fspath(path)}: the zip directory lists "
                          f"{end[zipfile._ECD_ENTRIES_TOTAL]} members, more than the "
