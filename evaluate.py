@@ -39,8 +39,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from hydrajax.runtime import hugepages
-  hugepages.tune_tool()  # huge pages or malloc reuse for XLA's buffers (hydrajax/runtime/hugepages.py)
+  from hydrajax.runtime import cpu
+  cpu.tune_tool()  # huge pages, malloc reuse, C++ kernels (hydrajax/runtime/cpu.py)
   from hydrajax.train import config_file
   config_file.make_importable(config_file.spec_in_argv(sys.argv[1:]) or "")
   app.run(main)

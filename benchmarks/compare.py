@@ -9,11 +9,13 @@ training runs it, for training), `torch_eager` (the authors' network, tests/help
 channels_last, 2 threads), `torch_compile` (the same forward under torch.compile, inference
 only), `jax_xla` (hydrajax with HYDRAJAX_CPU_KERNELS=0: its XLA-only CPU form, without the
 FFI kernels of hydrajax/models/ops/cpu_kernels.cc), and with `--bf16` `jax_bf16` (bfloat16
-compute). The jax processes relaunch themselves with glibc's huge-page tunable as train.py and
-evaluate.py do (hydrajax/runtime/hugepages.py); `jax_4k` is hydrajax without it (a plain Python process
-importing hydrajax, which sets glibc's malloc to reuse freed memory: hugepages.reuse_freed_memory),
-`jax_4k_noreuse` the same with HYDRAJAX_MALLOC_REUSE=0 (glibc's defaults), and `torch_eager_hugepages` / `torch_compile_hugepages` give PyTorch the
-same tunable. Each process records the GLIBC_TUNABLES it ran with. Each (round, variant) is
+compute). The jax processes tune themselves as train.py and evaluate.py do (hydrajax/runtime/cpu.py:
+relaunch with glibc's huge-page tunable, C++ kernels). The library in a plain Python process:
+`jax_4k` imports hydrajax and calls it, opting into nothing (glibc's defaults, XLA's forms);
+`jax_4k_fast` first calls `hydrajax.runtime.fast_cpu()` (malloc reuse and the C++ kernels);
+`jax_4k_scoped` takes the C++ kernels but confines the malloc settings to each call
+(hugepages.reusing_freed_memory). `torch_eager_hugepages` / `torch_compile_hugepages` give
+PyTorch the same tunable. Each process records the GLIBC_TUNABLES it ran with. Each (round, variant) is
 one process that compiles, warms up, times `--runs` runs and exits, with nothing else of ours alive; the
 variants alternate within a round and their order rotates between rounds, so machine load
 drifts hit all alike. Reported per variant: median and minimum over all runs, the median of each
@@ -44,12 +46,11 @@ TINY_WORKLOADS = {  # --tiny: the same procedure in seconds (a smoke test, not a
     "train_2x64x64": ("train", 2, 64, 64),
 }
 VARIANTS = ("jax", "torch_eager", "torch_compile", "jax_xla", "jax_4k", "torch_eager_hugepages",
-            "torch_compile_hugepages", "jax_bf16", "jax_4k_noreuse")
-JAX_VARIANTS = ("jax", "jax_xla", "jax_4k", "jax_bf16", "jax_4k_noreuse")
+            "torch_compile_hugepages", "jax_bf16", "jax_4k_fast", "jax_4k_scoped")
+JAX_VARIANTS = ("jax", "jax_xla", "jax_4k", "jax_bf16", "jax_4k_fast", "jax_4k_scoped")
 # Variant -> environment of its process. The jax variants also relaunch as hydrajax's command-
-# line tools do (hydrajax/runtime/hugepages.py), except jax_4k: hydrajax in a plain Python process.
-VARIANT_ENV = {"jax_xla": {"HYDRAJAX_CPU_KERNELS": "0"}, "jax_4k": {"HYDRAJAX_HUGEPAGES": "0"},
-               "jax_4k_noreuse": {"HYDRAJAX_HUGEPAGES": "0", "HYDRAJAX_MALLOC_REUSE": "0"},
+# line tools do (hydrajax/runtime/cpu.py), except jax_4k*: hydrajax in a plain Python process.
+VARIANT_ENV = {"jax_xla": {"HYDRAJAX_CPU_KERNELS": "0"},
                "torch_eager_hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
                "torch_compile_hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
 
@@ -83,12 +84,22 @@ def _build(variant: str, kind: str, batch: int, h: int, w: int, threads: int):
 def serve(variant: str, kind: str, batch: int, h: int, w: int, warmup: int, runs: int,
           threads: int) -> dict:
   """One process's whole life: build (compile), warm up, time `runs` runs."""
-  if variant in JAX_VARIANTS:
-    from hydrajax.runtime import hugepages
-    hugepages.relaunch()  # as train.py and evaluate.py do; HYDRAJAX_HUGEPAGES=0 for jax_4k
+  from hydrajax.runtime import cpu, hugepages
+  if variant == "jax_4k_fast":
+    cpu.fast_cpu()  # the library user's opt-in
+  elif variant == "jax_4k_scoped":
+    cpu.fast_cpu(malloc_reuse=False)
+  elif variant in JAX_VARIANTS and variant != "jax_4k":
+    cpu.tune_tool()  # as train.py and evaluate.py do
   base_rss = _rss_mb()
   t0 = time.perf_counter()
   run, info = _build(variant, kind, batch, h, w, threads)
+  if variant == "jax_4k_scoped":  # the malloc settings only while hydrajax runs
+    unscoped = run
+
+    def run():
+      with hugepages.reusing_freed_memory():
+        return unscoped()
   info["setup_s"] = time.perf_counter() - t0
   for _ in range(warmup):  # allocator, caches, thread pools
     run()

@@ -238,3 +238,17 @@ def test_out_of_memory_is_told_apart_from_other_errors_of_python_xla_and_onnxrun
       "Conv node. Status Message: Failed to allocate memory for requested buffer of size 1e9"))
   assert not full_res.is_out_of_memory(Fail("[ONNXRuntimeError] : 1 : FAIL : Load model failed"))
   assert not full_res.is_out_of_memory(RuntimeError("Failed to allocate memory"))  # not ORT's
+
+
+def test_every_image_read_goes_through_pngio_open_image():
+  """No module opens an image with Image.open, which would let Pillow pick any of its
+  formats (PostScript through Ghostscript among them) whatever the file's name."""
+  import pathlib
+  import re
+  package = pathlib.Path(pngio.__file__).resolve().parents[1]
+  calls = [f"{p.relative_to(package.parent)}:{i + 1}"
+           for p in package.rglob("*.py")
+           for i, line in enumerate(p.read_text().splitlines())
+           if re.search(r"\bImage\.open\(", line.split("#")[0])
+           and not line.lstrip().startswith(("\"", "'")) and p.name != "pngio.py"]
+  assert not calls, calls

@@ -173,11 +173,12 @@ def test_predict_relaunches_for_a_video_only(monkeypatch, argv, relaunched):
   from hydrajax.inference import predict
   calls = []
   monkeypatch.setattr(hugepages, "relaunch", lambda *entries: calls.append("relaunch"))
-  monkeypatch.setattr(hugepages, "reuse_freed_memory", lambda: calls.append("reuse"))
+  from hydrajax.runtime import cpu
+  monkeypatch.setattr(cpu, "fast_cpu", lambda: calls.append("fast_cpu"))
   monkeypatch.setattr(predict, "main", lambda argv=None: calls.append("main") or 0)
   monkeypatch.setattr(sys, "argv", ["hydrajax-predict"] + argv)
   assert predict.cli() == 0
-  assert calls == (["relaunch", "reuse", "main"] if relaunched else ["reuse", "main"])
+  assert calls == (["relaunch", "fast_cpu", "main"] if relaunched else ["fast_cpu", "main"])
 
 
 _FAULTS_PER_RUN = _FAULTS.replace("""r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -213,7 +213,12 @@ def test_impl_is_checked_everywhere(variables):
 
 def test_resolve_picks_native_off_cpu_and_the_kernels_on_cpu():
   assert ops.resolve("auto", "cuda") == ops.resolve("auto", "tpu") == "native"
-  assert ops.resolve("auto", "cpu") == ("ffi" if HAS_COMPILER else "xla_cpu")
+  assert ops.resolve("auto", "cpu") == "xla_cpu"  # the C++ kernels are opt-in
+  ops.use_cpu_kernels()
+  try:
+    assert ops.resolve("auto", "cpu") == ("ffi" if HAS_COMPILER else "xla_cpu")
+  finally:
+    ops.use_cpu_kernels(False)
   assert ops.resolve("xla_cpu", "cuda") == "xla_cpu"
 
 

@@ -33,7 +33,6 @@ import re
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 
 from hydrajax.data import pngio
 from hydrajax.data.palettes import generic_palette
@@ -338,7 +337,7 @@ def header(path: str, image: bool = False) -> tuple[tuple[int, int], str]:
       a = np.load(path, mmap_mode="r", allow_pickle=False)
       shape = a.shape[:2] if a.ndim == 3 and a.shape[2] == 1 else a.shape
       return tuple(shape), str(a.dtype)
-    with Image.open(path) as im:
+    with pngio.open_image(path) as im:  # only the formats hydrajax reads
       hw = (im.height, im.width)
       if image and im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
         hw = hw[::-1]  # read upright (pngio.load_rgb): a quarter turn

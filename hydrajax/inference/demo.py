@@ -1,6 +1,6 @@
 """hydrajax-demo: a local web page (Gradio) that runs the network on a photo or a webcam stream.
 
-    pip install hydrajax[demo]
+    pip install -e ".[demo]"     # in the hydrajax checkout
     hydrajax-demo --weights nyud.npz [--size 240x320] [--port 7860]
     hydrajax-demo --onnx nyud_int8.onnx      (an exported graph: int8 is the fastest on a CPU)
 
@@ -395,7 +395,7 @@ def build(demo: Demo, *, stream_every: float = 0.2):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="hydrajax-demo", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   from hydrajax import weights
   weights.add_source_args(parser, onnx=True)
   parser.add_argument("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}",
@@ -430,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     import gradio  # noqa: F401
   except ImportError:
-    print("error: the demo needs Gradio: pip install hydrajax[demo]", file=sys.stderr)
+    print('error: the demo needs Gradio: pip install -e ".[demo]" in the hydrajax checkout',
+          file=sys.stderr)
     return 2
   from hydrajax import weights
   try:
@@ -464,5 +465,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+def cli() -> int:
+  """The `hydrajax-demo` console script (`python -m hydrajax demo`): a server that runs the
+  network on every frame, so it tunes its process first (runtime/cpu.py)."""
+  from hydrajax.runtime import cpu
+  cpu.tune_tool("hydrajax-demo", "hydrajax.inference.demo")
+  return main()
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.argv[0] = "python -m hydrajax.inference.demo"
+  sys.exit(cli())

@@ -48,7 +48,7 @@ from hydrajax.runtime import atomic
 from hydrajax.inference import full_res
 from hydrajax.inference import onnx_runner
 from hydrajax.inference import points as points_lib
-from hydrajax.runtime import hugepages
+from hydrajax.runtime import cpu
 from hydrajax.inference import video
 from hydrajax.inference import visualize
 
@@ -249,12 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cli() -> int:
   """The `hydrajax-predict` console script (and `python -m hydrajax predict`). A video or a
   camera is many runs of the network, so for one it first relaunches with huge pages
-  (hydrajax/runtime/hugepages.py); a few images are not worth the second start-up. Without
-  the relaunch it keeps freed memory for reuse (hugepages.reuse_freed_memory)."""
+  (hydrajax/runtime/hugepages.py); a few images are not worth the second start-up. Either
+  way it takes the fast CPU path (hydrajax/runtime/cpu.py)."""
   known = build_parser().parse_known_args()[0]
   if known.video is not None or known.camera is not None:
-    hugepages.relaunch("hydrajax-predict", "hydrajax.inference.predict")
-  hugepages.reuse_freed_memory()
+    cpu.tune_tool("hydrajax-predict", "hydrajax.inference.predict")
+  else:
+    cpu.fast_cpu()
   return main()
 
 

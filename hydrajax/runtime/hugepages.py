@@ -17,7 +17,7 @@ program (re-executing would rerun that program): the process must have been star
 tool itself (its script, console script, `python -m` module or `python -m hydrajax NAME`).
 
 Where no relaunch happens a tool keeps freed memory for reuse instead (`reuse_freed_memory`,
-via `tune_tool`). None of this happens on `import hydrajax`: a library user opts in.
+via runtime/cpu.py). None of this happens on `import hydrajax`: a library user opts in.
 """
 from __future__ import annotations
 
@@ -158,8 +158,9 @@ def reuse_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
   threads (M_ARENA_MAX 1: other arenas would mmap blocks larger than their 64 MiB heaps, and
   every thread then shares one malloc lock), the heap's top trimmed only above 1 GiB (memory
   the program frees stays in the process). It helps XLA:CPU only. Importing hydrajax never
-  calls it; the command-line tools do (`tune_tool`), a library user calls it once, before
-  the first `hydrajax.apply`, if their process can live with the above.
+  calls it; the command-line tools do (runtime.cpu.tune_tool), a library user opts in
+  (`hydrajax.runtime.fast_cpu()`, before the first `hydrajax.apply`) if their process can
+  live with the above.
 
   Not applied (returns False): not glibc, HYDRAJAX_MALLOC_REUSE=0, or the huge-page tunable
   already set (the relaunched tools). Idempotent; returns whether the settings are in force.
@@ -194,10 +195,3 @@ def reusing_freed_memory():
     for param, value in _GLIBC_DEFAULTS:
       mallopt(param, value)
 
-
-def tune_tool(*entries: str) -> None:
-  """What a command-line tool does for itself first thing: relaunch with the huge-page
-  tunable where it helps (`relaunch`, with its `entries`), else keep freed memory for reuse
-  (`reuse_freed_memory`). Tools are applications; library code never calls this."""
-  relaunch(*entries)
-  reuse_freed_memory()

@@ -208,9 +208,9 @@ def main(argv):
 
 def cli() -> None:
   """The `hydrajax-distill` console script (also `python -m hydrajax distill`)."""
-  from hydrajax.runtime import hugepages
+  from hydrajax.runtime import cpu
   # huge pages for XLA's per-step buffers; only when started as this tool, not from a caller
-  hugepages.tune_tool("hydrajax-distill", "hydrajax.train.distill")
+  cpu.tune_tool("hydrajax-distill", "hydrajax.train.distill")
   # absl's --help prints the __main__ module's docstring: this tool's, however it was started
   sys.modules["__main__"].__doc__ = __doc__
   from hydrajax.train import config_file

@@ -37,14 +37,26 @@ def check(impl: str) -> str:
   return impl
 
 
+_cpu_kernels = False  # "auto" may use the C++ kernels: opted in by use_cpu_kernels
+
+
+def use_cpu_kernels(on: bool = True) -> None:
+  """Let "auto" resolve to the C++ kernels ("ffi") on CPU. Opt-in, since they are compiled
+  with the machine's C++ compiler into a cache folder on first use (ffi_build); the
+  command-line tools and `hydrajax.runtime.fast_cpu()` turn it on."""
+  global _cpu_kernels
+  _cpu_kernels = on
+
+
 def resolve(impl: str, platform: str | None = None) -> str:
   """"auto" as the form for `platform` (default: JAX's default backend); others unchanged.
-  Resolving on CPU builds the FFI kernels (once per machine) to know whether they exist."""
+  On CPU: "ffi" if opted in (use_cpu_kernels) and the kernels build (once per machine),
+  else "xla_cpu"."""
   if check(impl) != "auto":
     return impl
   if (platform or jax.default_backend()) != "cpu":
     return "native"
-  return "ffi" if ffi_build.available() else "xla_cpu"
+  return "ffi" if _cpu_kernels and ffi_build.available() else "xla_cpu"
 
 
 def _per_platform(name: str):
