@@ -241,3 +241,66 @@ def test_graph_without_card_and_class_map_errors_name_the_fix(tmp_path, data, ca
   bad_map.write_text(json.dumps({"t3": "sofa"}))
   err = _cli(capsys, _config(data), tmp_path / "out", teacher=graph, class_map=str(bad_map))
   assert_one_error_line(err, str(bad_map), "'t3' -> 'sofa'", "not a class of the dataset")
+
+
+def _write_sparse_folder(root):
+  """20 training frames of 64x96 (tiny_config's size) whose colours encode their truth (class
+  j as teacher class 30 j + 4, apart in colour for a student of few steps):
+  segmentation on 2 of them (showing 2 of the 5 classes), metric depth on 2 others (near
+  depths only); 4 validation frames with both labels over all classes and depths."""
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 20), ("val", 4)):
+    for d in ("images", "segm", "depth"):
+      os.makedirs(root / split / d)
+    for i in range(n):
+      segm_frame, depth_frame = split == "train" and i in (0, 1), split == "train" and i in (2, 3)
+      classes = [30 * j + 4 for j in ((0, 1) if segm_frame else range(5))]
+      image = tg.frame(rng, 64, 96, classes, red=(0, 80) if depth_frame else (0, 256),
+                       pixel_depth=False)
+      image[..., 2] = 255  # a sharp teacher: no pixel below the confidence threshold
+      Image.fromarray(image).save(root / split / "images" / f"{i:03d}.png")
+      if split == "val" or segm_frame:
+        segm = ((image[..., 1].astype(np.int64) - 4) // 30).astype(np.uint8)
+        Image.fromarray(segm).save(root / split / "segm" / f"{i:03d}.png")
+      if split == "val" or depth_frame:
+        np.save(root / split / "depth" / f"{i:03d}.npy", tg.true_depth(image).astype(np.float32))
+  (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+  return root
+
+
+def test_teacher_labels_from_the_command_line_beat_training_on_the_few_real_ones(tmp_path):
+  import subprocess
+  import sys
+
+  import ml_collections
+
+  from hydrajax.train import loop as train_lib
+  from tests.helpers.configs import ROOT, tiny_config
+
+  data = _write_sparse_folder(tmp_path / "data")
+  graph = tg.build(tmp_path / "t.onnx", 64, 96)
+  class_map = tmp_path / "map.json"
+  class_map.write_text(json.dumps({f"t{30 * j + r}": name for j, name in enumerate(CLASSES)
+                                   for r in range(30)}))
+  labels = tmp_path / "labels"
+  done = subprocess.run(
+      [sys.executable, "-m", "hydrajax", "distill", "--config", f"{ROOT}/configs/folder.py",
+       f"--config.data_dir={data}", "--teacher", graph, "--class-map", str(class_map),
+       "--min-confidence", "0.5", "--out", str(labels)],
+      capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert "wrote 18 segm and 18 depth labels for 20 samples" in done.stdout
+  assert "18 frame(s) on the dataset fit" in done.stdout
+
+  def run(name, teacher_dir):
+    config = tiny_config(num_train_steps=40, checkpoint_every_steps=40, dataset="folder",
+                         data_dir=str(data), teacher_dir=teacher_dir)
+    config.folder = ml_collections.ConfigDict({"depth_scale": 1000.0, "val_fraction": 0.1,
+                                               "split_seed": 0, "skip_bad": False})
+    return train_lib.train_and_evaluate(config, str(tmp_path / name))
+
+  alone, taught = run("alone", ""), run("taught", str(labels))
+  # Alone, the student never sees 3 of the 5 classes nor a far depth: the teacher's labels
+  # of the other 18 frames must show in both metrics.
+  assert taught["miou"] > alone["miou"] + 0.005, (taught["miou"], alone["miou"])
+  assert taught["rmse"] < 0.8 * alone["rmse"], (taught["rmse"], alone["rmse"])

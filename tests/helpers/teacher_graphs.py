@@ -112,14 +112,17 @@ def build(path, height=None, width=None, *, layout="NCHW", a=2.0, b=0.3, with_ca
   return str(path)
 
 
-def frame(rng: np.random.Generator, height: int, width: int, classes, blocks: int = 4
-          ) -> np.ndarray:
-  """(H, W, 3) uint8: depth (R) random per pixel; vertical bands, each of one teacher class
-  (G, from `classes`) and one sharpness (B)."""
+def frame(rng: np.random.Generator, height: int, width: int, classes, blocks: int = 4,
+          red=(0, 256), pixel_depth: bool = True) -> np.ndarray:
+  """(H, W, 3) uint8: vertical bands, each of one teacher class (G, from `classes`) and one
+  sharpness (B); depth (R, in [red[0], red[1])) random per pixel, or per band."""
   image = np.zeros((height, width, 3), np.uint8)
   edges = np.linspace(0, width, blocks + 1).astype(int)
-  image[..., 0] = rng.integers(0, 256, (height, width))
+  if pixel_depth:
+    image[..., 0] = rng.integers(*red, (height, width))
   for lo, hi in zip(edges[:-1], edges[1:]):
+    if not pixel_depth:
+      image[:, lo:hi, 0] = rng.integers(*red)
     image[:, lo:hi, 1] = rng.choice(classes)
     image[:, lo:hi, 2] = rng.integers(0, 256)
   return image
