@@ -5,9 +5,9 @@
 
 Modes (hydrajax/runtime/hugepages.py; docs/performance.md, "The library call in a plain
 process"):
-  defaults      glibc's own settings (HYDRAJAX_MALLOC_REUSE=0)
+  defaults      glibc's own settings (`import hydrajax` alone changes none)
   nommap_only   mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD 1 GiB, M_TOP_PAD 64 MiB, arenas untouched
-  reuse         `import hydrajax` as is: reuse_freed_memory (the above + M_ARENA_MAX 1)
+  reuse         the opt-in, hydrajax.runtime.reuse_freed_memory() (the above + M_ARENA_MAX 1)
   hugetlb       GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (what the relaunched tools run with)
 Per mode: minor page faults, kernel (sys) seconds and wall ms of each call after 2 warm-ups
 (40-class random model, uint8 input), and the peak RSS. Times are only as good as the
@@ -22,8 +22,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = {"defaults": {"HYDRAJAX_MALLOC_REUSE": "0"},
-         "nommap_only": {"HYDRAJAX_MALLOC_REUSE": "0"},
+MODES = {"defaults": {},
+         "nommap_only": {},
          "reuse": {},
          "hugetlb": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
 
@@ -41,6 +41,8 @@ def worker(mode: str, height: int, width: int, calls: int) -> dict:
 
   import hydrajax
   from hydrajax.runtime import hugepages
+  if mode == "reuse":
+    hugepages.reuse_freed_memory()
   variables = hydrajax.init(0, num_classes=40)
   x = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
   for _ in range(2):
@@ -55,7 +57,7 @@ def worker(mode: str, height: int, width: int, calls: int) -> dict:
     hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
   return {"ms": [round(r[0], 1) for r in rows], "minflt": [r[1] for r in rows],
           "sys_s": [round(r[2], 4) for r in rows], "peak_rss_mb": round(hwm / 1024),
-          "reuse_applied": hugepages.reuse_freed_memory(),
+          "reuse_applied": bool(hugepages._reuse_applied),
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
 
 
