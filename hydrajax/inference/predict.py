@@ -45,6 +45,7 @@ from tqdm import tqdm
 from hydrajax import api, weights
 from hydrajax.data import pngio
 from hydrajax.runtime import atomic
+from hydrajax.inference import bag
 from hydrajax.inference import full_res
 from hydrajax.inference import onnx_runner
 from hydrajax.inference import points as points_lib
@@ -153,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
       description="Predict segmentation and depth for images with hydrajax weights.")
   weights.add_source_args(parser, onnx=True)
   parser.add_argument("images", nargs="*", help="image files (PNG, JPEG, ...)")
-  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument("--out", default=None,
+                      help="output directory (a file for --video, --camera, --bag)")
   parser.add_argument("--palette", default="auto", choices=visualize.PALETTE_CHOICES,
                       help="segmentation colours (auto: the weights' own, else by number of "
                            "classes)")
@@ -184,11 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --camera: temporal smoothing of depth and labels, the weight "
                            "of the past in [0, 1) (default 0: off)")
   video.add_video_args(parser)
+  bag.add_bag_args(parser)
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if args.out is None and not args.foxglove:
+    parser.error("the following arguments are required: --out")
   try:
     if not args.onnx:
       args.weights = weights.choose(args.weights, args.workdir)
@@ -203,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.video is not None and args.images:
     print("error: give either --video or images, not both", file=sys.stderr)
     return 2
+  if args.bag is not None or args.foxglove:
+    return bag.run(args)
   if args.camera is not None:
     from hydrajax.inference import camera
     return camera.run(args.weights, args.camera, args.out, onnx=args.onnx,
@@ -252,7 +260,7 @@ def cli() -> int:
   (hydrajax/runtime/hugepages.py); a few images are not worth the second start-up. Either
   way it takes the fast CPU path (hydrajax/runtime/cpu.py)."""
   known = build_parser().parse_known_args()[0]
-  if known.video is not None or known.camera is not None:
+  if known.video is not None or known.camera is not None or known.bag is not None:
     cpu.tune_tool("hydrajax-predict", "hydrajax.inference.predict")
   else:
     cpu.fast_cpu()

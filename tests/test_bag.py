@@ -1,0 +1,341 @@
+"""hydrajax-predict --bag: ROS 1, ROS 2 (sqlite3) and MCAP bags written here with rosbags, run
+through the tool, and the output logs read back (rosbags, and mcap's own ROS 2 decoder)."""
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import hydrajax
+from hydrajax.inference import predict, rosmsg
+from tests.helpers.cli import assert_one_error_line
+
+pytest.importorskip("rosbags")
+pytest.importorskip("mcap")
+from rosbags.highlevel import AnyReader  # noqa: E402
+from rosbags.rosbag1 import Writer as Writer1  # noqa: E402
+from rosbags.rosbag2 import StoragePlugin, Writer as Writer2  # noqa: E402
+from rosbags.typesys import Stores, get_typestore  # noqa: E402
+
+H, W, FRAMES = 48, 64, 3
+K_IN = (60.0, 62.0, 31.5, 23.5)  # fx, fy, cx, cy of the 64x48 camera
+TOPIC = "/cam/image_raw"
+
+
+def _frames(n=FRAMES, h=H, w=W):
+  y, x = np.mgrid[0:h, 0:w]
+  return [np.stack([(x * 4 + 20 * t) % 256, y * 5, np.full_like(x, 30 * t)], -1).astype(np.uint8)
+          for t in range(n)]
+
+
+def write_bag(path, kind, *, encoding="rgb8", compressed=False, camera_info=True,
+              distortion=(0.0,) * 5, frames=None, extra_topic=False, chunk_bytes=None,
+              k_in=K_IN):
+  """A bag of `kind` ("ros1": .bag, "ros2": sqlite3 directory, "mcap": a bare .mcap file)
+  with FRAMES images on TOPIC (stamps t seconds + 7 ns, frame_id 'cam_optical', log times
+  0.1 s apart) and, with `camera_info`, CameraInfo on /cam/camera_info before each image."""
+  ros1 = kind == "ros1"
+  ts = get_typestore(Stores.ROS1_NOETIC if ros1 else Stores.ROS2_HUMBLE)
+  frames = _frames() if frames is None else frames
+  if ros1:
+    writer = Writer1(path)
+    writer.chunk_threshold = chunk_bytes or writer.chunk_threshold
+  else:
+    target = Path(path)
+    writer = Writer2(target.parent / (target.stem + "_dir") if kind == "mcap" else target,
+                     version=9, storage_plugin=StoragePlugin.MCAP if kind == "mcap"
+                     else StoragePlugin.SQLITE3)
+  ser = ts.serialize_ros1 if ros1 else ts.serialize_cdr
+  with writer:
+    msgtype = rosmsg.COMPRESSED if compressed else rosmsg.IMAGE
+    image_topic = TOPIC + "/compressed" if compressed else TOPIC
+    img_conn = writer.add_connection(image_topic, msgtype, typestore=ts)
+    info_conn = (writer.add_connection("/cam/camera_info", rosmsg.CAMERA_INFO, typestore=ts)
+                 if camera_info else None)
+    extra = writer.add_connection("/odom_note", "std_msgs/msg/String", typestore=ts) \
+        if extra_topic else None
+    for t, frame in enumerate(frames):
+      hdr = rosmsg.header(ts, t * 10**9 + 7, "cam_optical")
+      log_time = 10**9 + t * 10**8
+      if info_conn is not None:
+        fx, fy, cx, cy = k_in
+        k = np.array([fx, 0, cx, 0, fy, cy, 0, 0, 1], np.float64)
+        p = np.array([fx, 0, cx, 0, 0, fy, cy, 0, 0, 0, 1, 0], np.float64)
+        names = ("D", "K", "R", "P") if ros1 else ("d", "k", "r", "p")
+        roi = ts.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0,
+                                                           width=0, do_rectify=False)
+        info = ts.types[rosmsg.CAMERA_INFO](
+            header=hdr, height=frame.shape[0], width=frame.shape[1], distortion_model="plumb_bob", binning_x=0,
+            binning_y=0, roi=roi, **dict(zip(names, (np.array(distortion, np.float64), k,
+                                                     np.eye(3).reshape(-1), p))))
+        writer.write(info_conn, log_time - 1, ser(info, rosmsg.CAMERA_INFO))
+      if compressed:
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="PNG")
+        msg = ts.types[rosmsg.COMPRESSED](header=hdr, format="png",
+                                          data=np.frombuffer(buf.getvalue(), np.uint8))
+      elif encoding == "bgr8":
+        msg = rosmsg.image_msg(ts, hdr, frame[..., ::-1], "bgr8")
+      elif encoding == "mono16":
+        msg = rosmsg.image_msg(ts, hdr, frame[..., 0].astype("<u2") * 257, "mono16")
+      else:
+        msg = rosmsg.image_msg(ts, hdr, frame if encoding == "rgb8" else frame[..., :2], encoding)
+      writer.write(img_conn, log_time, ser(msg, msgtype))
+      if extra is not None:
+        writer.write(extra, log_time + 1, ser(ts.types["std_msgs/msg/String"](data=f"n{t}"),
+                                              "std_msgs/msg/String"))
+  if kind == "mcap":
+    src = target.parent / (target.stem + "_dir") / (target.stem + "_dir.mcap")
+    os.replace(src, path)
+  return frames
+
+
+def read_log(path):
+  """{topic: [(log_time, message)]} of a log, read by rosbags."""
+  out = {}
+  with AnyReader([Path(path)]) as reader:
+    for conn, t, raw in reader.messages():
+      out.setdefault(conn.topic, []).append((t, reader.deserialize(raw, conn.msgtype)))
+  return out
+
+
+def _run(args, capsys):
+  """predict.main; one frame per network call unless --batch is given (the shapes
+  hydrajax.apply compiles for one image, so each compiles once)."""
+  rc = predict.main(args + ["--no-progress"] + ([] if "--batch" in args else ["--batch", "1"]))
+  return rc, capsys.readouterr()
+
+
+@pytest.mark.parametrize("kind", ["ros1", "ros2", "mcap"])
+def test_bag_gives_segm_depth_and_scaled_camera_info_per_frame(kind, weights_file, variables,
+                                                               tmp_path, capsys):
+  src = str(tmp_path / ("in.bag" if kind == "ros1" else "in" if kind == "ros2" else "in.mcap"))
+  # 128x96 frames, shrunk to 64x48 by --max-side 64
+  frames = write_bag(src, kind, frames=_frames(h=2 * H, w=2 * W), k_in=(120, 124, 63.5, 47.5))
+  out = tmp_path / "out.mcap"
+  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", TOPIC, "--out", str(out),
+                  "--max-side", "64"], capsys)
+  assert rc == 0, io_.err
+  assert "camera: intrinsics fx=120 fy=124 cx=63.5 cy=47.5 at 128x96 (CameraInfo on " \
+         "/cam/camera_info)" in io_.out
+  log = read_log(out)
+  assert sorted(log) == ["/hydrajax/camera_info", "/hydrajax/depth", "/hydrajax/segm",
+                         "/hydrajax/segm_color"]
+  for topic, msgs in log.items():
+    assert [t for t, _ in msgs] == [10**9 + i * 10**8 for i in range(FRAMES)], topic
+    assert [(m.header.stamp.sec, m.header.stamp.nanosec, m.header.frame_id) for _, m in msgs] \
+        == [(i, 7, "cam_optical") for i in range(FRAMES)], topic
+  depth = log["/hydrajax/depth"][1][1]
+  assert (depth.encoding, depth.height, depth.width) == ("32FC1", H, W)
+  want = hydrajax.apply(variables, np.asarray(Image.fromarray(frames[1]).resize(
+      (W, H), Image.BILINEAR)))
+  got = np.frombuffer(depth.data.tobytes(), "<f4").reshape(H, W)
+  np.testing.assert_allclose(got, np.asarray(want["depth"]), rtol=1e-5, atol=1e-6)
+  segm = log["/hydrajax/segm"][1][1]
+  assert segm.encoding == "mono8"
+  np.testing.assert_array_equal(np.asarray(segm.data).reshape(H, W),
+                                np.asarray(want["segm"]).argmax(-1))
+  assert log["/hydrajax/segm_color"][0][1].encoding == "rgb8"
+  info = log["/hydrajax/camera_info"][0][1]
+  assert (info.width, info.height) == (W, H)
+  # half the size: focal lengths halved, the principal point in the half-pixel convention
+  np.testing.assert_allclose(info.k, [60, 0, 31.5, 0, 62, 23.5, 0, 0, 1])
+  np.testing.assert_allclose(np.asarray(info.p).reshape(3, 4)[:, :3], info.k.reshape(3, 3))
+
+
+@pytest.mark.parametrize("fmt", ["ros1", "ros2"])
+def test_bag_writes_ros1_and_ros2_outputs_with_copied_input(fmt, weights_file, tmp_path,
+                                                            capsys):
+  src = str(tmp_path / "in.bag") if fmt == "ros1" else str(tmp_path / "in.mcap")
+  write_bag(src, "ros1" if fmt == "ros1" else "mcap", compressed=True, extra_topic=True)
+  out = tmp_path / ("out.bag" if fmt == "ros1" else "out")
+  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", TOPIC + "/compressed",
+                  "--out", str(out), "--out-format", fmt, "--copy-input"], capsys)
+  assert rc == 0, io_.err
+  log = read_log(out)
+  assert {"/cam/image_raw/compressed", "/cam/camera_info", "/odom_note"} <= set(log)
+  assert [m.data for _, m in log["/odom_note"]] == ["n0", "n1", "n2"]
+  assert len(log["/hydrajax/segm"]) == FRAMES and len(log["/hydrajax/depth"]) == FRAMES
+  assert log["/hydrajax/depth"][0][1].width == W  # below --max-side: the input's size
+  if fmt == "ros2":
+    assert sorted(os.listdir(tmp_path)) == ["in.mcap", "in_dir", "out"]  # no temp dirs left
+
+
+def test_mcap_output_decodes_with_mcaps_own_ros2_decoder(weights_file, tmp_path, capsys):
+  """Foxglove reads MCAP's ros2msg schemas: mcap-ros2-support decodes every output message."""
+  decoder = pytest.importorskip("mcap_ros2.decoder")
+  from mcap.reader import make_reader
+  src = str(tmp_path / "in.bag")
+  write_bag(src, "ros1", encoding="bgr8")
+  out = tmp_path / "out.mcap"
+  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", TOPIC, "--out", str(out),
+                  "--points"], capsys)
+  assert rc == 0, io_.err
+  with open(out, "rb") as f:
+    msgs = {}
+    for _, channel, _, msg in make_reader(f, decoder_factories=[decoder.DecoderFactory()]) \
+        .iter_decoded_messages():
+      msgs.setdefault(channel.topic, []).append(msg)
+  assert {t: len(m) for t, m in msgs.items()} == {
+      f"/hydrajax/{n}": FRAMES for n in ("segm", "segm_color", "depth", "camera_info", "points")}
+  cloud = msgs["/hydrajax/points"][0]
+  assert [(f.name, f.offset, f.datatype) for f in cloud.fields] == [
+      ("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("rgb", 12, 7), ("label", 16, 2)]
+  assert cloud.point_step == 20 and cloud.height == 1 and cloud.width == H * W
+  assert cloud.header.frame_id == "cam_optical"
+
+
+def test_points_are_the_depth_back_projected_with_camera_info_k(weights_file, variables,
+                                                                tmp_path, capsys):
+  src = str(tmp_path / "in.db3")
+  frames = write_bag(str(tmp_path / "in2"), "ros2")
+  os.replace(tmp_path / "in2" / "in2.db3", src)
+  out = tmp_path / "out.mcap"
+  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", TOPIC, "--out", str(out),
+                  "--points", "--every", "2"], capsys)
+  assert rc == 0, io_.err
+  log = read_log(out)
+  assert len(log["/hydrajax/points"]) == 2  # frames 0 and 2
+  cloud = log["/hydrajax/points"][1][1]
+  data = np.frombuffer(cloud.data.tobytes(), np.dtype(
+      {"names": ["x", "y", "z", "rgb", "label"], "formats": ["<f4"] * 4 + ["u1"],
+       "offsets": [0, 4, 8, 12, 16], "itemsize": 20}))
+  out_ = hydrajax.apply(variables, frames[2])
+  depth, labels = np.asarray(out_["depth"]), np.asarray(out_["segm"]).argmax(-1)
+  v, u = np.mgrid[0:H, 0:W]
+  fx, fy, cx, cy = K_IN
+  np.testing.assert_allclose(data["z"], depth.reshape(-1), rtol=1e-5)
+  np.testing.assert_allclose(data["x"], ((u - cx) * depth / fx).reshape(-1), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(data["y"], ((v - cy) * depth / fy).reshape(-1), rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(data["label"], labels.reshape(-1))
+  rgb = data["rgb"].view(np.uint32)
+  np.testing.assert_array_equal(np.stack([rgb >> 16, (rgb >> 8) & 255, rgb & 255], -1),
+                                frames[2].reshape(-1, 3))
+
+
+@pytest.mark.parametrize("encoding", ["bgr8", "mono16"])
+def test_raw_encodings_read_as_rgb(encoding):
+  ts = get_typestore(Stores.ROS2_HUMBLE)
+  frame = _frames(1)[0]
+  hdr = rosmsg.header(ts, 0, "c")
+  if encoding == "bgr8":
+    msg, want = rosmsg.image_msg(ts, hdr, frame[..., ::-1], "bgr8"), frame
+  else:
+    msg = rosmsg.image_msg(ts, hdr, frame[..., 0].astype("<u2") * 257, "mono16")
+    want = np.repeat(frame[..., :1], 3, -1)
+  np.testing.assert_array_equal(rosmsg.to_rgb(msg, TOPIC), want)
+
+
+def test_missing_topic_lists_the_bags_image_topics(weights_file, tmp_path, capsys):
+  src = str(tmp_path / "in.bag")
+  write_bag(src, "ros1")
+  out = tmp_path / "out.mcap"
+  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", "/front/image",
+                  "--out", str(out)], capsys)
+  assert rc == 2
+  assert_one_error_line(io_.err, src, "/front/image", "its image topics: /cam/image_raw")
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("encoding", ["bayer_rggb8", "yuv422", "32FC1"])
+def test_unsupported_encoding_is_named_with_the_topic(encoding, weights_file, tmp_path, capsys):
+  src = str(tmp_path / "in.mcap")
+  frames = [np.zeros((H, W, 4 if encoding == "32FC1" else 2), np.uint8)]
+  write_bag(src, "mcap", encoding=encoding, frames=frames)
+  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", TOPIC,
+                  "--out", str(tmp_path / "out.mcap")], capsys)
+  assert rc == 2
+  assert_one_error_line(io_.err, TOPIC, repr(encoding))
+  assert sorted(os.listdir(tmp_path)) == ["in.mcap", "in_dir"]
+
+
+def test_without_camera_info_segm_and_depth_are_written_and_points_refused(weights_file,
+                                                                           tmp_path, capsys):
+  src = str(tmp_path / "in.bag")
+  write_bag(src, "ros1", camera_info=False)
+  out = tmp_path / "out.mcap"
+  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", TOPIC, "--out", str(out)],
+                 capsys)
+  assert rc == 0, io_.err
+  assert sorted(read_log(out)) == ["/hydrajax/depth", "/hydrajax/segm", "/hydrajax/segm_color"]
+  out2 = tmp_path / "out2.mcap"
+  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", TOPIC, "--out", str(out2),
+                  "--points"], capsys)
+  assert rc == 2
+  assert_one_error_line(io_.err, "--points needs the camera", src, "/cam/camera_info",
+                        "--intrinsics", "--fov")
+  assert not out2.exists()
+
+
+def test_explicit_fov_beats_camera_info(weights_file, tmp_path, capsys):
+  src = str(tmp_path / "in.bag")
+  write_bag(src, "ros1")
+  out = tmp_path / "out.mcap"
+  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", TOPIC, "--out", str(out),
+                  "--fov", "90"], capsys)
+  assert rc == 0, io_.err
+  assert "camera: intrinsics fx=32 fy=32 cx=31.5 cy=23.5 at 64x48 (--fov 90)" in io_.out
+  np.testing.assert_allclose(read_log(out)["/hydrajax/camera_info"][0][1].k[0], 32.0)
+
+
+def test_distortion_is_named_without_undistort_and_removed_with_it(weights_file, tmp_path,
+                                                                  capsys):
+  src = str(tmp_path / "in.bag")
+  write_bag(src, "ros1", distortion=(-0.2, 0.05, 0.0, 0.0, 0.0))
+  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", TOPIC,
+                  "--out", str(tmp_path / "a.mcap")], capsys)
+  assert rc == 0 and "has plumb_bob distortion" in io_.err
+  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", TOPIC,
+                  "--out", str(tmp_path / "b.mcap"), "--undistort"], capsys)
+  assert rc == 0 and "distortion" not in io_.err
+  info = read_log(tmp_path / "b.mcap")["/hydrajax/camera_info"][0][1]
+  assert not np.asarray(info.d).any()
+
+
+def test_undistort_map_is_the_plumb_bob_model():
+  """A distorted image of a point lands, after undistortion, where the pinhole K puts it."""
+  from hydrajax.inference import points as points_lib
+  k = points_lib.Intrinsics(60.0, 60.0, 31.5, 23.5, W, H)
+  d = np.array([-0.3, 0.1, 0.01, -0.01, 0.0])
+  x, y = 0.3, -0.2  # normalized coordinates of the point
+  r2 = x * x + y * y
+  radial = 1 - 0.3 * r2 + 0.1 * r2 * r2
+  xd = x * radial + 2 * 0.01 * x * y - 0.01 * (r2 + 2 * x * x)
+  yd = y * radial + 0.01 * (r2 + 2 * y * y) + 2 * -0.01 * x * y
+  image = np.zeros((H, W, 1), np.uint8)
+  image[int(round(yd * 60 + 23.5)), int(round(xd * 60 + 31.5))] = 255
+  out = rosmsg.Undistorter(k, d)(image)[..., 0]
+  row, col = np.unravel_index(out.argmax(), out.shape)
+  assert abs(row - (y * 60 + 23.5)) <= 1 and abs(col - (x * 60 + 31.5)) <= 1
+
+
+def test_damaged_bag_keeps_the_frames_before_the_damage(weights_file, tmp_path, capsys):
+  """A ROS 1 bag whose 21st message record is damaged: the 20 frames before it are in a valid
+  OUT, the one error line names the bag and the last good message time, exit status 1."""
+  src = tmp_path / "in.bag"
+  write_bag(str(src), "ros1", frames=_frames(40), camera_info=False, chunk_bytes=30000)
+  data = bytearray(src.read_bytes())
+  records = [i for i in range(len(data)) if data.startswith(b"op=\x02", i)]  # message data
+  data[records[20] - 8:records[20] + 4] = b"\xff" * 12
+  src.write_bytes(bytes(data))
+  out = tmp_path / "out.mcap"
+  rc, io_ = _run(["--weights", weights_file, "--bag", str(src), "--topic", TOPIC,
+                  "--out", str(out)], capsys)
+  assert rc == 1, io_.err
+  assert_one_error_line(io_.err, src, "after the message at bag time 1.900 s",
+                        "the 20 frames before it are in")
+  assert len(read_log(out)["/hydrajax/depth"]) == 20
+
+
+def test_unreadable_bag_writes_nothing(weights_file, tmp_path, capsys):
+  src = tmp_path / "in.bag"
+  write_bag(str(src), "ros1")
+  src.write_bytes(src.read_bytes()[:3000])
+  out = tmp_path / "out.mcap"
+  rc, io_ = _run(["--weights", weights_file, "--bag", str(src), "--topic", TOPIC,
+                  "--out", str(out)], capsys)
+  assert rc == 2
+  assert_one_error_line(io_.err, str(src), "not a readable bag")
+  assert not out.exists()
