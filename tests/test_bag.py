@@ -339,3 +339,62 @@ def test_unreadable_bag_writes_nothing(weights_file, tmp_path, capsys):
   assert rc == 2
   assert_one_error_line(io_.err, str(src), "not a readable bag")
   assert not out.exists()
+
+
+def test_foxglove_server_sends_every_topic_to_a_subscriber_on_localhost(variables):
+  """A live camera served over Foxglove's WebSocket protocol on 127.0.0.1: a client that
+  subscribes to every advertised channel receives a message on each topic, CDR-decodable."""
+  import json
+  import struct
+  import threading
+  from websockets.sync.client import connect
+  from hydrajax.inference import bag, points as points_lib, roslog
+  stop = threading.Event()
+  frame = _frames(1)[0]
+
+  def frames():
+    for _ in range(2000):  # bounded: the client stops it after one message per topic
+      if stop.is_set():
+        return
+      yield frame
+  sink = roslog.FoxgloveSink(port=0)
+  sink.wants_image = True
+  done = {}
+  worker = threading.Thread(target=lambda: done.setdefault("report", bag.live_camera(
+      variables, frames(), [sink], camera=points_lib.CameraChoice(fov=90.0), points=True,
+      progress=False)))
+  worker.start()
+  topics, received = {}, {}
+  want = {f"/hydrajax/{n}" for n in ("image", "segm", "segm_color", "depth", "camera_info",
+                                     "points")}
+  try:
+    with connect(f"ws://127.0.0.1:{sink.port}", subprotocols=["foxglove.sdk.v1"],
+                 open_timeout=10, close_timeout=2) as ws:
+      while set(received) != want:
+        message = ws.recv(timeout=30)
+        if isinstance(message, str):
+          msg = json.loads(message)
+          if msg["op"] == "advertise":
+            subs = [{"id": c["id"], "channelId": c["id"]} for c in msg["channels"]]
+            topics.update({c["id"]: c for c in msg["channels"]})
+            ws.send(json.dumps({"op": "subscribe", "subscriptions": subs}))
+        elif message[0] == 0x01:  # message data: subscription id, timestamp, payload
+          sub = struct.unpack_from("<I", message, 1)[0]
+          received.setdefault(topics[sub]["topic"], bytes(message[13:]))
+  finally:
+    stop.set()
+    worker.join(60)
+    sink.close()
+  assert done["report"].frames >= 1
+  assert {topics[i]["schemaEncoding"] for i in topics} == {"ros2msg"}
+  ts = get_typestore(Stores.ROS2_HUMBLE)
+  depth = ts.deserialize_cdr(received["/hydrajax/depth"], rosmsg.IMAGE)
+  assert (depth.encoding, depth.height, depth.width) == ("32FC1", H, W)
+  cloud = ts.deserialize_cdr(received["/hydrajax/points"], rosmsg.POINTS)
+  assert cloud.width == H * W and cloud.header.frame_id == "camera"
+
+
+def test_foxglove_needs_a_camera_or_a_bag(weights_file, capsys):
+  rc, io_ = _run(["--weights", weights_file, "--foxglove"], capsys)
+  assert rc == 2
+  assert_one_error_line(io_.err, "--foxglove needs --camera N or --bag IN")
