@@ -1,4 +1,5 @@
-"""Export the network, with its input normalisation, to StableHLO (jax.export) or ONNX.
+"""Export the network, with its input normalisation, to StableHLO (jax.export), ONNX or an
+OpenVINO IR.
 
     python -m hydrajax.export.cli --weights W.npz --format stablehlo --height 480 --width 640 \\
         --out model.stablehlo [--batch N] [--full-resolution] [--input-dtype float32]
@@ -13,13 +14,21 @@ returns named outputs (ONNX output names; dict keys of the StableHLO function):
 The batch is symbolic ("N") unless --batch is given. H and W are fixed at export time: the
 decoder's resizes are constant matrices for one size.
 
-int8 (ONNX only): `--int8 --calibrate-config configs/x.py` (or `--calibrate-images DIR`)
-quantizes the graph statically (hydrajax.export.quantize: QDQ, per-channel int8 weights,
-uint8 activations calibrated on `--calibrate-count` seeded images of that dataset's training
-split or folder); same inputs and outputs as the float graph.
+`--format openvino --out model.xml` writes OpenVINO's IR (model.xml + model.bin) of the same
+graph, read from the ONNX export (hydrajax.export.openvino_ir); same inputs and outputs.
+
+int8 (ONNX and OpenVINO): `--int8 --calibrate-config configs/x.py` (or `--calibrate-images
+DIR`) quantizes the graph statically on `--calibrate-count` seeded images of that dataset's
+training split or folder: ONNX through onnxruntime (hydrajax.export.quantize: QDQ,
+per-channel int8 weights, uint8 activations), OpenVINO through NNCF; same inputs and outputs
+as the float graph. Each int8 export is checked against the float graph on the calibration
+frames (hydrajax.export.int8_guard: labels >= `--int8-min-labels`, depth RMS difference <=
+`--int8-max-depth` of the mean depth); below that, the parts that cost most are kept float,
+by measurement, and if that is not enough nothing is written.
 
 Run a StableHLO file without hydrajax: `jax.export.deserialize(open(f, "rb").read()).call(x)`.
 Run an ONNX file: `onnxruntime.InferenceSession(f).run(None, {"image": x})`.
+Run an IR: `openvino.Core().compile_model("model.xml", "CPU")(x)`.
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ import numpy as np
 from hydrajax import api, weights
 from hydrajax.runtime import atomic
 
-FORMATS = ("stablehlo", "onnx")
+FORMATS = ("stablehlo", "onnx", "openvino")
 INPUT_DTYPES = ("uint8", "float32")
 INPUT_NAME = "image"
 OUTPUT_ORDER = ("segm", "depth", "normals", "labels")
@@ -164,7 +173,7 @@ def export(variables: Mapping[str, Any], fmt: str, height: int, width: int, **kw
   """Dispatch to export_stablehlo / export_onnx by format name."""
   if fmt == "stablehlo":
     return export_stablehlo(variables, height, width, **kwargs)
-  if fmt == "onnx":
+  if fmt in ("onnx", "openvino"):  # the IR is read from the ONNX graph at writing time
     return export_onnx(variables, height, width, **kwargs)
   raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
 
@@ -182,7 +191,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="outputs at the input resolution, plus argmax 'labels'")
   p.add_argument("--input-dtype", choices=INPUT_DTYPES, default="uint8")
   p.add_argument("--int8", action="store_true",
-                 help="ONNX only: statically quantized int8 graph (needs a calibration source)")
+                 help="ONNX and OpenVINO: statically quantized int8 graph (needs a calibration "
+                      "source)")
   p.add_argument("--calibrate-config", default=None,
                  help="--int8: calibrate on this config's training images (configs/x.py[:arg])")
   p.add_argument("--calibrate-data-dir", default=None,
@@ -196,6 +206,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="--int8: comma-separated parts left float32, from "
                       "segm_head,depth_head,normals_head,output_resize,input "
                       "(default none: everything int8)")
+  p.add_argument("--int8-min-labels", type=float, default=None,
+                 help="--int8: the least fraction of calibration pixels whose label must equal "
+                      "the float graph's (default 0.97)")
+  p.add_argument("--int8-max-depth", type=float, default=None,
+                 help="--int8: the largest RMS depth difference to the float graph on the "
+                      "calibration frames, as a fraction of its mean depth (default 0.05)")
   p.add_argument("--platforms", default=None,
                  help="StableHLO only: comma-separated, e.g. cpu,cuda (default: this backend)")
   return p.parse_args(argv)
@@ -205,14 +221,14 @@ def _check_int8_args(args: argparse.Namespace) -> tuple[str, str] | None:
   """("config" | "images", path) of an --int8 export, None without --int8; ValueError on
   a bad combination."""
   given = [n for n in ("calibrate_config", "calibrate_images", "calibrate_count", "keep_float",
-                       "calibrate_data_dir")
+                       "calibrate_data_dir", "int8_min_labels", "int8_max_depth")
            if getattr(args, n) is not None]
   if not args.int8:
     if given:
       raise ValueError(f"--{given[0].replace('_', '-')} applies to --int8 only")
     return None
-  if args.format != "onnx":
-    raise ValueError("--int8 applies to --format onnx only")
+  if args.format not in ("onnx", "openvino"):
+    raise ValueError("--int8 applies to --format onnx and openvino only")
   if (args.calibrate_config is None) == (args.calibrate_images is None):
     raise ValueError("--int8 needs exactly one of --calibrate-config FILE or "
                      "--calibrate-images DIR")
@@ -226,29 +242,95 @@ def _check_int8_args(args: argparse.Namespace) -> tuple[str, str] | None:
     if parts - set(quantize.FLOAT_PARTS):
       raise ValueError(f"--keep-float: unknown float parts {sorted(parts - set(quantize.FLOAT_PARTS))}"
                        f"; expected some of {','.join(quantize.FLOAT_PARTS)} or none")
-  try:
-    import onnxruntime.quantization  # noqa: F401
-  except ImportError as e:
-    raise ImportError(f"--int8 needs onnxruntime: {_ONNX_INSTALL} ({e})") from e
+  _bounds(args)  # checked before the slow part
+  if args.format == "openvino":
+    from hydrajax.export import openvino_ir
+    openvino_ir.import_nncf()
+  else:
+    try:
+      import onnxruntime.quantization  # noqa: F401
+    except ImportError as e:
+      raise ImportError(f"--int8 needs onnxruntime: {_ONNX_INSTALL} ({e})") from e
   if args.calibrate_config is not None:
     return "config", args.calibrate_config
   return "images", args.calibrate_images
 
 
-def _quantize(data: bytes, args: argparse.Namespace, calibration: tuple[str, str]) -> bytes:
+def _bounds(args: argparse.Namespace) -> Any:
+  from hydrajax.export import int8_guard
+  default = int8_guard.Bounds()
+  return int8_guard.Bounds(
+      default.min_labels if args.int8_min_labels is None else args.int8_min_labels,
+      default.max_depth if args.int8_max_depth is None else args.int8_max_depth)
+
+
+def _calibration_images(args: argparse.Namespace, calibration: tuple[str, str]) -> np.ndarray:
   from hydrajax.export import quantize
   kind, path = calibration
   count = args.calibrate_count or quantize.CALIBRATE_DEFAULT
   if kind == "config":
-    images = quantize.images_from_config(path, (args.height, args.width), count,
-                                         args.calibrate_seed, args.calibrate_data_dir)
-  else:
-    images = quantize.images_from_folder(path, (args.height, args.width), count,
-                                         args.calibrate_seed)
-  keep = quantize.KEEP_FLOAT
-  if args.keep_float is not None:
-    keep = [p.strip() for p in args.keep_float.split(",") if p.strip() not in ("", "none")]
-  return quantize.quantize(data, images, keep_float=keep)
+    return quantize.images_from_config(path, (args.height, args.width), count,
+                                       args.calibrate_seed, args.calibrate_data_dir)
+  return quantize.images_from_folder(path, (args.height, args.width), count,
+                                     args.calibrate_seed)
+
+
+def _keep_float(args: argparse.Namespace) -> tuple[str, ...]:
+  from hydrajax.export import quantize
+  if args.keep_float is None:
+    return tuple(quantize.KEEP_FLOAT)
+  return tuple(p.strip() for p in args.keep_float.split(",") if p.strip() not in ("", "none"))
+
+
+class _Runner:
+  """run(graph, images) for the accuracy guard, keeping the last graph's session."""
+
+  def __init__(self, load: Callable[[Any], Any], run: Callable[[Any, np.ndarray], dict]):
+    self.load, self.run_loaded, self.graph, self.session = load, run, None, None
+
+  def __call__(self, graph: Any, images: np.ndarray) -> dict:
+    if graph is not self.graph:
+      self.graph, self.session = graph, self.load(graph)
+    return self.run_loaded(self.session, images)
+
+
+def quantize_onnx_guarded(data: bytes, images: np.ndarray, bounds: Any,
+                          keep_float: Sequence[str] = ()) -> Any:
+  """int8_guard.Result of the QDQ quantization of the serialized float ONNX graph `data`."""
+  import onnx
+  import onnxruntime as ort
+  from hydrajax.export import int8_guard, quantize
+  proto = onnx.load_from_string(data)
+  names = [o.name for o in proto.graph.output if o.name in ("segm", "depth")]
+  run = _Runner(lambda g: ort.InferenceSession(g, providers=["CPUExecutionProvider"]),
+                lambda s, x: dict(zip(names, s.run(names, {INPUT_NAME: x}))))
+  candidates = int8_guard.present_parts(lambda ps: quantize.float_nodes(proto, ps),
+                                        quantize.FLOAT_PARTS)
+  return int8_guard.guarded(lambda keep: quantize.quantize(data, images, keep_float=keep),
+                            run, data, images, candidates, bounds, keep_float)
+
+
+def quantize_openvino_guarded(model: Any, images: np.ndarray, bounds: Any,
+                              keep_float: Sequence[str] = ()) -> Any:
+  """int8_guard.Result of NNCF's quantization of the float openvino.Model `model`."""
+  from hydrajax.export import int8_guard, openvino_ir, quantize
+  names = ("segm", "depth")
+  run = _Runner(openvino_ir.compile_model, lambda c, x: openvino_ir.run(c, x, names))
+  candidates = int8_guard.present_parts(lambda ps: openvino_ir.float_ops(model, ps),
+                                        quantize.FLOAT_PARTS)
+  return int8_guard.guarded(
+      lambda keep: openvino_ir.quantize(model, images, keep_float=keep),
+      run, model, images, candidates, bounds, keep_float)
+
+
+def _check_out(args: argparse.Namespace) -> None:
+  if os.path.isdir(args.out):
+    raise ValueError(f"--out {args.out} is a directory; give the file to write")
+  parent = os.path.dirname(os.path.abspath(args.out))
+  if os.path.exists(parent) and not os.path.isdir(parent):
+    raise ValueError(f"--out {args.out}: {parent} is a file, not a directory")
+  if args.format == "openvino" and not args.out.endswith(".xml"):
+    raise ValueError(f"--out {args.out}: an OpenVINO IR is written as NAME.xml (+ NAME.bin)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,30 +339,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.weights = weights.choose(args.weights, args.workdir)
     if args.platforms is not None and args.format != "stablehlo":
       raise ValueError("--platforms applies to --format stablehlo only")
-    if os.path.isdir(args.out):
-      raise ValueError(f"--out {args.out} is a directory; give the file to write")
-    parent = os.path.dirname(os.path.abspath(args.out))
-    if os.path.exists(parent) and not os.path.isdir(parent):
-      raise ValueError(f"--out {args.out}: {parent} is a file, not a directory")
+    _check_out(args)
     _check_args(args.height, args.width, args.batch, args.input_dtype)
     calibration = _check_int8_args(args)
-    if args.format == "onnx":
+    if args.format in ("onnx", "openvino"):
       _import_onnx()  # fail before the slow part if it is missing
+    if args.format == "openvino":
+      from hydrajax.export import openvino_ir
+      openvino_ir.import_openvino()
     variables = weights.load(args.weights)
     kwargs = dict(batch=args.batch, full_resolution=args.full_resolution,
                   input_dtype=args.input_dtype)
     if args.platforms:
       kwargs["platforms"] = [s.strip() for s in args.platforms.split(",") if s.strip()]
     data = export(variables, args.format, args.height, args.width, **kwargs)
+    log: list[str] = []
+    graph: Any = data
+    if args.format == "openvino":
+      graph = openvino_ir.from_onnx(data)
     if args.int8:
-      data = _quantize(data, args, calibration)
-    rows = signature(data, args.format)
-    atomic.write_bytes_atomic(args.out, data)
+      images = _calibration_images(args, calibration)
+      guard = quantize_openvino_guarded if args.format == "openvino" else quantize_onnx_guarded
+      result = guard(graph, images, _bounds(args), _keep_float(args))
+      graph, log = result.graph, result.log
+    if args.format == "openvino":
+      rows = openvino_ir.signature(graph)
+      openvino_ir.save(graph, args.out)
+      size = os.path.getsize(args.out[:-4] + ".bin") + os.path.getsize(args.out)
+    else:
+      rows = signature(graph, args.format)
+      atomic.write_bytes_atomic(args.out, graph)
+      size = len(graph)
   except (ValueError, OSError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  for line in log:
+    print(line)
   kind = f"{args.format}, int8" if args.int8 else args.format
-  print(f"wrote {args.out} ({kind}, {len(data) / 1e6:.1f} MB)")
+  print(f"wrote {args.out} ({kind}, {size / 1e6:.1f} MB)")
   for kind, name, shape, dtype in rows:
     print(f"  {kind:6s} {name:8s} {dtype:8s} ({', '.join(shape)})")
   return 0

@@ -1,5 +1,7 @@
-"""An exported ONNX graph (float or int8, `hydrajax-export --format onnx [--int8]`) run by
-onnxruntime and called like `hydrajax.apply`, for predict, video and evaluation.
+"""An exported graph (float or int8, `hydrajax-export --format onnx|openvino [--int8]`) run by
+onnxruntime (OnnxModel) or OpenVINO (openvino_runner.OpenVinoModel) and called like
+`hydrajax.apply`, for predict, video, the demo and evaluation. `load` picks the runtime:
+by the file (`.onnx` onnxruntime, `.xml` OpenVINO), or as asked (`runtime`).
 
 The graph has a fixed input size (H, W): images of another size are resized to it (PIL
 bilinear) and the outputs are upsampled back to the image's size with `hydrajax.apply`'s
@@ -19,47 +21,64 @@ from hydrajax.export.onnx_graph import METADATA_KEY
 from hydrajax.inference import full_res
 
 
-class OnnxModel:
-  """An exported graph loaded in onnxruntime (an InferenceSession). Attributes: path, input_name, size (H, W),
-  input_dtype, tasks, num_classes, align_corners, full_resolution."""
+RUNTIMES = ("file", "auto", "onnxruntime", "openvino")
+# `runtime="auto"`: the first installed, fastest first (measured: docs/export.md).
+FASTEST_FIRST = ("openvino", "onnxruntime")
 
-  def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
-               max_pixels: int = pngio.DEFAULT_MAX_PIXELS):
-    """ValueError naming the file (one line) for a file onnx or onnxruntime cannot load (a
-    broken graph, unknown or custom ops), metadata that is not a JSON object, or an input
-    size above `max_pixels` (width x height, checked before anything is allocated)."""
-    import onnx
-    import onnxruntime as ort
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path}: no such ONNX file")
-    try:
-      proto = onnx.load(path, load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and friends for non-ONNX bytes
-      raise ValueError(f"{path}: not a readable ONNX model ({_one_line(e)})") from e
-    graph = proto.graph
-    if len(graph.input) != 1 or len(graph.input[0].type.tensor_type.shape.dim) != 4:
-      raise ValueError(f"{path}: expected one (N, H, W, 3) image input, "
-                       f"got inputs {[i.name for i in graph.input]}")
-    inp = graph.input[0]
-    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+
+def installed(runtime: str) -> bool:
+  import importlib.util
+  return importlib.util.find_spec(runtime) is not None
+
+
+def load(path: str | os.PathLike, runtime: str = "file", *, threads: int | None = None,
+         max_pixels: int = pngio.DEFAULT_MAX_PIXELS) -> "ExportedModel":
+  """The exported graph at `path` in a runtime: "file" by its suffix (`.xml` an OpenVINO IR
+  in OpenVINO, anything else ONNX in onnxruntime), "auto" the fastest installed runtime that
+  reads it (OpenVINO reads ONNX too; FASTEST_FIRST), or "onnxruntime" / "openvino".
+  ValueError (one line) for a runtime that cannot read the file."""
+  path = os.fspath(path)
+  if runtime not in RUNTIMES:
+    raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+  suffix = os.path.splitext(path)[1].lower()
+  if runtime == "file":
+    runtime = "openvino" if suffix == ".xml" else "onnxruntime"
+  elif runtime == "auto":
+    readers = ("openvino",) if suffix == ".xml" else FASTEST_FIRST
+    runtime = next((r for r in readers if installed(r)), readers[-1])
+  if runtime == "onnxruntime" and suffix == ".xml":
+    raise ValueError(f"{path}: onnxruntime reads ONNX files, not OpenVINO IR; use --runtime "
+                     f"openvino (or file)")
+  if runtime == "openvino":
+    from hydrajax.inference import openvino_runner
+    return openvino_runner.OpenVinoModel(path, threads=threads, max_pixels=max_pixels)
+  return OnnxModel(path, threads=threads, max_pixels=max_pixels)
+
+
+class ExportedModel:
+  """An exported graph in a runtime. Attributes: path, runtime, input_name, size (H, W),
+  input_dtype, tasks, num_classes, align_corners, full_resolution. A subclass reads the
+  file and implements `_run`."""
+  runtime = ""
+
+  def _check(self, path: str, input_name: str, dims: list, input_dtype: Any,
+             outputs: dict[str, list], props: dict[str, str], max_pixels: int) -> None:
+    """Sets the attributes from what the file declares (dims: the input's, 0 where not
+    fixed; outputs: name -> dims); ValueError naming the file for a graph of another form, or
+    an input size above `max_pixels` (checked before anything is allocated)."""
+    if len(dims) != 4:
+      raise ValueError(f"{path}: expected one (N, H, W, 3) image input, got {input_name} "
+                       f"with {len(dims)} dimensions")
     if dims[1] < 1 or dims[2] < 1 or dims[3] != 3:
-      raise ValueError(f"{path}: input {inp.name} must be (N, H, W, 3) with fixed H, W, "
+      raise ValueError(f"{path}: input {input_name} must be (N, H, W, 3) with fixed H, W, "
                        f"got {dims}")
     if dims[1] * dims[2] > max_pixels:
-      raise ValueError(f"{path}: input {inp.name} is {dims[2]}x{dims[1]} = "
+      raise ValueError(f"{path}: input {input_name} is {dims[2]}x{dims[1]} = "
                        f"{dims[1] * dims[2]} pixels, above the limit of {max_pixels} "
                        f"(--max-pixels)")
-    self.path, self.input_name, self.size = path, inp.name, (dims[1], dims[2])
-    try:
-      self.input_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
-          inp.type.tensor_type.elem_type))
-    except (KeyError, TypeError, ValueError):
-      raise ValueError(f"{path}: input {inp.name} has no numeric element type "
-                       f"({inp.type.tensor_type.elem_type})") from None
-    cfg = _metadata(path, {p.key: p.value for p in proto.metadata_props})
-    outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
-               for o in graph.output}
+    self.path, self.input_name, self.size = path, input_name, (dims[1], dims[2])
+    self.input_dtype = input_dtype
+    cfg = _metadata(path, props)
     self.tasks = tuple(t for t in ("segm", "depth", "normals") if t in outputs)
     if not self.tasks:
       raise ValueError(f"{path}: no segm / depth / normals output (got {sorted(outputs)})")
@@ -71,14 +90,7 @@ class OnnxModel:
     if not isinstance(self.align_corners, bool):
       raise ValueError(f"{path}: metadata {METADATA_KEY!r}: align_corners must be true or "
                        f"false, got {self.align_corners!r}")
-    self.full_resolution = outputs[self.tasks[0]][1:3] == list(self.size)
-    options = ort.SessionOptions()
-    if threads:
-      options.intra_op_num_threads = int(threads)
-    try:
-      self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime's own types (InvalidGraph, Fail, ...)
-      raise ValueError(f"{path}: onnxruntime cannot load it ({_one_line(e)})") from e
+    self.full_resolution = list(outputs[self.tasks[0]][1:3]) == list(self.size)
 
   def config(self) -> dict:
     """The model config as `api.model_config` gives it for weights."""
@@ -93,11 +105,11 @@ class OnnxModel:
                        f"got {images.shape}")
     names = list(self.tasks)
     try:
-      values = self.session.run(names, {self.input_name: images.astype(self.input_dtype)})
-    except Exception as e:  # noqa: BLE001 - onnxruntime's own types; out of memory kept as is
+      values = self._run(images.astype(self.input_dtype), names)
+    except Exception as e:  # noqa: BLE001 - the runtime's own types; out of memory kept as is
       if full_res.is_out_of_memory(e):
         raise
-      raise ValueError(f"{self.path}: onnxruntime failed running it ({_one_line(e)})") from e
+      raise ValueError(f"{self.path}: {self.runtime} failed running it ({_one_line(e)})") from e
     return dict(zip(names, values))
 
   def _at_graph_size(self, images: np.ndarray) -> np.ndarray:
@@ -127,6 +139,55 @@ class OnnxModel:
     raw = {k: v[0] for k, v in self.raw(self._at_graph_size(image[None])).items()}
     return full_res.upsample_in_blocks(raw, image.shape[:2], self.align_corners)
 
+  def _run(self, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    raise NotImplementedError
+
+
+class OnnxModel(ExportedModel):
+  """An exported ONNX graph loaded in onnxruntime (an InferenceSession)."""
+  runtime = "onnxruntime"
+
+  def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
+               max_pixels: int = pngio.DEFAULT_MAX_PIXELS):
+    """ValueError naming the file (one line) for a file onnx or onnxruntime cannot load (a
+    broken graph, unknown or custom ops), metadata that is not a JSON object, or an input
+    size above `max_pixels` (width x height, checked before anything is allocated)."""
+    import onnx
+    import onnxruntime as ort
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: no such ONNX file")
+    try:
+      proto = onnx.load(path, load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and friends for non-ONNX bytes
+      raise ValueError(f"{path}: not a readable ONNX model ({_one_line(e)})") from e
+    graph = proto.graph
+    if len(graph.input) != 1 or len(graph.input[0].type.tensor_type.shape.dim) != 4:
+      raise ValueError(f"{path}: expected one (N, H, W, 3) image input, "
+                       f"got inputs {[i.name for i in graph.input]}")
+    inp = graph.input[0]
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    try:
+      input_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
+          inp.type.tensor_type.elem_type))
+    except (KeyError, TypeError, ValueError):
+      raise ValueError(f"{path}: input {inp.name} has no numeric element type "
+                       f"({inp.type.tensor_type.elem_type})") from None
+    outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
+               for o in graph.output}
+    self._check(path, inp.name, dims, input_dtype, outputs,
+                {p.key: p.value for p in proto.metadata_props}, max_pixels)
+    options = ort.SessionOptions()
+    if threads:
+      options.intra_op_num_threads = int(threads)
+    try:
+      self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own types (InvalidGraph, Fail, ...)
+      raise ValueError(f"{path}: onnxruntime cannot load it ({_one_line(e)})") from e
+
+  def _run(self, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    return self.session.run(names, {self.input_name: images})
+
 
 def _one_line(error: BaseException) -> str:
   """An exception's message on one line (onnx and onnxruntime messages may span several)."""
@@ -149,9 +210,9 @@ def _metadata(path: str, props: dict[str, str]) -> dict:
 
 def display_settings(model: Any, palette: str = "auto", max_depth: float | None = None
                      ) -> tuple[np.ndarray, float]:
-  """`visualize.settings_for` of weights, or `visualize.display_settings` of an OnnxModel
-  (by its number of classes: the graph carries no palette)."""
+  """`visualize.settings_for` of weights, or `visualize.display_settings` of an exported
+  graph (by its number of classes: the graph carries no palette)."""
   from hydrajax.inference import visualize
-  if isinstance(model, OnnxModel):
+  if isinstance(model, ExportedModel):
     return visualize.display_settings(model.num_classes, palette, max_depth)
   return visualize.settings_for(model, palette, max_depth)

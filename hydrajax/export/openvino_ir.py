@@ -1,0 +1,214 @@
+"""The exported graph as an OpenVINO IR (`.xml` + `.bin`), float or int8 through NNCF.
+
+The IR is OpenVINO's reading of the float ONNX export (`cli.export_onnx`): the same uint8
+(or float32) NHWC input with the normalisation inside, the same named outputs, the same
+`--full-resolution` form. Weights stay float32 in the file (no FP16 compression), so the
+float IR computes what the ONNX graph computes. The model config travels in the IR's
+runtime info under METADATA_KEY (JSON), as in the ONNX graph's metadata.
+
+int8: NNCF's post-training quantization (`nncf.quantize`, the "performance" preset:
+symmetric int8 weights per channel and activations, ranges from the calibration images, fast
+bias correction) of that OpenVINO model; the parts kept float (FLOAT_PARTS of
+`quantize.py`) are given to NNCF as an ignored scope of OpenVINO operations.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from hydrajax.export.onnx_graph import METADATA_KEY
+from hydrajax.runtime import atomic
+
+# From a clone (hydrajax is not on a package index); versions: pyproject.toml, requirements.txt.
+INSTALL = 'pip install -e ".[openvino]" in the hydrajax checkout'
+
+
+@contextlib.contextmanager
+def _no_telemetry():
+  """OpenVINO and NNCF post usage telemetry from a thread on import (OpenVINO's through a
+  forked process, which a multithreaded JAX process must not do) unless the user opted out or
+  a CI variable is set: the variables their own switches read are set while importing."""
+  saved = {k: os.environ.get(k) for k in ("CI", "NNCF_CI")}
+  os.environ.update({"CI": "true", "NNCF_CI": "1"})
+  try:
+    yield
+  finally:
+    for key, value in saved.items():
+      if value is None:
+        os.environ.pop(key, None)
+      else:
+        os.environ[key] = value
+
+
+def import_openvino():
+  try:
+    with _no_telemetry():
+      import openvino
+  except ImportError as e:
+    raise ImportError(f"OpenVINO needs openvino: {INSTALL} ({e})") from e
+  return openvino
+
+
+def import_nncf():
+  import_openvino()
+  try:
+    with _no_telemetry():
+      import nncf
+  except ImportError as e:
+    raise ImportError(f"OpenVINO int8 needs nncf: {INSTALL} ({e})") from e
+  return nncf
+
+
+def from_onnx(onnx_model: bytes, config: Mapping[str, Any] | None = None) -> Any:
+  """openvino.Model read from the serialized ONNX export; `config` (JSON-able), when given,
+  is stored in its runtime info (else the ONNX graph's own METADATA_KEY property is)."""
+  ov = import_openvino()
+  import onnx
+  if config is None:
+    props = {p.key: p.value for p in onnx.load_from_string(onnx_model).metadata_props}
+    config = json.loads(props[METADATA_KEY]) if METADATA_KEY in props else None
+  # Core.read_model reads ONNX in this process (convert_model forks a helper process).
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "model.onnx")
+    with open(path, "wb") as f:
+      f.write(onnx_model)
+    model = ov.Core().read_model(path)
+  if config is not None:
+    model.set_rt_info(json.dumps(config, sort_keys=True), [METADATA_KEY])
+  return model
+
+
+def metadata(model: Any) -> dict[str, str]:
+  """{METADATA_KEY: JSON text} of an openvino.Model ({} when it has none)."""
+  if not model.has_rt_info([METADATA_KEY]):
+    return {}
+  return {METADATA_KEY: model.get_rt_info([METADATA_KEY]).astype(str)}
+
+
+def save(model: Any, path: str | os.PathLike) -> None:
+  """Write `model` as PATH.xml and its weights PATH.bin (float weights kept float32), each
+  atomically, the .bin first so the .xml never names weights that are not there yet."""
+  ov = import_openvino()
+  path = os.fspath(path)
+  if not path.endswith(".xml"):
+    raise ValueError(f"--out {path}: an OpenVINO IR is written as NAME.xml (+ NAME.bin)")
+  with tempfile.TemporaryDirectory() as tmp:
+    xml = os.path.join(tmp, "model.xml")
+    ov.save_model(model, xml, compress_to_fp16=False)
+    for src, dst in ((xml[:-4] + ".bin", path[:-4] + ".bin"), (xml, path)):
+      with open(src, "rb") as f:
+        atomic.write_bytes_atomic(dst, f.read())
+
+
+def signature(model: Any) -> list[tuple[str, str, tuple, str]]:
+  """[(kind, name, shape, dtype)] of an openvino.Model, as `cli.signature` gives them; the
+  dynamic batch shows as "N"."""
+  rows = []
+  for kind, ports in (("input", model.inputs), ("output", model.outputs)):
+    for port in ports:
+      names = port.get_names()
+      name = next((n for n in ("image", "segm", "depth", "normals", "labels") if n in names),
+                  port.get_any_name())
+      shape = tuple("N" if d.is_dynamic else str(d.get_length())
+                    for d in port.get_partial_shape())
+      rows.append((kind, name, shape, str(np.dtype(port.get_element_type().to_dtype()))))
+  return rows
+
+
+def float_ops(model: Any, parts: Iterable[str]) -> list[str]:
+  """Friendly names of the OpenVINO operations of `model` that make up `parts` (FLOAT_PARTS
+  of quantize.py, as `quantize.float_nodes` finds them in the ONNX graph): "<task>_head":
+  the head's last convolution; "output_resize": the Interpolate ops between the last
+  convolution and an output; "input": the ops before the stem's convolution."""
+  from hydrajax.export import quantize
+  parts = list(parts)
+  unknown = set(parts) - set(quantize.FLOAT_PARTS)
+  if unknown:
+    raise ValueError(f"unknown float parts {sorted(unknown)}; expected some of "
+                     f"{quantize.FLOAT_PARTS}")
+  outputs = {name: port.get_node().input_value(0).get_node()
+             for port in model.outputs for name in port.get_names()}
+
+  def upstream(node: Any, stop: Sequence[str]) -> list[Any]:
+    """Ops from `node` up the first input until one of type `stop` (included)."""
+    chain = []
+    while node is not None:
+      chain.append(node)
+      if node.get_type_name() in stop or node.get_input_size() == 0:
+        break
+      node = node.input_value(0).get_node()
+    return chain
+
+  names: list[str] = []
+  for part in parts:
+    if part.endswith("_head"):
+      task = part[:-len("_head")]
+      if task in outputs:
+        chain = upstream(outputs[task], ("Convolution",))
+        if chain[-1].get_type_name() == "Convolution":
+          names.append(chain[-1].get_friendly_name())
+    elif part == "output_resize":
+      for node in outputs.values():
+        names += [n.get_friendly_name() for n in upstream(node, ("Convolution",))
+                  if n.get_type_name() == "Interpolate"]
+    elif part == "input":
+      for node in model.get_ordered_ops():
+        if node.get_type_name() == "Convolution":
+          break
+        if node.get_type_name() not in ("Parameter", "Constant"):
+          names.append(node.get_friendly_name())
+  return sorted(set(names))
+
+
+def quantize(model: Any, images: np.ndarray, *, keep_float: Sequence[str] = ()) -> Any:
+  """int8 openvino.Model of the float `model` (NNCF post-training quantization), calibrated on
+  `images` (N, H, W, 3) at the model's input size, one image per step; `keep_float` parts
+  stay float. The runtime info (model config) is carried over."""
+  nncf = import_nncf()
+  images = np.asarray(images)
+  (port,) = model.inputs
+  shape = port.get_partial_shape()
+  want = tuple(None if d.is_dynamic else d.get_length() for d in shape)
+  if images.ndim != 4 or len(images) == 0 or images.shape[1:] != want[1:]:
+    raise ValueError(f"calibration images must be (N>0, {want[1]}, {want[2]}, 3) for this "
+                     f"graph, got {images.shape}")
+  dtype = np.dtype(port.get_element_type().to_dtype())
+  ignored = nncf.IgnoredScope(names=float_ops(model, keep_float), validate=False)
+  nncf_log = logging.getLogger("nncf")
+  level = nncf_log.level
+  nncf_log.setLevel(logging.ERROR)  # progress bars and advice on every export
+  try:
+    out = nncf.quantize(model, nncf.Dataset([im[None].astype(dtype) for im in images]),
+                        preset=nncf.QuantizationPreset.PERFORMANCE,
+                        subset_size=len(images), ignored_scope=ignored)
+  finally:
+    nncf_log.setLevel(level)
+  for key, value in metadata(model).items():
+    out.set_rt_info(value, [key])
+  return out
+
+
+def compile_model(model: Any, threads: int | None = None) -> Any:
+  """openvino.CompiledModel on the CPU: float32 inference precision (no bf16 downcast on
+  CPUs that have it, so a float IR computes what the ONNX graph computes), latency hint."""
+  ov = import_openvino()
+  config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+  if threads:
+    config["INFERENCE_NUM_THREADS"] = int(threads)
+  return ov.Core().compile_model(model, "CPU", config)
+
+
+def run(compiled: Any, images: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+  """{name: output} of a compiled model on (N, H, W, 3) images."""
+  result = compiled.create_infer_request().infer([np.ascontiguousarray(images)])
+  out = {}
+  for port in compiled.outputs:
+    for name in set(port.get_names()) & set(names):
+      out[name] = np.array(result[port])  # a copy: the request owns its buffers
+  return out

@@ -1,0 +1,171 @@
+"""The OpenVINO IR export (float and int8 through NNCF), its runner, and the accuracy guard
+of both int8 exports (hydrajax.export.int8_guard)."""
+import numpy as np
+import pytest
+
+import hydrajax
+from hydrajax.export import cli as export
+from hydrajax.export import int8_guard
+from hydrajax.inference import onnx_runner
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+H, W = 48, 64
+
+
+@pytest.fixture(scope="module")
+def weights(variables, weights_file):
+  """The shared random 40-class segm+depth model (untrained: the widest activation ranges)."""
+  return variables, weights_file
+
+
+def frames(n=2, seed=7):
+  return np.random.default_rng(seed).integers(0, 256, (n, H, W, 3), dtype=np.uint8)
+
+
+def export_ir(weights_path, out, *extra):
+  argv = ["--weights", weights_path, "--format", "openvino", "--height", str(H),
+          "--width", str(W), "--out", str(out), *extra]
+  return export.main(argv)
+
+
+def test_float_ir_computes_apply_and_keeps_the_signature(weights, tmp_path, capsys):
+  variables, path = weights
+  assert export_ir(path, tmp_path / "m.xml", "--full-resolution") == 0
+  assert "(openvino," in capsys.readouterr().out
+  assert (tmp_path / "m.bin").is_file()
+  model = onnx_runner.load(tmp_path / "m.xml")
+  assert type(model).__name__ == "OpenVinoModel" and model.full_resolution
+  assert model.config() == {"num_classes": 40, "tasks": ("segm", "depth"),
+                            "align_corners": False}
+  x = frames()
+  out, ref = model(x), hydrajax.apply(variables, x)
+  for task in ("segm", "depth"):
+    ref_t = np.asarray(ref[task])
+    assert out[task].shape == ref_t.shape
+    assert np.max(np.abs(out[task] - ref_t)) <= 1e-4 * np.max(np.abs(ref_t)), task
+  dense = model.dense_predictions(np.zeros((30, 50, 3), np.uint8))
+  assert dense["segm"].shape == (30, 50) and dense["depth"].shape == (30, 50)
+
+
+def test_runtime_choice_by_file_and_on_request(weights, tmp_path):
+  variables, _ = weights
+  onnx_path = tmp_path / "f.onnx"
+  onnx_path.write_bytes(export.export_onnx(variables, H, W))
+  assert type(onnx_runner.load(onnx_path)).__name__ == "OnnxModel"
+  by_openvino = onnx_runner.load(onnx_path, "openvino")  # OpenVINO reads ONNX too
+  assert by_openvino.runtime == "openvino" and by_openvino.num_classes == 40
+  assert onnx_runner.load(onnx_path, "auto").runtime == "openvino"  # installed: the fastest
+  x = frames(1)
+  np.testing.assert_allclose(by_openvino(x)["depth"], onnx_runner.load(onnx_path)(x)["depth"],
+                             rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="onnxruntime reads ONNX files, not OpenVINO IR"):
+    onnx_runner.load(tmp_path / "m.xml", "onnxruntime")
+
+
+def test_ir_without_its_bin_or_not_an_ir_is_named(tmp_path):
+  (tmp_path / "m.xml").write_text("<net/>")
+  with pytest.raises(FileNotFoundError, match="m.bin are missing"):
+    onnx_runner.load(tmp_path / "m.xml")
+  (tmp_path / "m.bin").write_bytes(b"")
+  with pytest.raises(ValueError, match="m.xml: OpenVINO cannot read it"):
+    onnx_runner.load(tmp_path / "m.xml")
+
+
+def test_int8_ir_is_quantized_reports_its_agreement_and_runs(weights, tmp_path, capsys):
+  variables, path = weights
+  rc = export_ir(path, tmp_path / "q.xml", "--int8", "--calibrate-config",
+                 "configs/synthetic.py", "--calibrate-count", "3")
+  out = capsys.readouterr()
+  assert rc == 0, out.err
+  assert "int8 vs float on 3 calibration frames (all int8): labels" in out.out
+  xml = (tmp_path / "q.xml").read_text()
+  assert "FakeQuantize" in xml or 'element_type="i8"' in xml
+  assert (tmp_path / "q.bin").stat().st_size < 0.5 * sum(
+      np.asarray(v).nbytes for v in __import__("jax").tree.leaves(variables["params"]))
+  model = onnx_runner.load(tmp_path / "q.xml")
+  x = frames()
+  labels = model(x)["segm"].argmax(-1)
+  assert np.mean(labels == np.asarray(hydrajax.apply(variables, x)["segm"]).argmax(-1)) > 0.9
+
+
+@pytest.mark.parametrize("fmt,suffix", [("openvino", "xml"), ("onnx", "onnx")])
+def test_int8_below_the_bound_is_refused_naming_the_parts(fmt, suffix, weights, tmp_path,
+                                                         capsys):
+  """A depth bound no int8 graph meets: the candidate part (the depth head's conv: the
+  others are kept float already) is measured kept float, the error names it with its
+  agreement, and nothing is written."""
+  _, path = weights
+  argv = ["--weights", path, "--format", fmt, "--height", str(H), "--width", str(W),
+          "--out", str(tmp_path / "out" / f"q.{suffix}"), "--full-resolution", "--int8",
+          "--calibrate-config", "configs/synthetic.py", "--calibrate-count", "2",
+          "--int8-max-depth", "1e-9", "--keep-float", "segm_head,output_resize,input"]
+  assert export.main(argv) == 2
+  err = capsys.readouterr().err
+  assert "below the bounds" in err and "Nothing written" in err
+  assert "depth_head float -> labels" in err
+  assert "with segm_head,output_resize,input,depth_head float labels" in err
+  assert len(err.strip().splitlines()) == 1
+  assert not (tmp_path / "out").exists()
+
+
+def test_bounds_apply_to_int8_only_and_are_checked(weights, tmp_path, capsys):
+  _, path = weights
+  assert export_ir(path, tmp_path / "m.xml", "--int8-min-labels", "0.9") == 2
+  assert "--int8-min-labels applies to --int8" in capsys.readouterr().err
+  assert export_ir(path, tmp_path / "m.xml", "--int8", "--calibrate-images", str(tmp_path),
+                   "--int8-min-labels", "1.5") == 2
+  assert "least label agreement must be in [0, 1]" in capsys.readouterr().err
+  assert export_ir(path, tmp_path / "m.onnx") == 2
+  assert "NAME.xml" in capsys.readouterr().err
+  assert not list(tmp_path.iterdir())
+
+
+# The guard's choice, on stand-in graphs: a graph is the tuple of parts kept float, and each
+# part left int8 adds its own error to the depth (a measured cost, as in a real graph).
+COSTS = {"segm_head": 0.001, "depth_head": 0.04, "output_resize": 0.02, "input": 0.005}
+
+
+def fake_run(graph, image):
+  # 0.001 of the error stays whatever is kept float (the int8 weights of the rest)
+  error = 0.0 if graph is None else 0.001 + sum(c for p, c in COSTS.items() if p not in graph)
+  depth = np.full((1, *image.shape[1:3]), 1.0 + error)  # the float graph's depth is 1 m
+  segm = np.zeros((1, *image.shape[1:3], 2))
+  return {"segm": segm, "depth": depth}
+
+
+def fake_guard(bounds, keep=()):
+  calls = []
+
+  def quantize(parts):
+    calls.append(tuple(parts))
+    return tuple(parts)
+
+  run = lambda g, x: fake_run(None if g == "float" else g, x)
+  result = int8_guard.guarded(quantize, run, "float", frames(2), list(COSTS), bounds, keep)
+  return result, calls
+
+
+def test_guard_keeps_the_costliest_parts_float_until_the_bound_holds():
+  result, calls = fake_guard(int8_guard.Bounds(max_depth=0.01))
+  # all int8 (0.067), then each part alone, then the two costliest together (0.007 <= 0.01)
+  assert calls[0] == () and len(calls) == 1 + 4 + 1
+  assert result.keep_float == ("depth_head", "output_resize")
+  assert result.agreement.depth == pytest.approx(0.007, rel=0.05)
+  assert result.agreement.labels == 1.0
+  assert "kept float: depth_head,output_resize" in result.log[-1]
+
+
+def test_guard_passes_a_good_graph_untouched_and_starts_from_the_users_parts():
+  result, calls = fake_guard(int8_guard.Bounds(max_depth=0.1))
+  assert calls == [()] and result.keep_float == ()
+  result, calls = fake_guard(int8_guard.Bounds(max_depth=0.01), keep=("depth_head",))
+  assert calls[0] == ("depth_head",) and "depth_head" not in [c[-1] for c in calls[1:4]]
+  assert result.keep_float == ("depth_head", "output_resize")
+
+
+def test_guard_refuses_when_no_part_suffices():
+  with pytest.raises(int8_guard.Int8AccuracyError, match="depth_head float -> labels 100.0% "
+                     "equal, depth RMS difference 2.7% of the mean depth"):
+    fake_guard(int8_guard.Bounds(max_depth=0.0001))
