@@ -85,10 +85,10 @@ def test_the_readme_names_only_what_exists():
 
 def test_the_lock_installs_every_extra_the_readme_commands_need():
   """`pip install -r requirements.txt` holds the packages of the extras behind the README's
-  export, int8, video, points and demo commands, so they run after that one line."""
+  export, int8, video, points, demo and robot-log commands, so they run after that one line."""
   with open(os.path.join(ROOT, "requirements.txt")) as f:
     locked = {_name(line) for line in f if line.strip() and not line.startswith(("#", "-"))}
   extras = _extras()
-  for extra in ("onnx", "video", "points", "demo"):
+  for extra in ("onnx", "video", "points", "demo", "robot"):
     missing = {_name(r) for r in extras[extra]} - locked
     assert not missing, (extra, missing)
