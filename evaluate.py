@@ -2,8 +2,9 @@
 
 Uses WORKDIR's latest checkpoint (--which=best for the best one) or --weights FILE.npz.
 Writes WORKDIR/eval/metrics.json and WORKDIR/eval/samples.png and prints a table.
---onnx FILE.onnx evaluates an exported graph (float or int8) instead, with the same metrics
-(hydrajax/evaluate/onnx_eval.py), into WORKDIR/eval/FILE.onnx.json.
+--onnx FILE.onnx (or an OpenVINO IR FILE.xml) evaluates an exported graph (float or int8)
+instead, with the same metrics (hydrajax/evaluate/onnx_eval.py), into
+WORKDIR/eval/FILE.onnx.json; --runtime picks onnxruntime or OpenVINO (default: by the file).
 """
 import sys
 
@@ -15,7 +16,10 @@ config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Dataset and e
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints in, eval/ out).")
 flags.DEFINE_string("weights", "", "A weights .npz instead of the workdir's checkpoint.")
-flags.DEFINE_string("onnx", "", "An exported ONNX graph to evaluate instead of weights.")
+flags.DEFINE_string("onnx", "", "An exported graph to evaluate instead of weights: FILE.onnx "
+                    "(onnxruntime) or an OpenVINO IR FILE.xml (OpenVINO).")
+flags.DEFINE_enum("runtime", "file", ["file", "auto", "onnxruntime", "openvino"],
+                  "--onnx: the runtime (file: by the suffix; auto: the fastest installed).")
 flags.DEFINE_enum("which", "latest", ["latest", "best"], "Which checkpoint of WORKDIR.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -33,7 +37,7 @@ def main(argv):
       if FLAGS.weights:
         raise ValueError("give either --onnx or --weights, not both")
       from hydrajax.evaluate import onnx_eval
-      onnx_eval.run(FLAGS.config, FLAGS.workdir, FLAGS.onnx)
+      onnx_eval.run(FLAGS.config, FLAGS.workdir, FLAGS.onnx, FLAGS.runtime)
       return
     evaluate.run(FLAGS.config, FLAGS.workdir, FLAGS.weights, FLAGS.which)
 

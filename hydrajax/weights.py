@@ -124,7 +124,8 @@ def choose(weights: str = "", workdir: str = "") -> str:
 
 def add_source_args(parser: Any, onnx: bool = False) -> None:
   """--weights FILE.npz | --workdir RUN (one of them) on an argparse parser; with `onnx`,
-  --onnx FILE.onnx (an exported graph, hydrajax.inference.onnx_runner) as a third choice."""
+  --onnx FILE.onnx|FILE.xml (an exported graph, hydrajax.inference.onnx_runner) as a third
+  choice, and --runtime for it."""
   group = parser.add_mutually_exclusive_group(required=True)
   group.add_argument("--weights", default="",
                      help="hydrajax weights (.npz from hydrajax.convert.official or training)")
@@ -132,7 +133,13 @@ def add_source_args(parser: Any, onnx: bool = False) -> None:
                      help="a training run's directory: its weights/best.npz, else final.npz")
   if onnx:
     group.add_argument("--onnx", default="",
-                       help="an exported ONNX graph (float or int8, hydrajax-export) instead")
+                       help="an exported graph (float or int8, hydrajax-export) instead: "
+                            "FILE.onnx (onnxruntime) or an OpenVINO IR FILE.xml (OpenVINO)")
+    parser.add_argument("--runtime", default="file",
+                        choices=("file", "auto", "onnxruntime", "openvino"),
+                        help="--onnx: the runtime; file (default): by the file's suffix; "
+                             "auto: the fastest installed (OpenVINO, which reads ONNX too, "
+                             "else onnxruntime)")
 
 
 def _plain(value: Any) -> Any:

@@ -1,6 +1,6 @@
-"""Evaluate an exported ONNX graph (float or int8) on a config's validation set, with the
-metrics of the JAX evaluation (hydrajax.evaluate.metrics: one confusion matrix and depth
-error sums pooled over the whole set, the config's depth cap, minimum and crop).
+"""Evaluate an exported graph (ONNX or OpenVINO IR, float or int8) on a config's validation
+set, with the metrics of the JAX evaluation (hydrajax.evaluate.metrics: one confusion matrix
+and depth error sums pooled over the whole set, the config's depth cap, minimum and crop).
 
   python evaluate.py --config configs/synthetic.py --workdir runs/demo --onnx model.onnx
 
@@ -24,7 +24,7 @@ from hydrajax.evaluate import loop, metrics
 from hydrajax.inference import onnx_runner
 
 
-def evaluate_onnx(model: onnx_runner.OnnxModel, config: ml_collections.ConfigDict,
+def evaluate_onnx(model: onnx_runner.ExportedModel, config: ml_collections.ConfigDict,
                   source: Any = None) -> dict:
   """Flat metrics dict (as `loop.evaluate`'s) of `model` on the validation split (or
   `source`), first `config.eval.max_examples` examples when set."""
@@ -54,7 +54,7 @@ def evaluate_onnx(model: onnx_runner.OnnxModel, config: ml_collections.ConfigDic
   return loop.metrics_from_sums(acc.result(), config, len(source))
 
 
-def _predict_like_jax(model: onnx_runner.OnnxModel, image: np.ndarray, multiple: int
+def _predict_like_jax(model: onnx_runner.ExportedModel, image: np.ndarray, multiple: int
                       ) -> dict[str, np.ndarray]:
   """model(image) (1, H, W, 3), on the image padded as the JAX evaluation pads it when the
   graph takes exactly that padded size; outputs at (H, W)."""
@@ -67,11 +67,13 @@ def _predict_like_jax(model: onnx_runner.OnnxModel, image: np.ndarray, multiple:
   return {k: v[:, :h, :w] for k, v in out.items()}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, onnx_path: str) -> dict:
-  """Evaluate `onnx_path` and write WORKDIR/eval/<file name>.json; prints the table."""
+def run(config: ml_collections.ConfigDict, workdir: str, onnx_path: str,
+        runtime: str = "file") -> dict:
+  """Evaluate `onnx_path` (an ONNX graph or OpenVINO IR, in `runtime`: onnx_runner.load)
+  and write WORKDIR/eval/<file name>.json; prints the table."""
   from hydrajax.train import config_check
   config = config_check.validate(config, "evaluate")
-  model = onnx_runner.OnnxModel(onnx_path)
+  model = onnx_runner.load(onnx_path, runtime)
   wanted = (config.num_classes if "segm" in config.tasks else 0, tuple(config.tasks))
   if (model.num_classes, model.tasks) != wanted:
     raise ValueError(

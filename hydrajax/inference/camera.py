@@ -78,7 +78,7 @@ def record(variables: Mapping[str, Any], frames: Iterable[np.ndarray], dst: str 
            *, fps: float = DEFAULT_FPS, smooth: float = 0.0, max_frames: int | None = None,
            palette: str = "auto", max_depth: float | None = None, progress: bool = True,
            max_side: int = full_res.DEFAULT_MAX_SIDE) -> video.VideoReport:
-  """Run the network (weights, or an onnx_runner.OnnxModel) on each frame of `frames` (any
+  """Run the network (weights, or an onnx_runner.ExportedModel) on each frame of `frames` (any
   iterable of (H, W, 3) uint8: a camera, or fabricated frames in tests), smoothed by
   `smooth`, and record the pictures to `dst`."""
   smoother = Smoother(smooth)
@@ -90,7 +90,8 @@ def record(variables: Mapping[str, Any], frames: Iterable[np.ndarray], dst: str 
                              desc="camera")
 
 
-def run(variables_path: str, index: int, dst: str, *, onnx: str = "", smooth: float = 0.0,
+def run(variables_path: str, index: int, dst: str, *, onnx: str = "", runtime: str = "file",
+        smooth: float = 0.0,
         max_frames: int | None = None, palette: str = "auto", max_depth: float | None = None,
         progress: bool = True, max_side: int = full_res.DEFAULT_MAX_SIDE,
         opener: Callable[[int], tuple[Iterable[np.ndarray], float]] | None = None) -> int:
@@ -101,7 +102,7 @@ def run(variables_path: str, index: int, dst: str, *, onnx: str = "", smooth: fl
   from hydrajax import weights
   try:
     Smoother(smooth)  # range check before the camera opens
-    variables = onnx_runner.OnnxModel(onnx) if onnx else weights.load(variables_path)
+    variables = onnx_runner.load(onnx, runtime) if onnx else weights.load(variables_path)
     frames, fps = (opener or open_camera)(index)
     report = record(variables, frames, dst, fps=fps, smooth=smooth, max_frames=max_frames,
                     palette=palette, max_depth=max_depth, progress=progress, max_side=max_side)

@@ -158,11 +158,11 @@ class Frame:
 
 class Engine:
   """The network at one fixed input size: `hydrajax.apply` (compiled once for (1, h, w, 3)),
-  or an exported ONNX graph (`onnx_runner.OnnxModel`, e.g. int8) at the graph's own size."""
+  or an exported graph (`onnx_runner.ExportedModel`, e.g. int8) at the graph's own size."""
 
-  def __init__(self, model: Mapping[str, Any] | onnx_runner.OnnxModel,
+  def __init__(self, model: Mapping[str, Any] | onnx_runner.ExportedModel,
                size: tuple[int, int] = DEFAULT_SIZE):
-    self.onnx = isinstance(model, onnx_runner.OnnxModel)
+    self.onnx = isinstance(model, onnx_runner.ExportedModel)
     cfg = model.config() if self.onnx else api.model_config(model)
     missing = {"segm", "depth"} - set(cfg["tasks"])
     if missing:
@@ -220,7 +220,7 @@ def _error_html(error: Exception) -> str:
 class Demo:
   """The page's logic, without Gradio: turns an image into the page's outputs."""
 
-  def __init__(self, variables: Mapping[str, Any] | onnx_runner.OnnxModel, *,
+  def __init__(self, variables: Mapping[str, Any] | onnx_runner.ExportedModel, *,
                size: tuple[int, int] = DEFAULT_SIZE,
                intrinsics: str | None = None, fov: float | None = None,
                max_depth: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -438,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_pixels < 1:
       raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if args.onnx:
-      variables = onnx_runner.OnnxModel(args.onnx, max_pixels=args.max_pixels)
+      variables = onnx_runner.load(args.onnx, args.runtime, max_pixels=args.max_pixels)
       name = args.onnx
     else:
       name = weights.choose(args.weights, args.workdir)

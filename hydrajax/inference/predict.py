@@ -3,6 +3,7 @@
     python -m hydrajax.inference.predict --weights nyud.npz photo.jpg frame.png --out preds/
     hydrajax-predict --weights nyud.npz --video in.mp4 --out out.mp4         (inference/video.py)
     hydrajax-predict --weights nyud.npz --camera 0 --out live.mp4 --smooth 0.5   (camera.py)
+    hydrajax-predict --weights nyud.npz --bag in.bag --topic /cam/image_raw --out out.mcap   (bag.py)
 
 Images larger than `--max-side` pixels (default 1280) on their long side go through the
 network as a copy shrunk to that size (PIL bilinear, aspect kept); the outputs are upsampled
@@ -22,8 +23,10 @@ Per input `NAME.ext` it writes to the output directory:
   else the weights' stored intrinsics, else the dataset's camera (NYUDv2's Kinect for 40
   classes, KITTI's P2 for 6), each rescaled to the image; the choice is printed.
 `--onnx model.onnx` runs an exported graph (float or int8, `hydrajax-export --format onnx
-[--int8]`) with onnxruntime instead of weights: the same files, at the graph's fixed input
-size in place of `--max-side` (hydrajax/inference/onnx_runner.py); no `--points`.
+[--int8]`) with onnxruntime instead of weights, `--onnx model.xml` an OpenVINO IR (`--format
+openvino`) with OpenVINO (`--runtime auto`: the fastest installed runtime for the file): the
+same files, at the graph's fixed input size in place of `--max-side`
+(hydrajax/inference/onnx_runner.py); no `--points`.
 Images are read by `hydrajax.data.pngio.load_rgb`: any mode (palette, CMYK, grey, 16-bit) as
 RGB, EXIF orientation applied, and files above `--max-pixels` (width x height, read from the
 header) refused before decoding. A missing, unreadable, oversized file, or one the network runs
@@ -85,7 +88,7 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
   pixels on the long side the network sees a shrunk copy (0: never), see
   `full_res.dense_predictions`. Files above `max_pixels` (width x height) are refused unread.
   With `intrinsics`, a PLY point cloud per image too. `variables` may be an
-  `onnx_runner.OnnxModel` instead of weights (then `max_side` does not apply). Failures
+  `onnx_runner.ExportedModel` instead of weights (then `max_side` does not apply). Failures
   (unreadable files, out of memory)
   do not stop the loop; they are collected in the returned report by input path.
   """
@@ -101,7 +104,7 @@ def predict_files(variables: Mapping[str, Any], paths: Iterable[str | os.PathLik
       report.failed[path] = str(e)
       continue
     try:
-      if isinstance(variables, onnx_runner.OnnxModel):
+      if isinstance(variables, onnx_runner.ExportedModel):
         outputs = variables.dense_predictions(image)
       else:
         outputs = full_res.dense_predictions(variables, image, max_side=max_side)
@@ -213,12 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return bag.run(args)
   if args.camera is not None:
     from hydrajax.inference import camera
-    return camera.run(args.weights, args.camera, args.out, onnx=args.onnx,
+    return camera.run(args.weights, args.camera, args.out, onnx=args.onnx, runtime=args.runtime,
                       smooth=args.smooth, max_frames=args.max_frames, palette=args.palette,
                       max_depth=args.max_depth, progress=not args.no_progress,
                       max_side=args.max_side)
   if args.video is not None:
-    return video.run(args.weights, args.video, args.out, onnx=args.onnx, batch_size=args.batch,
+    return video.run(args.weights, args.video, args.out, onnx=args.onnx, runtime=args.runtime,
+                     batch_size=args.batch,
                      palette=args.palette, max_depth=args.max_depth,
                      max_frames=args.max_frames, progress=not args.no_progress,
                      max_side=args.max_side, max_pixels=args.max_pixels)
@@ -234,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
       raise ValueError(f"--out {args.out} is a file; give a directory for the predictions")
-    variables = (onnx_runner.OnnxModel(args.onnx, max_pixels=args.max_pixels) if args.onnx
+    variables = (onnx_runner.load(args.onnx, args.runtime, max_pixels=args.max_pixels)
+                 if args.onnx
                  else weights.load(args.weights))
     intrinsics = None
     if args.points:

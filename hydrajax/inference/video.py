@@ -105,7 +105,7 @@ def predict_stream(variables: Mapping[str, Any], frames: Iterable[np.ndarray], *
   shrunk (0: never). Batches are padded to `batch_size` so the network compiles once;
   `timing`, if given, receives (frames, seconds in the model) per batch. Out of memory in
   the network raises full_res.OutOfMemory naming the frame size and batch. `variables` may
-  be an `onnx_runner.OnnxModel` instead of weights.
+  be an exported graph (`onnx_runner.load`) instead of weights.
   """
   for batch in batches(shrink_frames(frames, max_side), batch_size):
     n = len(batch)
@@ -113,7 +113,7 @@ def predict_stream(variables: Mapping[str, Any], frames: Iterable[np.ndarray], *
         [batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
     start = time.perf_counter()
     try:
-      if isinstance(variables, onnx_runner.OnnxModel):
+      if isinstance(variables, onnx_runner.ExportedModel):
         out = variables(padded)
       else:
         out = jax.block_until_ready(api.apply(variables, padded))
@@ -288,7 +288,7 @@ def add_video_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
 
 
-def run(variables_path: str, src: str, dst: str, *, onnx: str = "",
+def run(variables_path: str, src: str, dst: str, *, onnx: str = "", runtime: str = "file",
         batch_size: int = DEFAULT_BATCH,
         palette: str = "auto", max_depth: float | None = None, max_frames: int | None = None,
         progress: bool = True, max_side: int = full_res.DEFAULT_MAX_SIDE,
@@ -303,7 +303,7 @@ def run(variables_path: str, src: str, dst: str, *, onnx: str = "",
       raise ValueError(f"--max-side must be >= 0 pixels (0 = no limit), got {max_side}")
     if max_pixels < 1:
       raise ValueError(f"--max-pixels must be >= 1, got {max_pixels}")
-    variables = onnx_runner.OnnxModel(onnx) if onnx else weights.load(variables_path)
+    variables = onnx_runner.load(onnx, runtime) if onnx else weights.load(variables_path)
     report = process_video(variables, src, dst, batch_size=batch_size, palette=palette,
                            max_depth=max_depth, max_frames=max_frames, progress=progress,
                            max_side=max_side, max_pixels=max_pixels)
