@@ -30,12 +30,24 @@ def export_ir(weights_path, out, *extra):
   return export.main(argv)
 
 
-def test_float_ir_computes_apply_and_keeps_the_signature(weights, tmp_path, capsys):
-  variables, path = weights
-  assert export_ir(path, tmp_path / "m.xml", "--full-resolution") == 0
-  assert "(openvino," in capsys.readouterr().out
-  assert (tmp_path / "m.bin").is_file()
-  model = onnx_runner.load(tmp_path / "m.xml")
+@pytest.fixture(scope="module")
+def float_ir(weights, tmp_path_factory):
+  """(path of the float IR at full resolution, the CLI's output)."""
+  out = tmp_path_factory.mktemp("ir") / "m.xml"
+  import contextlib
+  import io
+  text = io.StringIO()
+  with contextlib.redirect_stdout(text):
+    assert export_ir(weights[1], out, "--full-resolution") == 0
+  return out, text.getvalue()
+
+
+def test_float_ir_computes_apply_and_keeps_the_signature(weights, float_ir):
+  variables, _ = weights
+  path, printed = float_ir
+  assert "(openvino," in printed and "output labels   int32    (N, 48, 64)" in printed
+  assert path.with_suffix(".bin").is_file()
+  model = onnx_runner.load(path)
   assert type(model).__name__ == "OpenVinoModel" and model.full_resolution
   assert model.config() == {"num_classes": 40, "tasks": ("segm", "depth"),
                             "align_corners": False}
@@ -62,6 +74,33 @@ def test_runtime_choice_by_file_and_on_request(weights, tmp_path):
                              rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="onnxruntime reads ONNX files, not OpenVINO IR"):
     onnx_runner.load(tmp_path / "m.xml", "onnxruntime")
+
+
+def test_predict_evaluate_and_demo_run_the_ir(weights, float_ir, tmp_path):
+  """hydrajax-predict --onnx m.xml writes apply's labels; the evaluator and the demo page take
+  the IR as they take an ONNX graph."""
+  from PIL import Image
+  from ml_collections.config_flags import config_flags
+  from hydrajax.data.synthetic import SyntheticScenes
+  from hydrajax.evaluate import onnx_eval
+  from hydrajax.inference import demo, predict
+  variables, _ = weights
+  path, _ = float_ir
+  x = frames(1)
+  Image.fromarray(x[0]).save(tmp_path / "a.png")
+  assert predict.main(["--onnx", str(path), "--runtime", "auto", str(tmp_path / "a.png"),
+                       "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
+  segm = np.asarray(Image.open(tmp_path / "pred" / "a_segm.png"))
+  want = np.asarray(hydrajax.apply(variables, x)["segm"][0]).argmax(-1)
+  assert np.mean(segm == want) > 0.999
+  config = config_flags.ConfigFileFlagParser(name="config").parse("configs/synthetic.py")
+  config.num_classes = 40
+  result = onnx_eval.evaluate_onnx(onnx_runner.load(path), config, SyntheticScenes(2, H, W))
+  assert result["num_examples"] == 2 and np.isfinite(result["rmse"])
+  page = demo.Demo(onnx_runner.load(path), workdir=str(tmp_path))
+  assert page.engine.size == (H, W) and page.engine.onnx
+  small, out, _ = page.engine(np.zeros((60, 80, 3), np.uint8))
+  assert small.shape == (H, W, 3) and out["depth"].shape == (H, W)
 
 
 def test_ir_without_its_bin_or_not_an_ir_is_named(tmp_path):
