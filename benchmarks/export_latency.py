@@ -11,6 +11,10 @@ Variants (batch 1, uint8 RGB in):
   onnxruntime_int8     ONNX export --int8 (hydrajax/export/quantize.py, its default float
                        parts), outputs at 1/4 resolution like onnxruntime_quarter; calibrated
                        on --calibrate-count images of --calibrate-config's training split
+  openvino_quarter     the OpenVINO IR (--format openvino) of onnxruntime_quarter's graph, in
+                       OpenVINO (float32 precision, latency hint, --threads threads)
+  openvino_int8        the IR --int8 (NNCF, hydrajax/export/openvino_ir.py), 1/4 resolution,
+                       calibrated on the same images as onnxruntime_int8
   torch_eager          the authors' network (tests/helpers/torch_reference.py) in PyTorch eager,
                        channels_last, outputs upsampled to H x W (benchmarks/compare_cases.py)
   hydrajax_apply       `hydrajax.apply` (outputs at H x W)
@@ -42,9 +46,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 VARIANTS = ("onnxruntime_quarter", "onnxruntime_full", "torch_eager", "hydrajax_apply",
-            "stablehlo_full", "onnxruntime_int8", "hydrajax_apply_labels")
+            "stablehlo_full", "onnxruntime_int8", "openvino_quarter", "openvino_int8",
+            "hydrajax_apply_labels")
+DEFAULT_VARIANTS = VARIANTS[:-1]
 ARTIFACTS = {"onnxruntime_quarter": "quarter.onnx", "onnxruntime_full": "full.onnx",
-             "onnxruntime_int8": "quarter_int8.onnx",
+             "onnxruntime_int8": "quarter_int8.onnx", "openvino_quarter": "quarter.xml",
+             "openvino_int8": "quarter_int8.xml",
              "hydrajax_apply": "weights.npz", "stablehlo_full": "full.stablehlo",
              "hydrajax_apply_labels": "weights.npz"}
 
@@ -70,6 +77,12 @@ def _runner(variant: str, path: str, image: np.ndarray, threads: int):
     options.inter_op_num_threads = 1
     sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     return lambda: sess.run(None, {"image": image})
+  if variant.startswith("openvino"):
+    from hydrajax.export import openvino_ir
+    ov = openvino_ir.import_openvino()
+    compiled = openvino_ir.compile_model(ov.Core().read_model(path), threads)
+    request = compiled.create_infer_request()
+    return lambda: request.infer([image])
   if variant == "torch_eager":
     import torch
     torch.set_num_threads(threads)
@@ -141,6 +154,17 @@ def make_artifacts(args: argparse.Namespace, folder: str) -> dict[str, float]:
       int8 = quantize.quantize(data, images)
       seconds["quarter_int8.onnx"] = time.perf_counter() - t0
       atomic.write_bytes_atomic(os.path.join(folder, "quarter_int8.onnx"), int8)
+    if name == "quarter.onnx" and {"openvino_quarter", "openvino_int8"} & set(args.variants):
+      from hydrajax.export import openvino_ir, quantize
+      model = openvino_ir.from_onnx(data)
+      openvino_ir.save(model, os.path.join(folder, "quarter.xml"))
+      if "openvino_int8" in args.variants:
+        t0 = time.perf_counter()
+        images = quantize.images_from_config(args.calibrate_config, (args.height, args.width),
+                                             args.calibrate_count)
+        int8 = openvino_ir.quantize(model, images)
+        seconds["quarter_int8.xml"] = time.perf_counter() - t0
+        openvino_ir.save(int8, os.path.join(folder, "quarter_int8.xml"))
   return seconds
 
 
@@ -184,6 +208,26 @@ def summarize(reports: dict[str, list[dict]]) -> dict[str, dict]:
   return out
 
 
+def _version(pkg: str) -> str | None:
+  from importlib.metadata import PackageNotFoundError, version
+  try:
+    return version(pkg)
+  except PackageNotFoundError:
+    return None
+
+
+def _cpu_flags() -> list[str]:
+  """The vector extensions that decide int8 speed (VNNI: int8 dot products), from Linux's
+  /proc/cpuinfo."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+  except OSError:
+    return []
+  return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni",
+                                          "avx512_bf16", "amx_int8", "amx_bf16"))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--weights", default=None, help="hydrajax .npz (default: random 40 classes)")
@@ -191,10 +235,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--width", type=int, default=640)
   p.add_argument("--rounds", type=int, default=5, help="processes per variant")
   p.add_argument("--runs", type=int, default=10, help="timed calls per process")
-  p.add_argument("--threads", type=int, default=2, help="onnxruntime / torch intra-op threads")
-  p.add_argument("--variants", default=",".join(VARIANTS[:6]))
+  p.add_argument("--threads", type=int, default=2,
+                 help="onnxruntime / OpenVINO / torch inference threads")
+  p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
   p.add_argument("--calibrate-config", default=os.path.join(ROOT, "configs", "synthetic.py"),
-                 help="onnxruntime_int8: calibration images from this config's training split")
+                 help="the int8 variants: calibration images from this config's training split")
   p.add_argument("--calibrate-count", type=int, default=8)
   p.add_argument("--out",
                  default=os.path.join(ROOT, "benchmarks", "results", "export_latency.json"))
@@ -218,14 +263,15 @@ def main(argv=None) -> int:
   with tempfile.TemporaryDirectory() as folder:
     export_s = make_artifacts(args, folder)
     reports = run_rounds(args, folder)
-  from importlib.metadata import version
   result = {
       "variants": summarize(reports), "export_s": export_s,
       "config": {"height": args.height, "width": args.width, "batch": 1, "input": "uint8",
                  "rounds": args.rounds, "runs_per_round": args.runs, "threads": args.threads,
                  "weights": args.weights or "random 40-class", "cpu_count": os.cpu_count(),
                  "machine": platform.machine(),
-                 **{pkg: version(pkg) for pkg in ("jax", "onnxruntime", "torch")},
+                 **{pkg: _version(pkg) for pkg in ("jax", "onnxruntime", "openvino", "nncf",
+                                                   "torch")},
+                 "cpu_flags": _cpu_flags(),
                  "load_average_at_start": load_at_start,
                  "load_average_at_end": os.getloadavg()}}
   from hydrajax.runtime import atomic
