@@ -344,7 +344,7 @@ def _foxglove(port: int) -> roslog.FoxgloveSink:
 
 
 def _tasks(variables: Any) -> Sequence[str]:
-  if isinstance(variables, onnx_runner.OnnxModel):
+  if isinstance(variables, onnx_runner.ExportedModel):
     return variables.tasks
   return api.model_config(variables)["tasks"]
 
@@ -423,7 +423,8 @@ def run(args: argparse.Namespace) -> int:
       raise ValueError(f"--max-side must be >= 0 pixels (0 = no limit), got {args.max_side}")
     if args.points and args.onnx:
       raise ValueError("--points needs weights (--weights or --workdir), not --onnx")
-    variables = onnx_runner.OnnxModel(args.onnx) if args.onnx else weights.load(args.weights)
+    variables = (onnx_runner.load(args.onnx, args.runtime, max_pixels=args.max_pixels)
+                 if args.onnx else weights.load(args.weights))
     port = args.port if args.foxglove else None
     if args.bag:
       report = process_bag(
