@@ -89,6 +89,6 @@ def test_the_lock_installs_every_extra_the_readme_commands_need():
   with open(os.path.join(ROOT, "requirements.txt")) as f:
     locked = {_name(line) for line in f if line.strip() and not line.startswith(("#", "-"))}
   extras = _extras()
-  for extra in ("onnx", "video", "points", "demo", "robot"):
+  for extra in ("onnx", "openvino", "video", "points", "demo", "robot"):
     missing = {_name(r) for r in extras[extra]} - locked
     assert not missing, (extra, missing)
