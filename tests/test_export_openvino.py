@@ -103,6 +103,16 @@ def test_predict_evaluate_and_demo_run_the_ir(weights, float_ir, tmp_path):
   assert small.shape == (H, W, 3) and out["depth"].shape == (H, W)
 
 
+def test_importing_openvino_leaves_the_environment_as_it_was(monkeypatch):
+  """The telemetry switches are set only while OpenVINO and NNCF import."""
+  from hydrajax.export import openvino_ir
+  monkeypatch.delenv("CI", raising=False)
+  monkeypatch.setenv("NNCF_CI", "mine")
+  openvino_ir.import_nncf()
+  assert "CI" not in __import__("os").environ
+  assert __import__("os").environ["NNCF_CI"] == "mine"
+
+
 def test_ir_without_its_bin_or_not_an_ir_is_named(tmp_path):
   (tmp_path / "m.xml").write_text("<net/>")
   with pytest.raises(FileNotFoundError, match="m.bin are missing"):
@@ -112,15 +122,24 @@ def test_ir_without_its_bin_or_not_an_ir_is_named(tmp_path):
     onnx_runner.load(tmp_path / "m.xml")
 
 
-def test_int8_ir_is_quantized_reports_its_agreement_and_runs(weights, tmp_path, capsys):
+def test_int8_ir_is_quantized_but_the_kept_float_conv_reports_and_runs(weights, tmp_path,
+                                                                        capsys):
+  import openvino as ov
+  from hydrajax.export import openvino_ir
   variables, path = weights
   rc = export_ir(path, tmp_path / "q.xml", "--int8", "--calibrate-config",
-                 "configs/synthetic.py", "--calibrate-count", "3")
+                 "configs/synthetic.py", "--calibrate-count", "3", "--keep-float", "depth_head")
   out = capsys.readouterr()
   assert rc == 0, out.err
-  assert "int8 vs float on 3 calibration frames (all int8): labels" in out.out
-  xml = (tmp_path / "q.xml").read_text()
-  assert "FakeQuantize" in xml or 'element_type="i8"' in xml
+  assert "int8 vs float on 3 calibration frames: labels" in out.out
+  model = ov.Core().read_model(tmp_path / "q.xml")
+  ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+  convs = [op for op in ops.values() if op.get_type_name() == "Convolution"]
+  float_weights = [c for c in convs if c.input_value(1).get_node().get_type_name() == "Constant"
+                   and str(c.input_value(1).get_element_type()) == "<Type: 'float32'>"]
+  (kept,) = openvino_ir.float_ops(model, ["depth_head"])
+  assert float_weights == [ops[kept]]  # every other conv has int8 weights
+  assert ops[kept].input_value(0).get_node().get_type_name() != "FakeQuantize"
   assert (tmp_path / "q.bin").stat().st_size < 0.5 * sum(
       np.asarray(v).nbytes for v in __import__("jax").tree.leaves(variables["params"]))
   model = onnx_runner.load(tmp_path / "q.xml")
@@ -130,21 +149,25 @@ def test_int8_ir_is_quantized_reports_its_agreement_and_runs(weights, tmp_path, 
 
 
 @pytest.mark.parametrize("fmt,suffix", [("openvino", "xml"), ("onnx", "onnx")])
-def test_int8_below_the_bound_is_refused_naming_the_parts(fmt, suffix, weights, tmp_path,
-                                                         capsys):
-  """A depth bound no int8 graph meets: the candidate part (the depth head's conv: the
-  others are kept float already) is measured kept float, the error names it with its
-  agreement, and nothing is written."""
+def test_int8_below_the_bound_is_refused_naming_the_costliest_layers(fmt, suffix, weights,
+                                                                     tmp_path, capsys,
+                                                                     monkeypatch):
+  """A depth bound no int8 graph meets: each quantized layer is measured kept float, the
+  error names the costliest with their agreement, and nothing is written."""
+  from hydrajax.export import openvino_ir, quantize
+  for module in (openvino_ir, quantize):  # two layers to measure, not all (~150)
+    real = module.activation_quantizers
+    monkeypatch.setattr(module, "activation_quantizers",
+                        lambda g, real=real: dict(list(real(g).items())[:2]))
   _, path = weights
   argv = ["--weights", path, "--format", fmt, "--height", str(H), "--width", str(W),
-          "--out", str(tmp_path / "out" / f"q.{suffix}"), "--full-resolution", "--int8",
-          "--calibrate-config", "configs/synthetic.py", "--calibrate-count", "2",
-          "--int8-max-depth", "1e-9", "--keep-float", "segm_head,output_resize,input"]
+          "--out", str(tmp_path / "out" / f"q.{suffix}"), "--int8",
+          "--calibrate-config", "configs/synthetic.py", "--calibrate-count", "1",
+          "--int8-max-depth", "1e-9"]
   assert export.main(argv) == 2
   err = capsys.readouterr().err
   assert "below the bounds" in err and "Nothing written" in err
-  assert "depth_head float -> labels" in err
-  assert "with segm_head,output_resize,input,depth_head float labels" in err
+  assert "costliest layers: " in err and ") float -> labels" in err
   assert len(err.strip().splitlines()) == 1
   assert not (tmp_path / "out").exists()
 
@@ -161,50 +184,61 @@ def test_bounds_apply_to_int8_only_and_are_checked(weights, tmp_path, capsys):
   assert not list(tmp_path.iterdir())
 
 
-# The guard's choice, on stand-in graphs: a graph is the tuple of parts kept float, and each
-# part left int8 adds its own error to the depth (a measured cost, as in a real graph).
-COSTS = {"segm_head": 0.001, "depth_head": 0.04, "output_resize": 0.02, "input": 0.005}
+# The guard's choice, on stand-in graphs: a graph is the set of layers kept float, and each
+# layer left int8 adds its own (signed) error to the depth, as a measured cost; "cancel"
+# int8 offsets the others.
+COSTS = {"early": 0.02, "head": 0.04, "resize": 0.01, "cancel": -0.01, "tiny": 0.001}
 
 
 def fake_run(graph, image):
-  # 0.001 of the error stays whatever is kept float (the int8 weights of the rest)
-  error = 0.0 if graph is None else 0.001 + sum(c for p, c in COSTS.items() if p not in graph)
+  if graph == "float":
+    error = 0.0
+  else:
+    error = 0.001 + sum(c for q, c in COSTS.items() if q not in graph)
   depth = np.full((1, *image.shape[1:3]), 1.0 + error)  # the float graph's depth is 1 m
-  segm = np.zeros((1, *image.shape[1:3], 2))
-  return {"segm": segm, "depth": depth}
+  return {"segm": np.zeros((1, *image.shape[1:3], 2)), "depth": depth}
 
 
-def fake_guard(bounds, keep=()):
-  calls = []
+def fake_guard(bounds, max_float=int8_guard.MAX_FLOAT):
+  tried = []
 
-  def quantize(parts):
-    calls.append(tuple(parts))
-    return tuple(parts)
+  def without(graph, names):
+    tried.append(tuple(names))
+    return frozenset(graph) | frozenset(names)
 
-  run = lambda g, x: fake_run(None if g == "float" else g, x)
-  result = int8_guard.guarded(quantize, run, "float", frames(2), list(COSTS), bounds, keep)
-  return result, calls
-
-
-def test_guard_keeps_the_costliest_parts_float_until_the_bound_holds():
-  result, calls = fake_guard(int8_guard.Bounds(max_depth=0.01))
-  # all int8 (0.067), then each part alone, then the two costliest together (0.007 <= 0.01)
-  assert calls[0] == () and len(calls) == 1 + 4 + 1
-  assert result.keep_float == ("depth_head", "output_resize")
-  assert result.agreement.depth == pytest.approx(0.007, rel=0.05)
-  assert result.agreement.labels == 1.0
-  assert "kept float: depth_head,output_resize" in result.log[-1]
+  result = int8_guard.guarded(frozenset(), fake_run, "float", frames(2), list(COSTS), without,
+                              bounds, label=str.upper, max_float=max_float)
+  return result, tried
 
 
-def test_guard_passes_a_good_graph_untouched_and_starts_from_the_users_parts():
-  result, calls = fake_guard(int8_guard.Bounds(max_depth=0.1))
-  assert calls == [()] and result.keep_float == ()
-  result, calls = fake_guard(int8_guard.Bounds(max_depth=0.01), keep=("depth_head",))
-  assert calls[0] == ("depth_head",) and "depth_head" not in [c[-1] for c in calls[1:4]]
-  assert result.keep_float == ("depth_head", "output_resize")
+def test_guard_keeps_the_costliest_layers_float_until_the_bound_holds():
+  result, tried = fake_guard(int8_guard.Bounds(max_depth=0.01))
+  # all int8: 0.062; alone: head 0.022, early 0.042, resize 0.052, tiny 0.061, cancel 0.072;
+  # head+early 0.002 passes.
+  assert tried[:5] == [(q,) for q in COSTS]
+  assert tried[5:] == [("head",), ("head", "early")]
+  assert result.kept_float == ("head", "early")
+  assert result.agreement.depth == pytest.approx(0.002, rel=0.05)
+  assert "kept float (2 layers, by measurement): HEAD, EARLY" in result.log[-1]
 
 
-def test_guard_refuses_when_no_part_suffices():
-  with pytest.raises(int8_guard.Int8AccuracyError, match="depth_head float -> labels 100.0% "
-                     "equal, depth RMS difference 2.7% of the mean depth"):
-    fake_guard(int8_guard.Bounds(max_depth=0.0001))
+def test_guard_skips_a_layer_that_makes_the_whole_graph_worse():
+  """With "head" and "early" float (0.002), "resize" float overshoots through "cancel"
+  (-0.008): left int8, and "tiny" brings the graph within the bound."""
+  result, tried = fake_guard(int8_guard.Bounds(max_depth=0.0015))
+  assert ("head", "early", "resize") in tried
+  assert result.kept_float == ("head", "early", "tiny")
+  assert result.agreement.depth == pytest.approx(0.001, rel=0.05)
+
+
+def test_guard_passes_a_good_graph_untouched():
+  result, tried = fake_guard(int8_guard.Bounds(max_depth=0.1))
+  assert tried == [] and result.kept_float == () and result.graph == frozenset()
+
+
+def test_guard_refuses_when_the_allowed_layers_do_not_suffice():
+  with pytest.raises(int8_guard.Int8AccuracyError,
+                     match="costliest layers: HEAD float -> labels 100.0% equal, depth RMS "
+                           "difference 2.2% of the mean depth; .* at best, with 1 of them "
+                           "float, labels 100.0% equal, depth RMS difference 2.2%"):
+    fake_guard(int8_guard.Bounds(max_depth=0.01), max_float=1)

@@ -304,23 +304,22 @@ def quantize_onnx_guarded(data: bytes, images: np.ndarray, bounds: Any,
   names = [o.name for o in proto.graph.output if o.name in ("segm", "depth")]
   run = _Runner(lambda g: ort.InferenceSession(g, providers=["CPUExecutionProvider"]),
                 lambda s, x: dict(zip(names, s.run(names, {INPUT_NAME: x}))))
-  candidates = int8_guard.present_parts(lambda ps: quantize.float_nodes(proto, ps),
-                                        quantize.FLOAT_PARTS)
-  return int8_guard.guarded(lambda keep: quantize.quantize(data, images, keep_float=keep),
-                            run, data, images, candidates, bounds, keep_float)
+  int8 = quantize.quantize(data, images, keep_float=keep_float)
+  layers = quantize.activation_quantizers(int8)
+  return int8_guard.guarded(int8, run, data, images, list(layers),
+                            quantize.without_quantizers, bounds, label=layers.get)
 
 
 def quantize_openvino_guarded(model: Any, images: np.ndarray, bounds: Any,
                               keep_float: Sequence[str] = ()) -> Any:
   """int8_guard.Result of NNCF's quantization of the float openvino.Model `model`."""
-  from hydrajax.export import int8_guard, openvino_ir, quantize
+  from hydrajax.export import int8_guard, openvino_ir
   names = ("segm", "depth")
   run = _Runner(openvino_ir.compile_model, lambda c, x: openvino_ir.run(c, x, names))
-  candidates = int8_guard.present_parts(lambda ps: openvino_ir.float_ops(model, ps),
-                                        quantize.FLOAT_PARTS)
-  return int8_guard.guarded(
-      lambda keep: openvino_ir.quantize(model, images, keep_float=keep),
-      run, model, images, candidates, bounds, keep_float)
+  int8 = openvino_ir.quantize(model, images, keep_float=keep_float)
+  layers = openvino_ir.activation_quantizers(int8)
+  return int8_guard.guarded(int8, run, model, images, list(layers),
+                            openvino_ir.without_quantizers, bounds, label=layers.get)
 
 
 def _check_out(args: argparse.Namespace) -> None:

@@ -1,6 +1,6 @@
 """The accuracy guard of the int8 exports (ONNX QDQ and OpenVINO NNCF): how far the int8
-graph's outputs are from the float graph's on the calibration frames, and which parts of the
-graph to keep float when they are too far.
+graph's outputs are from the float graph's on the calibration frames, and which layers to keep
+float when they are too far.
 
 Agreement, per export, over all pixels of all calibration frames:
   labels: the fraction of pixels whose argmax of "segm" is the float graph's;
@@ -10,16 +10,17 @@ model lacks is not checked). How far quantization moves the outputs depends on t
 a briefly trained model (wide, unsettled activation ranges) loses far more than a converged
 one, so the check runs on every export, whatever the model.
 
-When the all-int8 graph fails, a sensitivity pass quantizes it once per candidate part
-(FLOAT_PARTS of quantize.py present in the graph) with that part kept float, ranks the parts
-by the agreement each restores, and keeps the best ones float, in that order, until the graph
-passes. If none suffices the export is refused (Int8AccuracyError), naming what each part
-costs.
+When the int8 graph fails, a per-layer sensitivity pass removes one activation quantizer at a
+time (the layer whose output it quantizes then feeds its consumers in float), measures each
+such graph on the first SENSITIVITY_FRAMES frames, and keeps the layers float in the order of
+the agreement each restores, each kept only if the graph measured on all frames then agrees
+better, until the graph passes, at most `max_float` of them (of twice as many tried). If that is not enough the export is refused (Int8AccuracyError), naming
+the costliest layers.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -104,59 +105,64 @@ class Reference:
 
 
 class Int8AccuracyError(ValueError):
-  """The int8 graph stays below the bounds whatever the candidate parts kept float."""
+  """The int8 graph stays below the bounds whatever the layers kept float."""
+
+
+SENSITIVITY_FRAMES = 8  # frames per single-layer measurement
+MAX_FLOAT = 16          # layers the pass may keep float
 
 
 @dataclasses.dataclass
 class Result:
-  graph: Any              # the int8 graph written
-  keep_float: tuple       # the parts kept float (the user's, then the pass's)
+  graph: Any              # the int8 graph to write
+  kept_float: tuple       # the layers the pass kept float, costliest first
   agreement: Agreement
   log: list[str]          # what was measured, one line each
 
 
-def guarded(quantize: Callable[[Sequence[str]], Any], run: Run, float_graph: Any,
-            images: np.ndarray, candidates: Iterable[str], bounds: Bounds = Bounds(),
-            keep_float: Sequence[str] = ()) -> Result:
-  """Quantize (`quantize(keep_float_parts) -> int8 graph`), measure against `float_graph`
-  on `images` with `run`, and keep further `candidates` parts float (ranked by measurement)
-  until the graph passes `bounds`; Int8AccuracyError when no choice does."""
+def guarded(int8_graph: Any, run: Run, float_graph: Any, images: np.ndarray,
+            quantizers: Sequence[str], without: Callable[[Any, Sequence[str]], Any],
+            bounds: Bounds = Bounds(), label: Callable[[str], str] = str,
+            max_float: int = MAX_FLOAT) -> Result:
+  """Measure `int8_graph` against `float_graph` on `images` with `run`; below `bounds`,
+  remove activation quantizers (`without(int8_graph, names)` -> a graph with those removed),
+  ranked by measurement, until it passes. `label(name)` names a quantizer's layer in the
+  log; Int8AccuracyError when `max_float` layers do not suffice."""
   reference = Reference(run, float_graph, images)
-  keep = tuple(keep_float)
   n = len(reference.images)
-  graph = quantize(keep)
-  base = reference.agreement(run, graph)
-  what = f"with {','.join(keep)} float" if keep else "all int8"
-  log = [f"int8 vs float on {n} calibration frames ({what}): {base}"]
+  base = reference.agreement(run, int8_graph)
+  log = [f"int8 vs float on {n} calibration frames: {base}"]
   if base.passes(bounds):
-    return Result(graph, keep, base, log)
-  trials = {}
-  for part in [p for p in candidates if p not in keep]:
-    trial = quantize(keep + (part,))
-    trials[part] = (reference.agreement(run, trial), trial)
-    log.append(f"  {part} kept float: {trials[part][0]}")
-  ranked = sorted(trials, key=lambda p: trials[p][0].badness(bounds))
-  chosen, agreement = keep, base
-  for k, part in enumerate(ranked):
-    chosen = chosen + (part,)
-    if k == 0:
-      agreement, graph = trials[part]
-    else:
-      graph = quantize(chosen)
-      agreement = reference.agreement(run, graph)
-      log.append(f"  {','.join(chosen)} kept float: {agreement}")
+    return Result(int8_graph, (), base, log)
+  few = Reference.__new__(Reference)
+  k = min(SENSITIVITY_FRAMES, n)
+  few.images, few.labels, few.depth = reference.images[:k], reference.labels[:k], \
+      reference.depth[:k]
+  scores = {q: few.agreement(run, without(int8_graph, [q])) for q in quantizers}
+  ranked = sorted(quantizers, key=lambda q: scores[q].badness(bounds))
+  log.append(f"per-layer sensitivity on {k} frames ({len(quantizers)} quantized layers), "
+             f"costliest: " + "; ".join(f"{label(q)} float -> {scores[q]}"
+                                        for q in ranked[:5]))
+  # Greedy, in the ranked order: a layer stays float only if the whole graph then agrees
+  # better (layers interact: one kept float may move what the next quantizer sees).
+  agreement, chosen = base, []
+  for q in ranked[:2 * max_float]:
+    if len(chosen) == max_float:
+      break
+    trial = without(int8_graph, chosen + [q])
+    measured = reference.agreement(run, trial)
+    if measured.badness(bounds) >= agreement.badness(bounds):
+      continue
+    agreement = measured
+    chosen.append(q)
     if agreement.passes(bounds):
-      log.append(f"kept float: {','.join(chosen[len(keep):])} (measured the costliest)")
-      return Result(graph, chosen, agreement, log)
-  costs = "; ".join(f"{p} float -> {trials[p][0]}" for p in ranked) or "no part to keep float"
+      log.append(f"kept float ({len(chosen)} layers, by measurement): "
+                 f"{', '.join(label(c) for c in chosen)}: {agreement}")
+      return Result(trial, tuple(chosen), agreement, log)
+  costs = "; ".join(f"{label(q)} float -> {scores[q]}" for q in ranked[:3]) or "none"
   raise Int8AccuracyError(
       f"the int8 graph is below the bounds (labels >= {100 * bounds.min_labels:g}%, depth "
       f"RMS difference <= {100 * bounds.max_depth:g}% of the mean depth) on {n} calibration "
-      f"frames: all int8 {base}; {costs}; with {','.join(chosen) or 'nothing'} float "
-      f"{agreement}. Nothing written: calibrate on more or more typical frames, or loosen "
-      f"--int8-min-labels / --int8-max-depth")
-
-
-def present_parts(names_of: Callable[[Sequence[str]], list], parts: Iterable[str]) -> list[str]:
-  """The parts for which `names_of([part])` finds nodes in the graph."""
-  return [p for p in parts if names_of([p])]
+      f"frames: all int8 {base}; costliest layers: {costs}; at best, with "
+      f"{len(chosen)} of them float, {agreement}. Nothing written: calibrate on more or more typical frames, keep "
+      f"more float (--keep-float), or loosen --int8-min-labels / --int8-max-depth")

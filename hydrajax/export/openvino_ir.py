@@ -212,3 +212,33 @@ def run(compiled: Any, images: np.ndarray, names: Sequence[str]) -> dict[str, np
     for name in set(port.get_names()) & set(names):
       out[name] = np.array(result[port])  # a copy: the request owns its buffers
   return out
+
+
+def activation_quantizers(model: Any) -> dict[str, str]:
+  """{FakeQuantize op name: the layer it quantizes, "op (type)"} of the activations of an
+  int8 openvino.Model (the weights' quantization is folded into int8 constants)."""
+  out = {}
+  for op in model.get_ordered_ops():
+    if op.get_type_name() != "FakeQuantize":
+      continue
+    src = op.input_value(0).get_node()
+    if src.get_type_name() != "Constant":
+      out[op.get_friendly_name()] = f"{src.get_friendly_name()} ({src.get_type_name()})"
+  return out
+
+
+def without_quantizers(model: Any, names: Sequence[str]) -> Any:
+  """A copy of the int8 openvino.Model `model` with the FakeQuantize ops `names` bypassed:
+  those layers' outputs reach their consumers in float."""
+  copy = model.clone()
+  ops = {op.get_friendly_name(): op for op in copy.get_ordered_ops()
+         if op.get_type_name() == "FakeQuantize"}
+  missing = set(names) - set(ops)
+  if missing:
+    raise ValueError(f"no FakeQuantize ops {sorted(missing)} in the model")
+  for name in names:
+    fq = ops[name]
+    for target in list(fq.output(0).get_target_inputs()):
+      target.replace_source_output(fq.input_value(0))
+  copy.validate_nodes_and_infer_types()
+  return copy

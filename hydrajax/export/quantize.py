@@ -312,3 +312,46 @@ def quantize(float_model: bytes, images: np.ndarray, *,
     out = onnx.load(dst)
   onnx.checker.check_model(out, full_check=True)
   return out.SerializeToString()
+
+
+def activation_quantizers(model: bytes) -> dict[str, str]:
+  """{QuantizeLinear node name: the layer it quantizes, "node (op)"} of the activations of a
+  serialized QDQ graph (weights, quantized ahead of time, have no QuantizeLinear)."""
+  import onnx
+  graph = onnx.load_from_string(model).graph
+  producer = {o: n for n in graph.node for o in n.output}
+  inits = {t.name for t in graph.initializer}
+  out = {}
+  for node in graph.node:
+    if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
+      src = producer.get(node.input[0])
+      out[node.name] = f"{src.name} ({src.op_type})" if src is not None else node.input[0]
+  return out
+
+
+def without_quantizers(model: bytes, names: Sequence[str]) -> bytes:
+  """The serialized QDQ graph `model` with the activation QuantizeLinear nodes `names` and
+  their DequantizeLinear nodes removed: those layers' outputs reach their consumers in float
+  (each DequantizeLinear becomes an Identity of the float tensor, so every name still
+  exists)."""
+  import onnx
+  from onnx import helper
+  proto = onnx.load_from_string(model)
+  graph = proto.graph
+  quantizers = {n.output[0]: n for n in graph.node
+                if n.op_type == "QuantizeLinear" and n.name in set(names)}
+  missing = set(names) - {n.name for n in quantizers.values()}
+  if missing:
+    raise ValueError(f"no activation QuantizeLinear nodes {sorted(missing)} in the graph")
+  nodes = []
+  for node in graph.node:
+    if node.op_type == "QuantizeLinear" and node.output[0] in quantizers:
+      continue
+    if node.op_type == "DequantizeLinear" and node.input[0] in quantizers:
+      node = helper.make_node("Identity", [quantizers[node.input[0]].input[0]], [node.output[0]],
+                              name=f"{node.name}_float")
+    nodes.append(node)
+  del graph.node[:]
+  graph.node.extend(nodes)
+  _drop_unused_initializers(graph)  # the removed pairs' scales and zero points
+  return proto.SerializeToString()
