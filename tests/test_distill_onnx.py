@@ -1,9 +1,13 @@
 """hydrajax-distill --teacher: ONNX teachers built here (tests/helpers/teacher_graphs.py) label
 a folder through their card; classes mapped and masked pixel for pixel; relative depth fitted
 to metres; a stopped run resumes; a card that does not fit the graph stops in one line."""
+import functools
 import json
 import os
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -226,8 +230,81 @@ def test_wrong_depth_kind_and_units_are_named(tmp_path, data, capsys):
 def test_relative_teacher_without_any_metric_depth_stops(tmp_path, graph, capsys):
   root = _write_folder(tmp_path / "d", num=3, metric=())
   err = _cli(capsys, _config(root), tmp_path / "out", teacher=graph, only="depth")
-  assert_one_error_line(err, "no training frame has metric depth", "inverse_depth_relative")
+  assert_one_error_line(err, "no training frame has metric depth", "inverse_depth_relative",
+                        "--depth-relative-ok")
   assert not (tmp_path / "out").exists()
+
+
+def test_depth_relative_ok_writes_relative_labels_that_training_scores_with_ssi(tmp_path, graph,
+                                                                             capsys):
+  from hydrajax.data import pipeline, sources
+  from hydrajax.train import loop as train_lib, losses
+  from tests.helpers.configs import tiny_config
+
+  root = _write_folder(tmp_path / "d", num=4, metric=())
+  out = tmp_path / "out"
+  counts = distill.run(_config(root), str(out), teacher=graph, only="depth",
+                       depth_relative_ok=True, progress=False)
+  assert counts["depth"] == 4 and counts["relative_depth"] == "inverse_depth"
+  assert "relative labels (affine in inverse depth" in capsys.readouterr().out
+  assert json.loads((out / "teacher.json").read_text())["relative_depth"] == "inverse_depth"
+  assert not (out / "depth_fit.json").exists()
+  for i in range(4):
+    label = pngio.read_depth(str(out / "depth" / f"train__{i:03d}.png"), 256.0, (H, W))
+    inverse = 1.0 / tg.true_depth(_image(root, i))
+    scale, shift = teacher_targets.robust_affine_fit(inverse.ravel(), label.ravel())
+    # The teacher is 2 / d + 0.3 mapped onto [1, 255]: affine in 1 / d up to the PNG's
+    # 1/256 steps (0.002 of a label, far below the labels' spread of ~250).
+    assert scale > 0 and np.abs(scale * inverse + shift - label).max() < 0.01
+  config = tiny_config(dataset="folder", data_dir=str(root), teacher_dir=str(out),
+                       batch_size=4, crop_size=(H, W), scale_range=(1.0, 1.0))
+  config.folder = _config(root).folder
+  batch = next(iter(pipeline.train_dataset(
+      sources.build_source(config, "train"), global_batch_size=4, crop_size=(H, W),
+      scale_range=(1.0, 1.0), process=(0, 1))))
+  assert batch["depth_relative"].tolist() == [losses.RELATIVE_INVERSE_DEPTH] * 4
+  assert (batch["depth"] > 0).all()
+  # A few steps of the training step (its loss terms, optimizer and state update) on a
+  # stand-in network (compiling HydraNet for a new batch layout would cost more than the
+  # test): the relative labels are scored and the scale-and-shift-invariant loss falls.
+  model = _StandIn()
+  tx = train_lib.make_optimizer(tiny_config(lr_decoder=0.1, momentum=0.0, schedule="constant"))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, H, W, 3)))["params"]
+  state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                               opt_state=tx.init(params), nonfinite_step=jnp.full((), -1))
+  step = jax.jit(functools.partial(train_lib.train_step, model=model, tx=tx, freeze_bn=True,
+                                   sync_bn=False, axis_name=None))
+  device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  first = None
+  for _ in range(10):
+    state, metrics = step(state, device_batch, {"depth": 1.0})
+    first = float(metrics["loss_depth"]) if first is None else first
+  # In the normalised units of the invariant loss (a standardised target: at most ~1 for
+  # any prediction); berHu on the labels' 1..255 would be far above. The stand-in (linear
+  # in the image) fits 1 / depth only roughly: 0.84 -> 0.71 in 10 steps.
+  assert first < 1.2, first
+  assert 0 < float(metrics["loss_depth"]) < 0.9 * first, (first, float(metrics["loss_depth"]))
+
+
+def test_relative_labels_are_refused_into_a_directory_of_metric_ones(tmp_path, graph, labelled,
+                                                                    capsys):
+  _, out = labelled  # metric depth labels (the teacher fitted to metres)
+  root = _write_folder(tmp_path / "d", num=2, metric=())
+  err = _cli(capsys, _config(root), out, teacher=graph, only="depth", depth_relative_ok=True)
+  assert_one_error_line(err, str(out / "teacher.json"), "metric, not relative")
+  assert "relative_depth" not in json.loads((out / "teacher.json").read_text())
+
+
+class _StandIn(nn.Module):
+  """Depth from a 1x1 conv of the image, HydraNet's output contract at full resolution (the
+  frames' depth changes from pixel to pixel)."""
+  align_corners: bool = False
+  impl: str = "native"
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    return {"depth": nn.Conv(1, (1, 1))(x)[..., 0]}
 
 
 def test_graph_without_card_and_class_map_errors_name_the_fix(tmp_path, data, capsys):

@@ -158,3 +158,59 @@ def test_loss_with_axis_name_equals_single_device_on_global_batch():
   single = losses.combined_loss(losses.loss_terms(outputs, batch), WEIGHTS)[0]
   # The same positive sums split in two and added: order changes only, ~1e-7 relative.
   np.testing.assert_allclose(np.asarray(per_device), float(single), rtol=1e-5)
+
+
+def _relative_case(seed=0):
+  """Predictions (2, 8, 10) around 1..5 m, a mask with invalid pixels, and image 0 in
+  depth space, image 1 in inverse-depth space."""
+  rng = np.random.default_rng(seed)
+  pred = rng.uniform(1.0, 5.0, (2, 8, 10)).astype(np.float32)
+  valid = rng.random((2, 8, 10)) > 0.3
+  space = np.array([losses.RELATIVE_DEPTH, losses.RELATIVE_INVERSE_DEPTH], np.uint8)
+  return pred, valid, space
+
+
+def test_ssi_loss_is_zero_for_an_affine_match_and_invariant_to_target_scale_and_shift():
+  pred, valid, space = _relative_case()
+  in_space = np.stack([pred[0], 1.0 / pred[1]])
+  exact = np.where(valid, 3.0 * in_space + 0.5, 0.0)
+  s, n = losses.ssi_terms(jnp.asarray(pred), jnp.asarray(exact), jnp.asarray(space))
+  assert int(n) == valid.sum()
+  # An exact affine match leaves float32 rounding only (~1e-7 per pixel, normalised units).
+  assert float(s) / float(n) < 1e-5
+  target = np.where(valid, in_space + np.random.default_rng(1).uniform(0, 0.3, pred.shape), 0)
+  base = float(losses.ssi_terms(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(space))[0])
+  assert base > 0.05 * valid.sum()  # a noisy target is no match
+  for a, b in ((7.0, 2.0), (0.1, 3.0)):
+    moved = np.where(valid, a * target + b, 0.0)
+    s = float(losses.ssi_terms(jnp.asarray(pred), jnp.asarray(moved), jnp.asarray(space))[0])
+    # The same loss up to float32 rounding of the moved target (an ulp of 3 is 2.4e-7, 2.4e-6
+    # of the 0.1-wide signal) and of its normalisation; a scale-dependent loss is off by 7x.
+    np.testing.assert_allclose(s, base, rtol=1e-4)
+
+
+def test_ssi_loss_ignores_invalid_pixels_and_metric_samples():
+  pred, valid, space = _relative_case()
+  target = np.where(valid, np.random.default_rng(2).uniform(1, 2, pred.shape), 0.0)
+  s, n = losses.ssi_terms(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(space))
+  wild = np.where(valid, pred, 1e4 * np.random.default_rng(3).random(pred.shape))
+  grad = jax.grad(lambda p: losses.ssi_terms(p, jnp.asarray(target), jnp.asarray(space))[0])(
+      jnp.asarray(wild))
+  s2, n2 = losses.ssi_terms(jnp.asarray(wild), jnp.asarray(target), jnp.asarray(space))
+  assert float(s2) == float(s) and float(n2) == float(n)  # invalid pixels change nothing
+  assert np.all(np.asarray(grad)[~valid] == 0) and np.abs(np.asarray(grad)[valid]).max() > 0
+  metric = np.array([losses.DEPTH_METRIC, losses.RELATIVE_INVERSE_DEPTH], np.uint8)
+  s3, n3 = losses.ssi_terms(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(metric))
+  assert int(n3) == valid[1].sum()
+
+
+def test_loss_terms_score_relative_samples_with_ssi_and_metric_ones_with_berhu():
+  pred, valid, _ = _relative_case()
+  metric_target = np.where(valid, pred + 0.5, 0.0).astype(np.float32)
+  relative_target = np.where(valid, 2.0 * pred + 9.0, 0.0).astype(np.float32)  # affine: ssi 0
+  batch = {"depth": jnp.asarray(np.stack([metric_target[0], relative_target[1]])),
+           "depth_relative": jnp.asarray(np.array([0, losses.RELATIVE_DEPTH], np.uint8))}
+  terms = losses.loss_terms({"depth": jnp.asarray(pred)[..., None]}, batch)
+  berhu = losses.berhu_terms(jnp.asarray(pred[:1]), jnp.asarray(metric_target[:1]))
+  np.testing.assert_allclose(float(terms["depth"][0]), float(berhu[0]), rtol=1e-5, atol=1e-4)
+  assert int(terms["depth"][1]) == valid.sum()

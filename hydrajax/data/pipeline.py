@@ -44,6 +44,10 @@ class Mixture:
   def has_normals(self) -> bool:
     return any(getattr(s, "has_normals", False) for s in self.sources)
 
+  @property
+  def has_relative_depth(self) -> bool:
+    return any(getattr(s, "has_relative_depth", False) for s in self.sources)
+
 
 class Concat:
   """Several sources one after the other (an evaluation set made of parts)."""
@@ -105,13 +109,14 @@ class SkipBad:
 
 
 class _Complete:
-  """Gives every sample segm, depth (and normals if wanted), ignore-filled where missing.
+  """Gives every sample segm, depth (and normals if wanted), ignore-filled where missing,
+  and with `with_relative` a "depth_relative" code (0: metric; hydrajax.data.teacher).
 
   Mixed sources then batch together even when one lacks a modality.
   """
 
-  def __init__(self, with_normals: bool):
-    self.with_normals = with_normals
+  def __init__(self, with_normals: bool, with_relative: bool = False):
+    self.with_normals, self.with_relative = with_normals, with_relative
 
   def __call__(self, sample):
     if sample is None:
@@ -122,6 +127,8 @@ class _Complete:
     out.setdefault("depth", np.zeros(hw, np.float32))
     if self.with_normals:
       out.setdefault("normals", np.zeros(hw + (3,), np.float32))
+    if self.with_relative:
+      out.setdefault("depth_relative", np.uint8(0))
     return out
 
 
@@ -227,7 +234,7 @@ def train_dataset(source, *, global_batch_size: int, crop_size: int | tuple[int,
     # Each source gets its own shuffle seed; repeat() reshuffles every epoch.
     parts.append(ds.shuffle(seed=seed + 1000 * i).repeat(num_epochs))
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, mixture.weights)
-  ds = ds.map(_Complete(mixture.has_normals))
+  ds = ds.map(_Complete(mixture.has_normals, mixture.has_relative_depth))
   # The augmentation's random draws depend on the global position (random_map seeds by index).
   ds = ds.random_map(transforms.TrainTransform(crop_size, scale_range, flip), seed=seed)
   if drop_remainder and num_epochs is not None:

@@ -72,6 +72,7 @@ class CheckedSource:
   def __init__(self, source: Any, num_classes: int | None):
     self.source, self.num_classes = source, num_classes
     self.has_normals = getattr(source, "has_normals", False)
+    self.has_relative_depth = getattr(source, "has_relative_depth", False)
 
   def __len__(self) -> int:
     return len(self.source)

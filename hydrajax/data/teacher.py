@@ -10,6 +10,13 @@ On-disk format of a teacher directory DIR (written by `write_teacher_labels`, re
 keys have labels is the directory listing itself, read once at construction, so several
 distillation processes can write into one directory without sharing an index file.
 
+A relative depth teacher with no metric depth to fit it to (`hydrajax-distill
+--depth-relative-ok`) writes depth labels known only up to scale and shift, recorded as
+"relative_depth": "depth" (affine in depth) or "inverse_depth" (affine in 1 / depth) in
+teacher.json; each frame's values are mapped to [1, 255] (any positive affine map serves).
+Samples given such a label carry "depth_relative" (uint8: RELATIVE_CODES, 0 = metric), for
+which training uses a scale-and-shift-invariant loss (hydrajax.train.losses.ssi_terms).
+
 "fill" says where the labels count: "missing" (a modality the sample lacks entirely) or
 "all" (also every ignored / invalid pixel of a sample's own labels: sparse LiDAR depth
 densified, unlabelled borders filled). Real labels always win where they are valid.
@@ -29,22 +36,40 @@ TEACHER_FORMAT = 1
 TEACHER_DEPTH_DIVISOR = 256.0
 MODALITIES = ("segm", "depth")
 FILLS = ("missing", "all")
+# teacher.json "relative_depth" -> the per-sample "depth_relative" code (the loss's codes,
+# hydrajax.train.losses: 1 relative depth, 2 relative inverse depth; 0 metric).
+RELATIVE_CODES = {"depth": 1, "inverse_depth": 2}
 
 
 def _filename(key: str) -> str:
   return key.replace("/", "__").replace(os.sep, "__") + ".png"
 
 
-def create_label_dir(directory: str, fill: str | None = None) -> None:
+def create_label_dir(directory: str, fill: str | None = None,
+                     relative_depth: str | None = None) -> None:
   """Makes `directory` a teacher label directory (its teacher.json), if it is not one yet;
-  `fill` ("missing" or "all", see the module docstring) is recorded, "all" once given stays."""
+  `fill` ("missing" or "all", see the module docstring) is recorded, "all" once given stays.
+  `relative_depth` ("depth" or "inverse_depth") marks its depth labels as relative; a
+  directory holding the other kind of depth labels is refused (ValueError naming it)."""
   path = os.path.join(directory, "teacher.json")
   meta = {"format": TEACHER_FORMAT, "depth_divisor": TEACHER_DEPTH_DIVISOR, "fill": "missing"}
+  if relative_depth is not None and relative_depth not in RELATIVE_CODES:
+    raise ValueError(f"relative_depth must be one of {tuple(RELATIVE_CODES)}, "
+                     f"got {relative_depth!r}")
   if os.path.exists(path):
     with open(path) as f:
       meta = json.load(f)
-    if fill != "all" or meta.get("fill") == "all":
+    has_depth = os.path.isdir(os.path.join(directory, "depth")) and os.listdir(
+        os.path.join(directory, "depth"))
+    if relative_depth is not None and meta.get("relative_depth") != relative_depth and has_depth:
+      raise ValueError(f"{path}: its depth labels are "
+                       f"{meta.get('relative_depth') or 'metric'}, not relative "
+                       f"({relative_depth}): write to another directory")
+    if (fill != "all" or meta.get("fill") == "all") and (
+        relative_depth is None or meta.get("relative_depth") == relative_depth):
       return
+  if relative_depth is not None:
+    meta["relative_depth"] = relative_depth
   if fill is not None and fill not in FILLS:
     raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
   meta["fill"] = "all" if "all" in (fill, meta.get("fill")) else "missing"
@@ -92,7 +117,12 @@ class TeacherLabels:
     self.fill = meta.get("fill", "missing")
     if self.fill not in FILLS:
       raise ValueError(f"{meta_path}: fill must be one of {FILLS}, got {self.fill!r}")
+    self.relative_code = RELATIVE_CODES.get(meta.get("relative_depth"), 0)
+    if meta.get("relative_depth") is not None and not self.relative_code:
+      raise ValueError(f"{meta_path}: relative_depth must be one of {tuple(RELATIVE_CODES)}, "
+                       f"got {meta['relative_depth']!r}")
     self.has_normals = getattr(source, "has_normals", False)
+    self.has_relative_depth = bool(self.relative_code)
     self.num_classes = getattr(source, "num_classes", None)
     self.available = {}
     for modality in MODALITIES:
@@ -132,10 +162,15 @@ class TeacherLabels:
       if not own.any() or self.fill == "all":
         taught = pngio.read_label(os.path.join(self.directory, "segm", name), hw)
         sample["segm"] = np.where(own, segm, taught).astype(segm.dtype)
+    relative = False
     if name in self.available["depth"]:
       own = depth > 0
-      if not own.any() or self.fill == "all":
+      # Relative labels only replace a depth map with no valid pixel: one map, one kind.
+      if not own.any() or (self.fill == "all" and not self.relative_code):
         taught = pngio.read_depth(os.path.join(self.directory, "depth", name),
                                   self.depth_divisor, hw)
         sample["depth"] = np.where(own, depth, taught).astype(depth.dtype)
+        relative = bool(self.relative_code)
+    if self.relative_code:
+      sample["depth_relative"] = np.uint8(self.relative_code if relative else 0)
     return sample

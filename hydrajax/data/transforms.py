@@ -109,7 +109,8 @@ def hflip(sample: Sample) -> Sample:
       value = value[:, ::-1]
       if name == "normals":
         value = value * np.array([-1.0, 1.0, 1.0], value.dtype)
-    out[name] = np.ascontiguousarray(value)
+      value = np.ascontiguousarray(value)
+    out[name] = value
   return out
 
 
@@ -170,4 +171,6 @@ class TrainTransform:
     sample = scale_and_crop(sample, factor, top, left, height, width)
     if self.flip:
       sample = random_hflip(sample, rng)
-    return {k: np.ascontiguousarray(v) for k, v in sample.items()}
+    # (np.ascontiguousarray would make a per-sample scalar, e.g. "depth_relative", 1-d.)
+    return {k: np.ascontiguousarray(v) if np.ndim(v) else np.asarray(v)
+            for k, v in sample.items()}

@@ -3,7 +3,8 @@
 The teacher is a hydrajax network (`--weights`, `--workdir`) or any ONNX graph with a card
 saying how to call it (`--teacher model.onnx [--teacher-card card.json]`:
 hydrajax.train.onnx_teacher; its classes mapped with `--class-map`, its unsure pixels
-ignored with `--min-confidence`, its relative depth fitted to metres: docs/datasets.md).
+ignored with `--min-confidence`, its relative depth fitted to metres, or with no metric
+depth anywhere and `--depth-relative-ok` written as relative labels: docs/datasets.md).
 
 For every training sample whose segmentation is entirely ignored (255) or whose depth is
 entirely invalid (0), the teacher predicts that modality at full resolution (argmax classes,
@@ -96,11 +97,14 @@ def distill(variables: dict, source: Any, out_dir: str, *, overwrite: bool = Fal
 def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
         workdir: str = "", overwrite: bool = False, only: str = "", *, teacher: str = "",
         teacher_card: str = "", class_map: str = "", min_confidence: float = 0.0,
-        fill: str = "missing", progress: bool = True) -> dict[str, Any]:
+        fill: str = "missing", progress: bool = True,
+        depth_relative_ok: bool = False) -> dict[str, Any]:
   """Load the teacher (an ONNX graph with its card; a weights file; or WORKDIR's best / final
   weights, else its latest checkpoint under `config`) and label the training split of
   `config`'s dataset (`only`: "segm" or "depth", e.g. the depth of a joint teacher with
-  other classes). Returns counts {"segm", "depth", "samples"[, "fit"]}."""
+  other classes; `depth_relative_ok`: a relative depth teacher with no metric depth to fit
+  it to writes relative labels). Returns counts {"segm", "depth", "samples"[, "fit" |
+  "relative_depth"]}."""
   from hydrajax.train import config_check
   from hydrajax.evaluate import loop as evaluate
 
@@ -116,10 +120,10 @@ def run(config: ml_collections.ConfigDict, out_dir: str, weights: str = "",
     raise ValueError(f"--only must be segm or depth, got {only!r}")
   if teacher:
     return _run_onnx(config, out_dir, teacher, teacher_card, class_map, min_confidence, fill,
-                     overwrite, only, progress)
-  if teacher_card or class_map or min_confidence or fill != "missing":
-    raise ValueError("--teacher-card, --class-map, --min-confidence and --fill go with "
-                     "--teacher MODEL.onnx")
+                     overwrite, only, progress, depth_relative_ok)
+  if teacher_card or class_map or min_confidence or fill != "missing" or depth_relative_ok:
+    raise ValueError("--teacher-card, --class-map, --min-confidence, --fill and "
+                     "--depth-relative-ok go with --teacher MODEL.onnx")
   if not (weights or workdir):
     raise ValueError("pass --teacher MODEL.onnx, --weights TEACHER.npz or --workdir of a "
                      "teacher run")
@@ -155,7 +159,7 @@ def _report(counts: dict, origin: str, out_dir: str, config: Any, tasks: Any) ->
 
 def _run_onnx(config: ml_collections.ConfigDict, out_dir: str, path: str, card: str,
               class_map: str, min_confidence: float, fill: str, overwrite: bool, only: str,
-              progress: bool) -> dict[str, Any]:
+              progress: bool, relative_ok: bool = False) -> dict[str, Any]:
   """hydrajax-distill --teacher: the card, class map and threshold checked before any frame."""
   from hydrajax.train import distill_onnx, onnx_teacher, teacher_targets
 
@@ -186,7 +190,7 @@ def _run_onnx(config: ml_collections.ConfigDict, out_dir: str, path: str, card: 
                      f"{', '.join(n + ': ' + o['kind'] for n, o in model.outputs.items())})")
   source = sources.build_source(config, "train", with_teacher=False)
   counts = distill_onnx.label_frames(labeller, source, out_dir, fill=fill, overwrite=overwrite,
-                                     progress=progress)
+                                     progress=progress, relative_ok=relative_ok)
   _report(counts, path, out_dir, config, sorted(labeller.tasks))
   line = distill_onnx.summary(counts)
   if line:
@@ -203,7 +207,8 @@ def main(argv):
   with config_check.exit_on_bad_input():
     run(f.config, f.out, f.weights, f.workdir, f.overwrite, f.only, teacher=f.teacher,
         teacher_card=f["teacher-card"].value, class_map=f["class-map"].value,
-        min_confidence=f["min-confidence"].value, fill=f.fill)
+        min_confidence=f["min-confidence"].value, fill=f.fill,
+        depth_relative_ok=f["depth-relative-ok"].value)
 
 
 def cli() -> None:
@@ -232,6 +237,9 @@ def cli() -> None:
                      "dataset class) is below this.")
   flags.DEFINE_enum("fill", "missing", ["missing", "all"], "missing: label only what a frame "
                     "lacks; all: every modality (real labels still win where valid).")
+  flags.DEFINE_bool("depth-relative-ok", False, "A relative depth teacher with no metric "
+                    "depth to fit it to writes relative labels (training scores them with a "
+                    "scale-and-shift-invariant loss) instead of stopping.")
   flags.DEFINE_string("weights", "", "Or: hydrajax teacher weights .npz.")
   flags.DEFINE_string("workdir", "", "Or: a teacher training run: its weights/best.npz, else "
                       "final.npz, else its latest checkpoint (--config must then describe "
@@ -242,7 +250,7 @@ def cli() -> None:
                     "depth of a joint teacher trained on other classes).")
   flags.mark_flags_as_required(["config", "out"])
   for name in ("config", "teacher", "teacher-card", "class-map", "min-confidence", "fill",
-               "weights", "workdir", "out", "overwrite", "only"):
+               "depth-relative-ok", "weights", "workdir", "out", "overwrite", "only"):
     # --help lists the flags of the script being run; as a console script that is a wrapper.
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   app.run(main)

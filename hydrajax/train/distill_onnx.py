@@ -66,9 +66,12 @@ def _frames(source: Any) -> list[tuple[Any, int]]:
 
 
 def label_frames(labeller: Labeller, source: Any, out_dir: str, *, fill: str = "missing",
-                 overwrite: bool = False, progress: bool = True) -> dict:
+                 overwrite: bool = False, progress: bool = True,
+                 relative_ok: bool = False) -> dict:
   """Writes the teacher's labels for `source`'s frames to `out_dir`. Returns counts
-  {"segm", "depth", "samples"} and, for a relative depth teacher, "fit" (the report)."""
+  {"segm", "depth", "samples"} and, for a relative depth teacher, "fit" (the report) or,
+  with no metric depth to fit to and `relative_ok`, "relative_depth" (its labels' space,
+  hydrajax.data.teacher)."""
   import tqdm
 
   teacher, kind = labeller.teacher, labeller.teacher.depth_kind
@@ -88,11 +91,14 @@ def label_frames(labeller: Labeller, source: Any, out_dir: str, *, fill: str = "
         todo.add(m)
     plan.append((part, i, key, todo, int((np.asarray(sample["depth"]) > 0).sum())))
   metric = [p for p in plan if p[4] > 0]
-  if relative and not metric and any("depth" in p[3] for p in plan):
+  unfitted = relative and not metric and any("depth" in p[3] for p in plan)
+  if unfitted and not relative_ok:
     raise ValueError(f"teacher {teacher.path} gives {kind} and no training frame has metric "
                      f"depth to fit it to metres: add metric depth (even sparse) to some frames, "
-                     f"or use a metric teacher (depth_metric)")
-  teacher_lib.create_label_dir(out_dir, fill)
+                     f"use a metric teacher (depth_metric), or pass --depth-relative-ok to "
+                     f"train on relative depth (a scale-and-shift-invariant loss)")
+  space = ("inverse_depth" if kind == "inverse_depth_relative" else "depth") if unfitted else None
+  teacher_lib.create_label_dir(out_dir, fill, relative_depth=space)
   fit_dir = os.path.join(out_dir, "fit")
   report = _load_report(out_dir, kind) if relative else None
   counts = {"segm": 0, "depth": 0, "samples": 0}
@@ -138,7 +144,7 @@ def label_frames(labeller: Labeller, source: Any, out_dir: str, *, fill: str = "
     write(key, labels)
 
   # Pass 2: frames without (enough) metric depth.
-  dataset_fit = _dataset_fit(fit_dir, identity, kind, report) if relative and any(
+  dataset_fit = _dataset_fit(fit_dir, identity, kind, report) if relative and not space and any(
       "depth" in p[3] and p[4] == 0 for p in plan) else None
   for part, i, key, todo, n_metric in plan:
     if n_metric > 0:
@@ -155,7 +161,9 @@ def label_frames(labeller: Labeller, source: Any, out_dir: str, *, fill: str = "
       if not checked[0]:
         targets.check_metric(r, None, f"teacher {teacher.path} on {key}")
         checked[0] = True
-      if relative:
+      if space:
+        labels["depth"] = targets.relative_label(r)
+      elif relative:
         labels["depth"] = targets.to_metres(r, kind, dataset_fit["scale"], dataset_fit["shift"])
         report["frames"][key] = {"fit": "dataset", "scale": dataset_fit["scale"],
                                  "shift": dataset_fit["shift"], "abs_rel": None}
@@ -163,7 +171,9 @@ def label_frames(labeller: Labeller, source: Any, out_dir: str, *, fill: str = "
         labels["depth"] = r
     write(key, labels)
   bar.close()
-  if relative:
+  if space:
+    counts["relative_depth"] = space
+  elif relative:
     targets.write_report(os.path.join(out_dir, "depth_fit.json"), report)
     counts["fit"] = report
   return counts
@@ -249,6 +259,9 @@ def _load_report(out_dir: str, kind: str) -> dict:
 
 def summary(counts: dict) -> str:
   """One line on the depth fit of `label_frames`' counts, or ""."""
+  if counts.get("relative_depth"):
+    return (f"depth: relative labels (affine in {counts['relative_depth'].replace('_', ' ')}, "
+            f"scale and shift unknown), trained with a scale-and-shift-invariant loss")
   report = counts.get("fit")
   if not report:
     return ""

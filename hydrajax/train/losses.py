@@ -66,6 +66,43 @@ def berhu_terms(pred: jax.Array, target: jax.Array, c: jax.Array | None = None) 
   return jnp.where(valid, loss, 0.0).sum(), valid.sum().astype(jnp.float32)
 
 
+# Per-sample codes of batch["depth_relative"] (hydrajax.data.teacher writes them): the
+# sample's depth label is metric (0), or relative, affine in depth (1) or in inverse depth (2).
+DEPTH_METRIC, RELATIVE_DEPTH, RELATIVE_INVERSE_DEPTH = 0, 1, 2
+SSI_MIN_DEPTH = 1e-2  # metres: |pred| below this is taken as this in inverse depth
+
+
+def ssi_terms(pred: jax.Array, target: jax.Array, space: jax.Array) -> SumCount:
+  """Scale-and-shift-invariant depth loss (Ranftl et al., MiDaS, TPAMI 2022) on relative labels.
+
+  pred (N, H, W) raw depth outputs, taken as |pred| (metres, as `hydrajax.apply` reports
+  them); target (N, H, W) relative labels, 0 invalid; space (N,) int: RELATIVE_DEPTH (the
+  label is a * depth + b), RELATIVE_INVERSE_DEPTH (a / depth + b; the prediction enters as
+  1 / max(|pred|, SSI_MIN_DEPTH)), or DEPTH_METRIC (the sample is skipped). Per image, the
+  target is normalised to zero mean and unit standard deviation over its valid pixels and
+  the prediction aligned to it by least squares (scale and shift); the loss is the L1
+  difference of the aligned values, so it is the same for any a, b (a != 0) and 0 for an
+  exact affine match. Returns (sum over valid pixels, number of valid pixels).
+  """
+  chex.assert_equal_shape([pred, target])
+  chex.assert_shape(space, (pred.shape[0],))
+  pred, target = _at_least_f32(pred), _at_least_f32(target)
+  space = space.astype(jnp.int32)[:, None, None]
+  valid = (target > 0) & (space != DEPTH_METRIC)
+  depth = jnp.abs(pred)
+  p = jnp.where(space == RELATIVE_INVERSE_DEPTH, 1.0 / jnp.maximum(depth, SSI_MIN_DEPTH), depth)
+  w = valid.astype(p.dtype)
+  n = jnp.maximum(w.sum(axis=(1, 2), keepdims=True), 1.0)
+  mean = lambda x: (w * x).sum(axis=(1, 2), keepdims=True) / n
+  t = target - mean(target)
+  t = t / jnp.maximum(jnp.sqrt(mean(t ** 2)), 1e-12)
+  pc = p - mean(p)
+  var = mean(pc ** 2)
+  scale = mean(pc * t) / jnp.where(var > 0, var, 1.0)  # t has zero mean: the shift is -scale * mean(p)
+  loss = jnp.abs(scale * pc - t)
+  return jnp.where(valid, loss, 0.0).sum(), valid.sum().astype(jnp.float32)
+
+
 def normals_terms(pred: jax.Array, target: jax.Array) -> SumCount:
   """1 - cosine(pred, target) over pixels whose target normal is non-zero. (N, H, W, 3)."""
   chex.assert_equal_shape([pred, target])
@@ -84,7 +121,9 @@ def loss_terms(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
   """(sum, count) per task of the model, predictions upsampled to the label size.
 
   batch: "segm" (N, H, W) uint8 (255 ignore), "depth" (N, H, W) metres (0 invalid),
-  "normals" (N, H, W, 3). With `axis_name` (inside pmap), the berHu threshold is the max
+  "normals" (N, H, W, 3), optionally "depth_relative" (N,) uint8: samples whose code is not
+  DEPTH_METRIC carry relative depth labels, scored by `ssi_terms` (one depth mean over the
+  metric and relative pixels together). With `axis_name` (inside pmap), the berHu threshold is the max
   over all devices, so the result equals one device on the global batch.
   """
   label = batch["segm"] if "segm" in batch else batch["depth"]
@@ -94,10 +133,18 @@ def loss_terms(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
   if "segm" in up:
     terms["segm"] = cross_entropy_terms(up["segm"], batch["segm"])
   if "depth" in up:
-    c = berhu_threshold(up["depth"], batch["depth"])
+    relative = batch.get("depth_relative")
+    metric = batch["depth"]
+    if relative is not None:  # relative labels take ssi_terms, metric ones berHu
+      chex.assert_shape(relative, (metric.shape[0],))
+      metric = jnp.where(relative[:, None, None] == DEPTH_METRIC, metric, 0.0)
+    c = berhu_threshold(up["depth"], metric)
     if axis_name is not None:
       c = jax.lax.pmax(c, axis_name)
-    terms["depth"] = berhu_terms(up["depth"], batch["depth"], c)
+    terms["depth"] = berhu_terms(up["depth"], metric, c)
+    if relative is not None:
+      ssi = ssi_terms(up["depth"], batch["depth"], relative)
+      terms["depth"] = (terms["depth"][0] + ssi[0], terms["depth"][1] + ssi[1])
   if "normals" in up:
     terms["normals"] = normals_terms(up["normals"], batch["normals"])
   return terms

@@ -161,6 +161,19 @@ def to_metres(r: np.ndarray, kind: str, scale: float, shift: float) -> np.ndarra
   return depth.astype(np.float32)
 
 
+def relative_label(r: np.ndarray) -> np.ndarray:
+  """A relative output as a storable label: its finite values mapped affinely onto [1, 255]
+  (positive, so 0 stays invalid; scale and shift mean nothing to a relative label), the rest
+  0. A constant frame has no label (all 0). (H, W) float32."""
+  r = np.asarray(r, np.float64)
+  finite = np.isfinite(r)
+  if not finite.any() or r[finite].max() <= r[finite].min():
+    return np.zeros(r.shape, np.float32)
+  lo, hi = r[finite].min(), r[finite].max()
+  return np.where(finite, 1.0 + 254.0 * (np.where(finite, r, lo) - lo) / (hi - lo),
+                  0.0).astype(np.float32)
+
+
 def abs_rel(pred: np.ndarray, depth: np.ndarray) -> float:
   """Mean |pred - depth| / depth over depth > 0 (pred 0 counts as a full miss)."""
   valid = depth > 0
