@@ -15,6 +15,8 @@ Variants (batch 1, uint8 RGB in):
                        OpenVINO (float32 precision, latency hint, --threads threads)
   openvino_int8        the IR --int8 (NNCF, hydrajax/export/openvino_ir.py), 1/4 resolution,
                        calibrated on the same images as onnxruntime_int8
+  openvino_onnx_int8   onnxruntime_int8's QDQ graph read and run by OpenVINO (`--runtime
+                       openvino` on the .onnx file; not in the default set)
   torch_eager          the authors' network (tests/helpers/torch_reference.py) in PyTorch eager,
                        channels_last, outputs upsampled to H x W (benchmarks/compare_cases.py)
   hydrajax_apply       `hydrajax.apply` (outputs at H x W)
@@ -47,11 +49,11 @@ sys.path.insert(0, ROOT)
 
 VARIANTS = ("onnxruntime_quarter", "onnxruntime_full", "torch_eager", "hydrajax_apply",
             "stablehlo_full", "onnxruntime_int8", "openvino_quarter", "openvino_int8",
-            "hydrajax_apply_labels")
-DEFAULT_VARIANTS = VARIANTS[:-1]
+            "hydrajax_apply_labels", "openvino_onnx_int8")
+DEFAULT_VARIANTS = VARIANTS[:-2]
 ARTIFACTS = {"onnxruntime_quarter": "quarter.onnx", "onnxruntime_full": "full.onnx",
              "onnxruntime_int8": "quarter_int8.onnx", "openvino_quarter": "quarter.xml",
-             "openvino_int8": "quarter_int8.xml",
+             "openvino_int8": "quarter_int8.xml", "openvino_onnx_int8": "quarter_int8.onnx",
              "hydrajax_apply": "weights.npz", "stablehlo_full": "full.stablehlo",
              "hydrajax_apply_labels": "weights.npz"}
 
@@ -146,7 +148,8 @@ def make_artifacts(args: argparse.Namespace, folder: str) -> dict[str, float]:
     data = export.export(variables, fmt, args.height, args.width, full_resolution=full)
     seconds[name] = time.perf_counter() - t0
     atomic.write_bytes_atomic(os.path.join(folder, name), data)
-    if name == "quarter.onnx" and "onnxruntime_int8" in args.variants:
+    int8_wanted = {"onnxruntime_int8", "openvino_onnx_int8"} & set(args.variants)
+    if name == "quarter.onnx" and int8_wanted:
       from hydrajax.export import quantize
       t0 = time.perf_counter()
       images = quantize.images_from_config(args.calibrate_config, (args.height, args.width),
