@@ -23,8 +23,8 @@ training split or folder: ONNX through onnxruntime (hydrajax.export.quantize: QD
 per-channel int8 weights, uint8 activations), OpenVINO through NNCF; same inputs and outputs
 as the float graph. Each int8 export is checked against the float graph on the calibration
 frames (hydrajax.export.int8_guard: labels >= `--int8-min-labels`, depth RMS difference <=
-`--int8-max-depth` of the mean depth); below that, the parts that cost most are kept float,
-by measurement, and if that is not enough nothing is written.
+`--int8-max-depth` of the mean depth); below that, the layers that cost most are kept float,
+by a per-layer measurement, and if that is not enough nothing is written.
 
 Run a StableHLO file without hydrajax: `jax.export.deserialize(open(f, "rb").read()).call(x)`.
 Run an ONNX file: `onnxruntime.InferenceSession(f).run(None, {"image": x})`.
