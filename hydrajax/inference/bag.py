@@ -88,7 +88,7 @@ class BagInput:
     try:
       self.reader.open()
     except Exception as e:  # noqa: BLE001 - rosbags, sqlite and zstd raise their own types
-      raise ValueError(f"{path}: not a readable bag ({_one_line(e)}); no message could be "
+      raise ValueError(f"{path}: not a readable bag ({onnx_runner.one_line(e)}); no message could be "
                        "read (a ROS 1 bag needs its index: rosbag reindex)") from None
     self.ros1 = not self.reader.is2
     conns = self.reader.connections
@@ -149,7 +149,7 @@ class BagInput:
         when = ("before its first message" if self.last_time is None else
                 f"after the message at bag time {(self.last_time - t0) / 1e9:.3f} s "
                 f"({self.last_time} ns)")
-        self.error = f"{self.path}: unreadable {when}: {_one_line(e)}"
+        self.error = f"{self.path}: unreadable {when}: {onnx_runner.one_line(e)}"
         return
       self.last_time = log_time
       for sink in copy_to:
@@ -467,7 +467,3 @@ def _run_camera(args: argparse.Namespace, variables: Any, port: int) -> BagRepor
                        max_side=args.max_side, progress=not args.no_progress)
   finally:
     sink.close()
-
-
-def _one_line(error: BaseException) -> str:
-  return " ".join(str(error).split()) or type(error).__name__

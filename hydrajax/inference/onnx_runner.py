@@ -109,7 +109,7 @@ class ExportedModel:
     except Exception as e:  # noqa: BLE001 - the runtime's own types; out of memory kept as is
       if full_res.is_out_of_memory(e):
         raise
-      raise ValueError(f"{self.path}: {self.runtime} failed running it ({_one_line(e)})") from e
+      raise ValueError(f"{self.path}: {self.runtime} failed running it ({one_line(e)})") from e
     return dict(zip(names, values))
 
   def _at_graph_size(self, images: np.ndarray) -> np.ndarray:
@@ -153,14 +153,13 @@ class OnnxModel(ExportedModel):
     broken graph, unknown or custom ops), metadata that is not a JSON object, or an input
     size above `max_pixels` (width x height, checked before anything is allocated)."""
     import onnx
-    import onnxruntime as ort
     path = os.fspath(path)
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{path}: no such ONNX file")
     try:
       proto = onnx.load(path, load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and friends for non-ONNX bytes
-      raise ValueError(f"{path}: not a readable ONNX model ({_one_line(e)})") from e
+      raise ValueError(f"{path}: not a readable ONNX model ({one_line(e)})") from e
     graph = proto.graph
     if len(graph.input) != 1 or len(graph.input[0].type.tensor_type.shape.dim) != 4:
       raise ValueError(f"{path}: expected one (N, H, W, 3) image input, "
@@ -177,19 +176,27 @@ class OnnxModel(ExportedModel):
                for o in graph.output}
     self._check(path, inp.name, dims, input_dtype, outputs,
                 {p.key: p.value for p in proto.metadata_props}, max_pixels)
-    options = ort.SessionOptions()
-    if threads:
-      options.intra_op_num_threads = int(threads)
-    try:
-      self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime's own types (InvalidGraph, Fail, ...)
-      raise ValueError(f"{path}: onnxruntime cannot load it ({_one_line(e)})") from e
+    self.session = cpu_session(path, threads)
 
   def _run(self, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
     return self.session.run(names, {self.input_name: images})
 
 
-def _one_line(error: BaseException) -> str:
+def cpu_session(path: str, threads: int | None = None):
+  """An onnxruntime InferenceSession of the graph at `path` on the CPU (`threads`: intra-op
+  threads, default onnxruntime's); ValueError naming the file if onnxruntime cannot load it
+  (unknown or custom ops, a broken graph)."""
+  import onnxruntime as ort
+  options = ort.SessionOptions()
+  if threads:
+    options.intra_op_num_threads = int(threads)
+  try:
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+  except Exception as e:  # noqa: BLE001 - onnxruntime's own types (InvalidGraph, Fail, ...)
+    raise ValueError(f"{path}: onnxruntime cannot load it ({one_line(e)})") from None
+
+
+def one_line(error: BaseException) -> str:
   """An exception's message on one line (onnx and onnxruntime messages may span several)."""
   return " ".join(str(error).split()) or type(error).__name__
 

@@ -34,7 +34,7 @@ class OpenVinoModel(onnx_runner.ExportedModel):
     try:
       model = ov.Core().read_model(path)
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with its own text
-      raise ValueError(f"{path}: OpenVINO cannot read it ({onnx_runner._one_line(e)})") from e
+      raise ValueError(f"{path}: OpenVINO cannot read it ({onnx_runner.one_line(e)})") from e
     if len(model.inputs) != 1:
       raise ValueError(f"{path}: expected one (N, H, W, 3) image input, got "
                        f"{len(model.inputs)} inputs")
@@ -57,7 +57,7 @@ class OpenVinoModel(onnx_runner.ExportedModel):
     try:
       self.compiled = openvino_ir.compile_model(model, threads)
     except Exception as e:  # noqa: BLE001
-      raise ValueError(f"{path}: OpenVINO cannot compile it ({onnx_runner._one_line(e)})") from e
+      raise ValueError(f"{path}: OpenVINO cannot compile it ({onnx_runner.one_line(e)})") from e
     self._ports = {}
     for out in self.compiled.outputs:
       for name in set(out.get_names()) & set(OUTPUT_NAMES):

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hydrajax.inference import full_res
+from hydrajax.inference import full_res, onnx_runner
 
 CARD_METADATA_KEY = "hydrajax_teacher_card"
 DEPTH_KINDS = ("depth_metric", "inverse_depth_relative", "depth_relative")
@@ -45,8 +45,7 @@ class CardError(ValueError):
   """The card does not describe the graph (or is malformed); the message names both."""
 
 
-def _one_line(error: BaseException) -> str:
-  return " ".join(str(error).split()) or type(error).__name__
+_one_line = onnx_runner.one_line
 
 
 def read_card(graph_path: str, card_path: str = "") -> tuple[dict, str]:
@@ -87,19 +86,11 @@ class OnnxTeacher:
   """
 
   def __init__(self, graph_path: str, card_path: str = "", *, threads: int | None = None):
-    import onnxruntime as ort
-
     if not os.path.isfile(graph_path):
       raise FileNotFoundError(f"teacher graph not found: {graph_path}")
     card, where = read_card(graph_path, card_path)
     self.path, self.where = graph_path, where
-    options = ort.SessionOptions()
-    if threads:
-      options.intra_op_num_threads = int(threads)
-    try:
-      self.session = ort.InferenceSession(graph_path, options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime's own types (InvalidGraph, Fail, ...)
-      raise ValueError(f"teacher {graph_path}: onnxruntime cannot load it ({_one_line(e)})") from None
+    self.session = onnx_runner.cpu_session(graph_path, threads)
     self._check(card)
 
   def _fail(self, message: str) -> CardError:
