@@ -98,7 +98,17 @@ class McapSink(Sink):
       self._atomic.__exit__(RuntimeError, RuntimeError("discarded"), None)
 
 
-class Ros1Sink(Sink):
+class _RosbagsSink(Sink):
+  """A sink whose `_writer` is a rosbags Writer (ROS 1 or ROS 2)."""
+
+  def _channel(self, topic, msgtype, ts):
+    return self._writer.add_connection(topic, msgtype, typestore=ts)
+
+  def _write(self, channel, log_time, data):
+    self._writer.write(channel, log_time, bytes(data))
+
+
+class Ros1Sink(_RosbagsSink):
   """A ROS 1 bag (version 2.0) written with `rosbags`."""
   ros1 = True
 
@@ -111,12 +121,6 @@ class Ros1Sink(Sink):
     self._writer = Writer(self._tmp)
     self._writer.open()
 
-  def _channel(self, topic, msgtype, ts):
-    return self._writer.add_connection(topic, msgtype, typestore=ts)
-
-  def _write(self, channel, log_time, data):
-    self._writer.write(channel, log_time, bytes(data))
-
   def close(self, keep=True):
     self._writer.close()
     if keep:
@@ -125,7 +129,7 @@ class Ros1Sink(Sink):
       self._atomic.__exit__(RuntimeError, RuntimeError("discarded"), None)
 
 
-class Ros2Sink(Sink):
+class Ros2Sink(_RosbagsSink):
   """A ROS 2 bag directory (sqlite3 storage, rosbag2 version 9) written with `rosbags`; it
   is built in a hidden directory beside OUT and renamed to OUT at the end."""
   per_type_definitions = True
@@ -143,12 +147,6 @@ class Ros2Sink(Sink):
     os.makedirs(self._parent)
     self._writer = Writer(Path(self._parent) / os.path.basename(path), version=9)
     self._writer.open()
-
-  def _channel(self, topic, msgtype, ts):
-    return self._writer.add_connection(topic, msgtype, typestore=ts)
-
-  def _write(self, channel, log_time, data):
-    self._writer.write(channel, log_time, bytes(data))
 
   def close(self, keep=True):
     try:
