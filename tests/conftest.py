@@ -46,6 +46,26 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
 
 import hydrajax  # noqa: E402
 
+# pytest-xdist's `--dist loadfile` hands each file whole to the next free worker, by default
+# the files with the most tests first, which puts the few-test files that compile whole
+# training steps last: one worker then ran them alone at the end while the other idled. The
+# longest files go first instead (longest-first keeps both workers busy to the end), the rest
+# in their usual order. Most expensive first; docs/testing.md lists the slowest tests.
+_LONGEST_FIRST = ("test_train.py", "test_multiprocess.py", "test_ops.py",
+                  "test_accelerator_check.py", "test_folder_train.py", "test_export.py",
+                  "test_grad_parity.py", "test_mixed_precision.py", "test_package.py",
+                  "test_batchnorm_parity.py", "test_optimizer.py", "test_demo.py")
+
+
+def pytest_configure(config):
+  if hasattr(config.option, "loadscopereorder"):  # xdist is loaded
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within each file
+
 
 @pytest.fixture(scope="session")
 def variables():
