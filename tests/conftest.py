@@ -47,10 +47,11 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
 import hydrajax  # noqa: E402
 
 # pytest-xdist's `--dist loadfile` hands each file whole to the next free worker, by default
-# the files with the most tests first, which puts the few-test files that compile whole
-# training steps last: one worker then ran them alone at the end while the other idled. The
-# longest files go first instead (longest-first keeps both workers busy to the end), the rest
-# in their usual order. Most expensive first; docs/testing.md lists the slowest tests.
+# the files with the most tests first. That puts the few-test files that compile whole
+# training steps last, where one worker can be left running one of them while the other has
+# nothing to do. The longest files go first instead (longest-first keeps both workers busy to
+# the end), most expensive first, the rest in their usual order; docs/testing.md lists the
+# slowest tests.
 _LONGEST_FIRST = ("test_train.py", "test_multiprocess.py", "test_ops.py",
                   "test_accelerator_check.py", "test_folder_train.py", "test_export.py",
                   "test_grad_parity.py", "test_mixed_precision.py", "test_package.py",
