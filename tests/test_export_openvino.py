@@ -6,7 +6,7 @@ import pytest
 import hydrajax
 from hydrajax.export import cli as export
 from hydrajax.export import int8_guard
-from hydrajax.inference import onnx_runner
+from hydrajax.inference import exported
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -47,7 +47,7 @@ def test_float_ir_computes_apply_and_keeps_the_signature(weights, float_ir):
   path, printed = float_ir
   assert "(openvino," in printed and "output labels   int32    (N, 48, 64)" in printed
   assert path.with_suffix(".bin").is_file()
-  model = onnx_runner.load(path)
+  model = exported.load(path)
   assert type(model).__name__ == "OpenVinoModel" and model.full_resolution
   assert model.config() == {"num_classes": 40, "tasks": ("segm", "depth"),
                             "align_corners": False}
@@ -65,15 +65,15 @@ def test_runtime_choice_by_file_and_on_request(weights, tmp_path):
   variables, _ = weights
   onnx_path = tmp_path / "f.onnx"
   onnx_path.write_bytes(export.export_onnx(variables, H, W))
-  assert type(onnx_runner.load(onnx_path)).__name__ == "OnnxModel"
-  by_openvino = onnx_runner.load(onnx_path, "openvino")  # OpenVINO reads ONNX too
+  assert type(exported.load(onnx_path)).__name__ == "OnnxModel"
+  by_openvino = exported.load(onnx_path, "openvino")  # OpenVINO reads ONNX too
   assert by_openvino.runtime == "openvino" and by_openvino.num_classes == 40
-  assert onnx_runner.load(onnx_path, "auto").runtime == "openvino"  # installed: the fastest
+  assert exported.load(onnx_path, "auto").runtime == "openvino"  # installed: the fastest
   x = frames(1)
-  np.testing.assert_allclose(by_openvino(x)["depth"], onnx_runner.load(onnx_path)(x)["depth"],
+  np.testing.assert_allclose(by_openvino(x)["depth"], exported.load(onnx_path)(x)["depth"],
                              rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="onnxruntime reads ONNX files, not OpenVINO IR"):
-    onnx_runner.load(tmp_path / "m.xml", "onnxruntime")
+    exported.load(tmp_path / "m.xml", "onnxruntime")
 
 
 def test_predict_evaluate_and_demo_run_the_ir(weights, float_ir, tmp_path):
@@ -95,9 +95,9 @@ def test_predict_evaluate_and_demo_run_the_ir(weights, float_ir, tmp_path):
   assert np.mean(segm == want) > 0.999
   config = config_flags.ConfigFileFlagParser(name="config").parse("configs/synthetic.py")
   config.num_classes = 40
-  result = onnx_eval.evaluate_onnx(onnx_runner.load(path), config, SyntheticScenes(2, H, W))
+  result = onnx_eval.evaluate_onnx(exported.load(path), config, SyntheticScenes(2, H, W))
   assert result["num_examples"] == 2 and np.isfinite(result["rmse"])
-  page = demo.Demo(onnx_runner.load(path), workdir=str(tmp_path))
+  page = demo.Demo(exported.load(path), workdir=str(tmp_path))
   assert page.engine.size == (H, W) and page.engine.onnx
   small, out, _ = page.engine(np.zeros((60, 80, 3), np.uint8))
   assert small.shape == (H, W, 3) and out["depth"].shape == (H, W)
@@ -116,10 +116,10 @@ def test_importing_openvino_leaves_the_environment_as_it_was(monkeypatch):
 def test_ir_without_its_bin_or_not_an_ir_is_named(tmp_path):
   (tmp_path / "m.xml").write_text("<net/>")
   with pytest.raises(FileNotFoundError, match="m.bin are missing"):
-    onnx_runner.load(tmp_path / "m.xml")
+    exported.load(tmp_path / "m.xml")
   (tmp_path / "m.bin").write_bytes(b"")
   with pytest.raises(ValueError, match="m.xml: OpenVINO cannot read it"):
-    onnx_runner.load(tmp_path / "m.xml")
+    exported.load(tmp_path / "m.xml")
 
 
 def test_int8_ir_is_quantized_but_the_kept_float_conv_reports_and_runs(weights, tmp_path,
@@ -142,7 +142,7 @@ def test_int8_ir_is_quantized_but_the_kept_float_conv_reports_and_runs(weights, 
   assert ops[kept].input_value(0).get_node().get_type_name() != "FakeQuantize"
   assert (tmp_path / "q.bin").stat().st_size < 0.5 * sum(
       np.asarray(v).nbytes for v in __import__("jax").tree.leaves(variables["params"]))
-  model = onnx_runner.load(tmp_path / "q.xml")
+  model = exported.load(tmp_path / "q.xml")
   x = frames()
   labels = model(x)["segm"].argmax(-1)
   assert np.mean(labels == np.asarray(hydrajax.apply(variables, x)["segm"]).argmax(-1)) > 0.9

@@ -21,6 +21,7 @@ import numpy as np
 
 from hydrajax.data import sources, transforms
 from hydrajax.evaluate import loop, metrics
+from hydrajax.inference import exported
 from hydrajax.inference import onnx_runner
 
 
@@ -69,11 +70,11 @@ def _predict_like_jax(model: onnx_runner.ExportedModel, image: np.ndarray, multi
 
 def run(config: ml_collections.ConfigDict, workdir: str, onnx_path: str,
         runtime: str = "file") -> dict:
-  """Evaluate `onnx_path` (an ONNX graph or OpenVINO IR, in `runtime`: onnx_runner.load)
+  """Evaluate `onnx_path` (an ONNX graph or OpenVINO IR, in `runtime`: exported.load)
   and write WORKDIR/eval/<file name>.json; prints the table."""
   from hydrajax.train import config_check
   config = config_check.validate(config, "evaluate")
-  model = onnx_runner.load(onnx_path, runtime)
+  model = exported.load(onnx_path, runtime)
   wanted = (config.num_classes if "segm" in config.tasks else 0, tuple(config.tasks))
   if (model.num_classes, model.tasks) != wanted:
     raise ValueError(

@@ -236,7 +236,8 @@ def images_from_folder(folder: str, size: tuple[int, int], count: int = CALIBRAT
   """(n, H, W, 3) uint8: `count` images (seeded choice) of the image files in `folder`
   (by suffix, IMAGE_SUFFIXES; hidden files skipped: macOS's `._NAME.jpg` resource forks and
   unfinished `.tmp-*` writes are no images), resized to `size` = (H, W) (PIL bilinear)."""
-  from hydrajax.inference import full_res, predict
+  from hydrajax.data import pngio
+  from hydrajax.inference import full_res
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"calibration images {folder}: no such directory")
   files = sorted(f for f in os.listdir(folder)
@@ -244,7 +245,7 @@ def images_from_folder(folder: str, size: tuple[int, int], count: int = CALIBRAT
                  and os.path.isfile(os.path.join(folder, f)))
   if not files:
     raise ValueError(f"calibration images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-  return np.stack([full_res.resize_image(predict.load_image(os.path.join(folder, files[i])), size)
+  return np.stack([full_res.resize_image(pngio.load_rgb(os.path.join(folder, files[i])), size)
                    for i in _pick(len(files), count, seed)])
 
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from hydrajax import api
 from hydrajax.data import pngio
 from hydrajax.inference import full_res
+from hydrajax.inference import exported
 from hydrajax.inference import onnx_runner
 from hydrajax.inference import points as points_lib
 from hydrajax.inference import roslog
@@ -423,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
       raise ValueError(f"--max-side must be >= 0 pixels (0 = no limit), got {args.max_side}")
     if args.points and args.onnx:
       raise ValueError("--points needs weights (--weights or --workdir), not --onnx")
-    variables = (onnx_runner.load(args.onnx, args.runtime, max_pixels=args.max_pixels)
+    variables = (exported.load(args.onnx, args.runtime, max_pixels=args.max_pixels)
                  if args.onnx else weights.load(args.weights))
     port = args.port if args.foxglove else None
     if args.bag:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from hydrajax.inference import full_res
-from hydrajax.inference import onnx_runner
+from hydrajax.inference import exported
 from hydrajax.inference import video
 
 DEFAULT_FPS = 15.0  # the recording's frame rate when the camera reports none
@@ -78,7 +78,7 @@ def record(variables: Mapping[str, Any], frames: Iterable[np.ndarray], dst: str 
            *, fps: float = DEFAULT_FPS, smooth: float = 0.0, max_frames: int | None = None,
            palette: str = "auto", max_depth: float | None = None, progress: bool = True,
            max_side: int = full_res.DEFAULT_MAX_SIDE) -> video.VideoReport:
-  """Run the network (weights, or an onnx_runner.ExportedModel) on each frame of `frames` (any
+  """Run the network (weights, or an exported.load model) on each frame of `frames` (any
   iterable of (H, W, 3) uint8: a camera, or fabricated frames in tests), smoothed by
   `smooth`, and record the pictures to `dst`."""
   smoother = Smoother(smooth)
@@ -102,7 +102,7 @@ def run(variables_path: str, index: int, dst: str, *, onnx: str = "", runtime: s
   from hydrajax import weights
   try:
     Smoother(smooth)  # range check before the camera opens
-    variables = onnx_runner.load(onnx, runtime) if onnx else weights.load(variables_path)
+    variables = exported.load(onnx, runtime) if onnx else weights.load(variables_path)
     frames, fps = (opener or open_camera)(index)
     report = record(variables, frames, dst, fps=fps, smooth=smooth, max_frames=max_frames,
                     palette=palette, max_depth=max_depth, progress=progress, max_side=max_side)

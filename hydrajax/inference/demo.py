@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw, ImageFont
 from hydrajax import api
 from hydrajax.data import pngio
 from hydrajax.inference import camera
+from hydrajax.inference import exported
 from hydrajax.inference import onnx_runner
 from hydrajax.inference import points as points_lib
 from hydrajax.inference import visualize
@@ -438,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_pixels < 1:
       raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if args.onnx:
-      variables = onnx_runner.load(args.onnx, args.runtime, max_pixels=args.max_pixels)
+      variables = exported.load(args.onnx, args.runtime, max_pixels=args.max_pixels)
       name = args.onnx
     else:
       name = weights.choose(args.weights, args.workdir)

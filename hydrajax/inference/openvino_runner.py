@@ -1,6 +1,6 @@
 """An exported graph run by OpenVINO on the CPU: an IR (`hydrajax-export --format openvino
 [--int8]`, NAME.xml + NAME.bin) or an ONNX export, which OpenVINO reads directly. Called as
-`onnx_runner.ExportedModel` is (like `hydrajax.apply`); `onnx_runner.load` picks it for
+`onnx_runner.ExportedModel` is (like `hydrajax.apply`); `exported.load` picks it for
 `.xml` files and for `--runtime openvino` (or auto).
 """
 from __future__ import annotations

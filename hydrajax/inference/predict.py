@@ -50,6 +50,7 @@ from hydrajax.data import pngio
 from hydrajax.runtime import atomic
 from hydrajax.inference import bag
 from hydrajax.inference import full_res
+from hydrajax.inference import exported
 from hydrajax.inference import onnx_runner
 from hydrajax.inference import points as points_lib
 from hydrajax.runtime import cpu
@@ -238,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
       raise ValueError(f"--out {args.out} is a file; give a directory for the predictions")
-    variables = (onnx_runner.load(args.onnx, args.runtime, max_pixels=args.max_pixels)
+    variables = (exported.load(args.onnx, args.runtime, max_pixels=args.max_pixels)
                  if args.onnx
                  else weights.load(args.weights))
     intrinsics = None

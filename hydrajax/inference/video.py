@@ -35,6 +35,7 @@ from hydrajax import api
 from hydrajax.runtime import atomic
 from hydrajax.data import pngio
 from hydrajax.inference import full_res
+from hydrajax.inference import exported
 from hydrajax.inference import onnx_runner
 from hydrajax.inference import visualize
 
@@ -105,7 +106,7 @@ def predict_stream(variables: Mapping[str, Any], frames: Iterable[np.ndarray], *
   shrunk (0: never). Batches are padded to `batch_size` so the network compiles once;
   `timing`, if given, receives (frames, seconds in the model) per batch. Out of memory in
   the network raises full_res.OutOfMemory naming the frame size and batch. `variables` may
-  be an exported graph (`onnx_runner.load`) instead of weights.
+  be an exported graph (`exported.load`) instead of weights.
   """
   for batch in batches(shrink_frames(frames, max_side), batch_size):
     n = len(batch)
@@ -303,7 +304,7 @@ def run(variables_path: str, src: str, dst: str, *, onnx: str = "", runtime: str
       raise ValueError(f"--max-side must be >= 0 pixels (0 = no limit), got {max_side}")
     if max_pixels < 1:
       raise ValueError(f"--max-pixels must be >= 1, got {max_pixels}")
-    variables = onnx_runner.load(onnx, runtime) if onnx else weights.load(variables_path)
+    variables = exported.load(onnx, runtime) if onnx else weights.load(variables_path)
     report = process_video(variables, src, dst, batch_size=batch_size, palette=palette,
                            max_depth=max_depth, max_frames=max_frames, progress=progress,
                            max_side=max_side, max_pixels=max_pixels)
