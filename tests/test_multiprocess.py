@@ -117,15 +117,16 @@ def _max_abs(tree) -> float:
 
 # Both runs are float64 on the same machine; they differ only in the order in which the 4
 # devices' contributions to each cross-device sum (gradients, loss sums, BatchNorm statistics)
-# are added: gloo across the processes, XLA within one. Reordering a 4-term float64 sum moves
-# it by at most 3 ulps (unit roundoff 1.1e-16) of its terms' magnitudes. Train-mode BatchNorm
-# over the global batch of 4 at these small maps amplifies such differences by ~1e5-1e6 (its
-# worst cancellation, as in tests/test_train.py's device-count check), so over 4 steps any
-# order leaves every quantity ~1e-10 of its largest magnitude (the whole tree's: a tensor
-# whose exact gradient is zero holds only rounding, so its own scale means nothing). The
-# bound 1e-8 of that magnitude leaves a factor ~100 for any order on any CPU, while a
-# reduction over one process only, per-process BatchNorm statistics or a wrong data position
-# after the resume is off by ~1e-3 or more.
+# are added: gloo across the processes, XLA within one. Any order rounds a 4-term float64 sum
+# by at most 3u of its terms' summed magnitudes (unit roundoff u = 1.1e-16), so two orders
+# differ by at most 6u of them. Train-mode BatchNorm over the global batch of 4 at these small
+# maps amplifies such differences by ~1e5-1e6 (its worst cancellation, as in
+# tests/test_train.py's device-count check), so over 4 steps any order leaves every quantity
+# ~1e-10 of its largest magnitude (the whole tree's: a tensor whose exact gradient is zero
+# holds only rounding, so its own scale means nothing). The bound 1e-8 of that magnitude
+# leaves a factor ~100 for any order on any CPU, while a reduction over one process only,
+# per-process BatchNorm statistics or a wrong data position after the resume is off by ~1e-3
+# or more.
 RTOL = 1e-8
 
 
