@@ -2,6 +2,7 @@
 through the tool, and the output logs read back (rosbags, and mcap's own ROS 2 decoder)."""
 import io
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -353,9 +354,10 @@ def test_foxglove_server_sends_every_topic_to_a_subscriber_on_localhost(variable
   frame = _frames(1)[0]
 
   def frames():
-    for _ in range(2000):  # bounded: the client stops it after one message per topic
-      if stop.is_set():
-        return
+    # bounded in time, not in count (a fast machine could send them all before the client
+    # subscribes); the client stops it after one message per topic
+    deadline = time.monotonic() + 120
+    while not stop.is_set() and time.monotonic() < deadline:
       yield frame
   sink = roslog.FoxgloveSink(port=0)
   sink.wants_image = True
@@ -371,7 +373,7 @@ def test_foxglove_server_sends_every_topic_to_a_subscriber_on_localhost(variable
     with connect(f"ws://127.0.0.1:{sink.port}", subprotocols=["foxglove.sdk.v1"],
                  open_timeout=10, close_timeout=2) as ws:
       while set(received) != want:
-        message = ws.recv(timeout=30)
+        message = ws.recv(timeout=60)
         if isinstance(message, str):
           msg = json.loads(message)
           if msg["op"] == "advertise":
