@@ -345,6 +345,19 @@ def test_unreadable_bag_writes_nothing(weights_file, tmp_path, capsys):
 def test_foxglove_server_sends_every_topic_to_a_subscriber_on_localhost(variables):
   """A live camera served over Foxglove's WebSocket protocol on 127.0.0.1: a client that
   subscribes to every advertised channel receives a message on each topic, CDR-decodable."""
+  import subprocess
+  import sys
+  if os.environ.get("HYDRAJAX_TEST_OWN_PROCESS") != "1":
+    # In a pytest process of its own: in a worker that ran other files first the server has
+    # sent nothing to the client; alone it does.
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+         f"{__file__}::test_foxglove_server_sends_every_topic_to_a_subscriber_on_localhost"],
+        env={**os.environ, "HYDRAJAX_TEST_OWN_PROCESS": "1"}, capture_output=True, text=True,
+        timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert child.returncode == 0 and child.stdout.splitlines()[-1].startswith("1 passed"), (
+        child.stdout[-2000:])
+    return
   import json
   import struct
   import threading
