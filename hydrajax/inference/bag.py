@@ -19,7 +19,8 @@ Without either, segm and depth are still written and `--points` is refused.
 
 Frames stream through `video.predict_stream` (batched, bounded memory). A bag that cannot be
 read on stops the run with its name and the last good message time; the frames before it are
-kept in a valid OUT (exit status 1).
+kept in a valid OUT (exit status 1). So does a bag cut short by a recorder that was killed (an
+unindexed ROS 1 bag, an MCAP file without footer), read record by record by bagscan.py.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from tqdm import tqdm
 
 from hydrajax import api
 from hydrajax.data import pngio
+from hydrajax.inference import bagscan
 from hydrajax.inference import full_res
 from hydrajax.inference import exported
 from hydrajax.inference import onnx_runner
@@ -81,16 +83,10 @@ class BagInput:
 
   def __init__(self, path: str, topic: str, info_topic: str | None = None,
                max_pixels: int = pngio.DEFAULT_MAX_PIXELS):
-    from rosbags.highlevel import AnyReader
     self.path, self.topic, self.max_pixels = path, topic, max_pixels
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path}: no such bag")
-    self.reader = AnyReader([Path(path)])
-    try:
-      self.reader.open()
-    except Exception as e:  # noqa: BLE001 - rosbags, sqlite and zstd raise their own types
-      raise ValueError(f"{path}: not a readable bag ({onnx_runner.one_line(e)}); no message could be "
-                       "read (a ROS 1 bag needs its index: rosbag reindex)") from None
+    self.reader = _open_reader(path)
     self.ros1 = not self.reader.is2
     conns = self.reader.connections
     self.image_conns = [c for c in conns if c.topic == topic]
@@ -145,6 +141,7 @@ class BagInput:
         conn, log_time, raw = next(messages)
         msg = (self.reader.deserialize(raw, conn.msgtype) if id(conn) in image_ids else None)
       except StopIteration:
+        self._cut_short(stop_ns)
         return
       except Exception as e:  # noqa: BLE001 - the storage's own errors (apsw, zstd, rosbags)
         when = ("before its first message" if self.last_time is None else
@@ -167,8 +164,36 @@ class BagInput:
       stamp = msg.header.stamp
       yield image, Meta(stamp.sec * 10**9 + stamp.nanosec, str(msg.header.frame_id), log_time)
 
+  def _cut_short(self, stop_ns: int | None) -> None:
+    """Names the bag's last complete message in `self.error` when the bag was cut short
+    before `stop_ns` (a scanned bag's `cut`, see bagscan.py)."""
+    cut, last = getattr(self.reader, "cut", None), getattr(self.reader, "last_time", None)
+    if cut and last is not None and (stop_ns is None or last < stop_ns):
+      self.error = (f"{self.path}: {cut} after the message at bag time "
+                    f"{(last - self.reader.start_time) / 1e9:.3f} s ({last} ns)")
+
   def close(self) -> None:
     self.reader.close()
+
+
+def _open_reader(path: str) -> Any:
+  """rosbags' AnyReader of `path`; for a bag it cannot open, the reader of bagscan.py when the
+  bag was cut short or left unindexed by a recorder that was killed."""
+  from rosbags.highlevel import AnyReader
+  try:
+    reader = AnyReader([Path(path)])
+    reader.open()
+    return reader
+  except Exception as e:  # noqa: BLE001 - rosbags, sqlite and zstd raise their own types
+    why = onnx_runner.one_line(e)
+  try:
+    reader = bagscan.open_scanned(path)
+  except Exception as e:  # noqa: BLE001 - as above, and the scan's own ValueError
+    why = onnx_runner.one_line(e)
+    reader = None
+  if reader is None:
+    raise ValueError(f"{path}: not a readable bag ({why}); no message could be read")
+  return reader
 
 
 @dataclasses.dataclass
