@@ -14,6 +14,7 @@ bias correction) of that OpenVINO model; the parts kept float (FLOAT_PARTS of
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -53,6 +54,16 @@ def import_openvino():
   except ImportError as e:
     raise ImportError(f"OpenVINO needs openvino: {INSTALL} ({e})") from e
   return openvino
+
+
+@functools.cache
+def core() -> Any:
+  """The process's one openvino.Core, which compiles every model hydrajax runs. OpenVINO's CPU
+  plugin moves the compiling thread onto a signal stack of its own per Core, and puts the
+  previous one back when that Core is freed: Cores freed in any order but the reverse of their
+  creation leave the thread on an unmapped signal stack, where the next signal that Python
+  handles (Ctrl-C) crashes the process. One Core, kept to the end, has no order to get wrong."""
+  return import_openvino().Core()
 
 
 def import_nncf():
@@ -197,11 +208,10 @@ def quantize(model: Any, images: np.ndarray, *, keep_float: Sequence[str] = ()) 
 def compile_model(model: Any, threads: int | None = None) -> Any:
   """openvino.CompiledModel on the CPU: float32 inference precision (no bf16 downcast on
   CPUs that have it, so a float IR computes what the ONNX graph computes), latency hint."""
-  ov = import_openvino()
   config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
   if threads:
     config["INFERENCE_NUM_THREADS"] = int(threads)
-  return ov.Core().compile_model(model, "CPU", config)
+  return core().compile_model(model, "CPU", config)
 
 
 def run(compiled: Any, images: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
