@@ -3,9 +3,10 @@
 A killed `rosbag record` leaves `X.bag.active`: a ROS 1 bag with no index records (its header's
 index_pos is 0) whose last chunk may be unterminated (sizes still 0) or cut mid-record. A killed
 `ros2 bag record` leaves an MCAP file without summary and footer, or a sqlite3 directory
-without metadata.yaml. `rosbags` reads none of these (it needs the ROS 1 index and the MCAP
-footer), so `open_scanned` reads them from the start in file order, up to the first incomplete
-record, and offers what bag.py uses of `rosbags.highlevel.AnyReader`: `connections`,
+without metadata.yaml. `rosbags` opens none of these as given (it needs the ROS 1 index, the
+MCAP footer, the directory's metadata.yaml): a directory's .db3 files are handed to it one by
+one, and the two other kinds `open_scanned` reads from the start in file order, up to the
+first incomplete record, with a reader that offers what bag.py uses of `rosbags.highlevel.AnyReader`: `connections`,
 `start_time`, `typestore`, `is2`, `messages()`, `deserialize()`, `close()`, plus `cut`, why the
 reading stops early (None: the file ended cleanly).
 
