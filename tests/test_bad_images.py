@@ -57,10 +57,10 @@ def good_png(path, seed=1):
 def test_header_claiming_14000x14000_is_refused_unread_and_fast(tmp_path):
   path = bomb_png(tmp_path / "bomb.png")
   assert path.stat().st_size < 100
-  start = time.perf_counter()
+  start = time.thread_time()  # CPU time: another worker's load on the shared cores is not ours
   with pytest.raises(ValueError, match=r"bomb.png: (14000x14000|too many pixels)"):
     pngio.load_rgb(path)
-  assert time.perf_counter() - start < 1.0
+  assert time.thread_time() - start < 1.0
 
 
 def test_max_pixels_refuses_a_valid_image_naming_the_limit(tmp_path):
