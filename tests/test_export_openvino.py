@@ -1,9 +1,7 @@
 """The OpenVINO IR export (float and int8 through NNCF), its runner, and the accuracy guard
 of both int8 exports (hydrajax.export.int8_guard)."""
-import json
 import re
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from hydrajax.export import int8_guard
 from hydrajax.inference import exported
 from tests.helpers import int8_runs
 from tests.helpers.cli import assert_one_error_line
-from tests.helpers.configs import ROOT, tiny_config
+from tests.helpers.configs import tiny_config
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -205,7 +203,7 @@ def brief(tmp_path_factory):
 def int8_argv(weights_path, fmt, out, *extra):
   return ["--weights", weights_path, "--format", fmt, "--height", str(SMALL), "--width",
           str(SMALL), "--out", str(out), "--int8", "--calibrate-config", "configs/synthetic.py",
-          "--calibrate-count", "2", *extra]
+          "--calibrate-count", "2", "--keep-float", "depth_head", *extra]
 
 
 def calibration_frames():
@@ -254,93 +252,85 @@ def check_refusal(run, out_dir, base, singles):
   assert printed[-1][1] <= printed[1][1]
 
 
-def test_int8_guard_on_a_briefly_trained_model_onnx(brief, tmp_path):
-  """onnxruntime's QDQ graph: the refusal as above; with a bound the costliest layer meets,
-  that layer is kept float and the written graph agrees as printed, better than all int8."""
+def onnx_runtime():
+  """How the test runs and edits ONNX graphs (onnxruntime, as the export measures them)."""
   import onnxruntime as ort
   from hydrajax.export import quantize
 
   def runner(graph):
     session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
     return lambda x: dict(zip(("segm", "depth"), session.run(["segm", "depth"], {"image": x})))
-
-  variables, path = brief
-  frames = calibration_frames()
-  run_float = runner(export.export_onnx(variables, SMALL, SMALL))
-  with int8_runs.measured_layers(LAYERS), int8_runs.quantized_once() as int8:
-    refused = int8_runs.run_cli(int8_argv(path, "onnx", tmp_path / "refused" / "q.onnx",
-                                          "--int8-max-depth", "0"))
-    (graph,) = int8
-    base = measured(run_float, runner(graph), frames)
-    singles = {layer.split(" (")[0]: measured(
-        run_float, runner(quantize.without_quantizers(graph, [q])), frames)
-        for q, layer in quantize.activation_quantizers(graph).items()}
-    check_refusal(refused, tmp_path / "refused", base, singles)
-    top = min(singles, key=lambda layer: singles[layer][1])
-    bound = 1.001 * singles[top][1]
-    assert bound < base[1]
-    kept = int8_runs.run_cli(int8_argv(path, "onnx", tmp_path / "q.onnx", "--int8-min-labels",
-                                       "0", "--int8-max-depth", repr(bound)))
-  assert kept["rc"] == 0, kept["err"]
-  assert f"kept float (1 layers, by measurement): {top} (" in kept["out"]
-  written = measured(run_float, runner((tmp_path / "q.onnx").read_bytes()), frames)
-  printed = reported(kept["out"])  # all int8, the sensitivity pass, the written graph
-  same(printed[0], base)
-  same(printed[-1], written)
-  assert written == pytest.approx(singles[top], abs=1e-6) and written[1] < base[1]
+  return SimpleNamespace(suffix="onnx", module=quantize, runner=runner, from_onnx=bytes,
+                         read=lambda path: path.read_bytes())
 
 
-def test_int8_guard_on_a_briefly_trained_model_openvino(brief, tmp_path):
-  """NNCF's IR (depth head kept float): the refusal as above; with a bound it meets, the IR
-  is written as quantized (int8 weights but the kept conv's), agreeing as printed."""
-  import jax
-  import openvino as ov
+def openvino_runtime():
+  """How the test runs and edits OpenVINO models (the process's one Core, float32)."""
   from hydrajax.export import openvino_ir
-  variables, path = brief
-  keep = ("--keep-float", "depth_head")
-  spec = {"layers": LAYERS, "results": str(tmp_path / "runs.json"), "runs": [
-      int8_argv(path, "openvino", tmp_path / "refused" / "q.xml", *keep, "--int8-max-depth",
-                "0"),
-      int8_argv(path, "openvino", tmp_path / "q.xml", *keep, "--int8-min-labels", "0",
-                "--int8-max-depth", "1")]}
-  done = subprocess.run([sys.executable, "-m", "tests.helpers.int8_runs", json.dumps(spec)],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert done.returncode == 0, done.stderr
-  with open(spec["results"]) as f:
-    refused, written = json.load(f)
-  assert written["rc"] == 0, written["err"]
 
   def runner(model):
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_ir.core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     def run(x):
       result = compiled(x)
       return {name: np.array(result[compiled.output(name)]) for name in ("segm", "depth")}
     return run
+  return SimpleNamespace(suffix="xml", module=openvino_ir, runner=runner,
+                         from_onnx=openvino_ir.from_onnx, read=openvino_ir.core().read_model)
 
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_guard_on_a_briefly_trained_model(fmt, brief, tmp_path):
+  """The refusal as above; then with a bound the costliest layer meets, that layer is the one
+  kept float and the written graph agrees as printed, better than all int8. The depth head
+  stays float (--keep-float): every other conv of the IR has int8 weights."""
+  rt = onnx_runtime() if fmt == "onnx" else openvino_runtime()
+  variables, path = brief
   frames = calibration_frames()
-  run_float = runner(openvino_ir.from_onnx(export.export_onnx(variables, SMALL, SMALL)))
-  model = ov.Core().read_model(tmp_path / "q.xml")
-  base = measured(run_float, runner(model), frames)
-  singles = {layer.split(" (")[0]: measured(
-      run_float, runner(openvino_ir.without_quantizers(model, [q])), frames)
-      for q, layer in openvino_ir.activation_quantizers(model).items()
-      if layer.split(" (")[0] in LAYERS}
-  check_refusal(refused, tmp_path / "refused", base, singles)
-  assert "int8 vs float on 2 calibration frames" in written["out"]
-  same(reported(written["out"])[0], base)
+  run_float = rt.runner(rt.from_onnx(export.export_onnx(variables, SMALL, SMALL)))
+  out = tmp_path / f"q.{rt.suffix}"
+  with int8_runs.measured_layers(LAYERS), int8_runs.quantized_once() as int8:
+    refused = int8_runs.run_cli(int8_argv(path, fmt, tmp_path / "refused" / out.name,
+                                          "--int8-max-depth", "0"))
+    (graph,) = int8
+    base = measured(run_float, rt.runner(graph), frames)
+    singles = {layer.split(" (")[0]: measured(  # the layers the guard measures
+        run_float, rt.runner(rt.module.without_quantizers(graph, [q])), frames)
+        for q, layer in rt.module.activation_quantizers(graph).items()}
+    check_refusal(refused, tmp_path / "refused", base, singles)
+    top = min(singles, key=lambda layer: singles[layer][1])
+    bound = 1.001 * singles[top][1]
+    assert bound < base[1]
+    kept = int8_runs.run_cli(int8_argv(path, fmt, out, "--int8-min-labels", "0",
+                                       "--int8-max-depth", repr(bound)))
+  assert kept["rc"] == 0, kept["err"]
+  assert f"kept float (1 layers, by measurement): {top} (" in kept["out"]
+  written = measured(run_float, rt.runner(rt.read(out)), frames)
+  printed = reported(kept["out"])  # all int8, the sensitivity pass, the written graph
+  same(printed[0], base)
+  same(printed[-1], written)
+  assert written == pytest.approx(singles[top], abs=1e-6) and written[1] < base[1]
+  if fmt == "openvino":
+    check_int8_ir(out, variables)
+
+
+def check_int8_ir(path, variables):
+  """The int8 IR at `path`, written with --keep-float depth_head: int8 weights in every conv
+  but the depth head's last, whose input is not quantized either; its runner loads it."""
+  import jax
+  from hydrajax.export import openvino_ir
+  model = openvino_ir.core().read_model(path)
   ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
   convs = [op for op in ops.values() if op.get_type_name() == "Convolution"]
   float_weights = [c for c in convs if c.input_value(1).get_node().get_type_name() == "Constant"
                    and str(c.input_value(1).get_element_type()) == "<Type: 'float32'>"]
   (kept,) = openvino_ir.float_ops(model, ["depth_head"])
-  assert float_weights == [ops[kept]]  # every other conv has int8 weights
+  assert float_weights == [ops[kept]]
   assert ops[kept].input_value(0).get_node().get_type_name() != "FakeQuantize"
-  assert (tmp_path / "q.bin").stat().st_size < 0.5 * sum(
+  assert path.with_suffix(".bin").stat().st_size < 0.5 * sum(
       np.asarray(v).nbytes for v in jax.tree.leaves(variables["params"]))
-  loaded = exported.load(tmp_path / "q.xml")
-  assert loaded.config() == {"num_classes": 40, "tasks": ("segm", "depth"),
-                             "align_corners": False}
+  assert exported.load(path).config() == {"num_classes": 40, "tasks": ("segm", "depth"),
+                                          "align_corners": False}
 
 
 def test_bounds_apply_to_int8_only_and_are_checked(weights, tmp_path, capsys):

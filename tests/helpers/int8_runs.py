@@ -3,20 +3,11 @@ tests/test_export_openvino.py: the accuracy guard's per-layer sensitivity pass m
 the layers a test names (the whole pass builds one graph per quantized layer, about 150), and
 the float graph is quantized once for all the runs of one export, which differ only in the
 guard's bounds (the same weights, size and frames give the same quantization).
-
-  python -m tests.helpers.int8_runs SPEC_JSON
-
-SPEC_JSON: {"layers": [layer names, e.g. "Add_151"], "runs": [export argv lists],
-"results": a file}; writes [{"rc", "out", "err"} per run] to "results" as JSON. NNCF's
-quantization runs in such a process of its own: what it leaves in a process (its threads and
-native state) has crashed a later test's real SIGINT in the same pytest worker.
 """
 from __future__ import annotations
 
 import contextlib
 import io
-import json
-import sys
 from typing import Iterator, Sequence
 
 from hydrajax.export import cli, openvino_ir, quantize
@@ -70,14 +61,3 @@ def run_cli(argv: Sequence[str]) -> dict:
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     rc = cli.main(list(argv))
   return {"rc": rc, "out": out.getvalue(), "err": err.getvalue()}
-
-
-def main(spec: dict) -> None:
-  with measured_layers(spec["layers"]), quantized_once():
-    results = [run_cli(argv) for argv in spec["runs"]]
-  with open(spec["results"], "w") as f:
-    json.dump(results, f)
-
-
-if __name__ == "__main__":
-  main(json.loads(sys.argv[1]))
