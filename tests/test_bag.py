@@ -1,5 +1,6 @@
 """hydrajax-predict --bag: ROS 1, ROS 2 (sqlite3) and MCAP bags written here with rosbags, run
 through the tool, and the output logs read back (rosbags, and mcap's own ROS 2 decoder)."""
+import dataclasses
 import io
 import os
 import time
@@ -146,22 +147,100 @@ def test_bag_gives_segm_depth_and_scaled_camera_info_per_frame(kind, weights_fil
   np.testing.assert_allclose(np.asarray(info.p).reshape(3, 4)[:, :3], info.k.reshape(3, 3))
 
 
-@pytest.mark.parametrize("fmt", ["ros1", "ros2"])
-def test_bag_writes_ros1_and_ros2_outputs_with_copied_input(fmt, weights_file, tmp_path,
-                                                            capsys):
-  src = str(tmp_path / "in.bag") if fmt == "ros1" else str(tmp_path / "in.mcap")
-  write_bag(src, "ros1" if fmt == "ros1" else "mcap", compressed=True, extra_topic=True)
-  out = tmp_path / ("out.bag" if fmt == "ros1" else "out")
-  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", TOPIC + "/compressed",
+def _fields(msg):
+  """A decoded message as ROS 1 and ROS 2 share it: field names lower-cased (ROS 1's
+  CameraInfo `K` is ROS 2's `k`), a Header without ROS 1's `seq`, arrays as lists."""
+  if dataclasses.is_dataclass(msg):
+    return {f.name.lower(): _fields(getattr(msg, f.name)) for f in dataclasses.fields(msg)
+            if not (f.name == "seq" and msg.__msgtype__ == "std_msgs/msg/Header")}
+  if isinstance(msg, (list, np.ndarray)):
+    return [_fields(m) for m in msg]
+  return msg
+
+
+# every input kind into every output format, each kind and each format with a raw and a
+# compressed image topic
+COPY_CASES = [(kind, fmt, (i + j) % 2 == 0) for i, kind in enumerate(("ros1", "ros2", "mcap"))
+              for j, fmt in enumerate(("mcap", "ros2", "ros1"))]
+NAMES = {"ros1": "{}.bag", "ros2": "{}", "mcap": "{}.mcap"}
+
+
+@pytest.mark.parametrize("kind,fmt,compressed", COPY_CASES)
+def test_copy_input_copies_every_topic_of_every_bag_kind_to_every_format(
+    kind, fmt, compressed, weights_file, tmp_path, capsys):
+  """--copy-input: the image (Image or CompressedImage), CameraInfo and std_msgs/String
+  topics of a ROS 1 bag, a ROS 2 sqlite3 bag or an MCAP file read back from OUT with the
+  input's log times and fields, converted between ROS 1 and ROS 2 where they differ, each
+  type with one definition in OUT (the copied CameraInfo's is the output one's)."""
+  src = str(tmp_path / NAMES[kind].format("in"))
+  write_bag(src, kind, compressed=compressed, extra_topic=True, frames=_frames(2))
+  out = tmp_path / NAMES[fmt].format("out")
+  topic = TOPIC + "/compressed" if compressed else TOPIC
+  rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", topic,
                   "--out", str(out), "--out-format", fmt, "--copy-input"], capsys)
   assert rc == 0, io_.err
-  log = read_log(out)
-  assert {"/cam/image_raw/compressed", "/cam/camera_info", "/odom_note"} <= set(log)
-  assert [m.data for _, m in log["/odom_note"]] == ["n0", "n1", "n2"]
-  assert len(log["/hydrajax/segm"]) == FRAMES and len(log["/hydrajax/depth"]) == FRAMES
+  assert "warning" not in io_.err
+  want, log = read_log(src), read_log(out)
+  assert sorted(want) == sorted([topic, "/cam/camera_info", "/odom_note"])
+  for name, msgs in want.items():
+    assert [(t, _fields(m)) for t, m in log[name]] == [(t, _fields(m)) for t, m in msgs], name
+  assert len(log["/hydrajax/segm"]) == 2 and len(log["/hydrajax/depth"]) == 2
   assert log["/hydrajax/depth"][0][1].width == W  # below --max-side: the input's size
+  with AnyReader([out]) as reader:
+    assert len({c.msgdef.data for c in reader.connections
+                if c.msgtype == rosmsg.CAMERA_INFO}) == 1
   if fmt == "ros2":
-    assert sorted(os.listdir(tmp_path)) == ["in.mcap", "in_dir", "out"]  # no temp dirs left
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temp dirs left
+
+
+def test_copy_input_converts_a_bags_own_type_and_leaves_out_what_it_cannot_with_a_warning(
+    weights_file, tmp_path, capsys):
+  """An MCAP file into a ROS 1 bag: a type of the bag's own (not in ROS 1 Noetic) is copied
+  with its definition under ROS 1's Header; a channel without schema (no definition of its
+  type) and a String topic whose second message does not fit its definition are each named
+  in one warning and left out (the String topic from that message on)."""
+  from mcap.writer import Writer
+  from rosbags.typesys import get_types_from_msg
+  ts = get_typestore(Stores.ROS2_HUMBLE)
+  reading, string = "my_msgs/msg/Reading", "std_msgs/msg/String"
+  ts.register(get_types_from_msg("std_msgs/Header header\nfloat64 value", reading))
+  src = tmp_path / "in.mcap"
+  with open(src, "wb") as f:
+    writer = Writer(f)
+    writer.start(profile="ros2")
+    channels = {}
+    for name, msgtype in ((TOPIC, rosmsg.IMAGE), ("/note", string), ("/reading", reading)):
+      schema = writer.register_schema(msgtype, "ros2msg",
+                                      ts.generate_msgdef(msgtype, ros_version=2)[0].encode())
+      channels[name] = writer.register_channel(name, "cdr", schema)
+    channels["/blob"] = writer.register_channel("/blob", "cdr", 0)
+    for t, frame in enumerate(_frames(3)):
+      hdr = rosmsg.header(ts, t * 10**9, "cam_optical")
+      note = ts.serialize_cdr(ts.types[string](data=f"n{t}"), string)
+      records = {TOPIC: ts.serialize_cdr(rosmsg.image_msg(ts, hdr, frame, "rgb8"), rosmsg.IMAGE),
+                 "/note": note if t != 1 else bytes(note[:4]) + b"\xff\x00\x00\x00n1",
+                 "/reading": ts.serialize_cdr(ts.types[reading](header=hdr, value=t / 2),
+                                              reading),
+                 "/blob": b"\x00\x01\x00\x00\x07"}
+      for i, (name, data) in enumerate(records.items()):
+        writer.add_message(channels[name], 10**9 + t * 10**8 + i, data, 10**9 + t * 10**8)
+    writer.finish()
+  out = tmp_path / "out.bag"
+  rc, io_ = _run(["--weights", weights_file, "--bag", str(src), "--topic", TOPIC,
+                  "--out", str(out), "--copy-input"], capsys)
+  assert rc == 0, io_.err
+  warnings = [line for line in io_.err.splitlines() if line.startswith("warning:")]
+  assert len(warnings) == 2 and "Traceback" not in io_.err, io_.err
+  assert "/blob" in warnings[0] and "__schemaless__" in warnings[0]
+  assert "/note" in warnings[1] and f"{10**9 + 10**8 + 1} ns" in warnings[1]
+  log = read_log(out)
+  assert "/blob" not in log
+  assert [m.data for _, m in log["/note"]] == ["n0"]
+  with AnyReader([src]) as reader:
+    want = [(t, _fields(reader.deserialize(raw, reading))) for _, t, raw in reader.messages(
+        connections=[c for c in reader.connections if c.topic == "/reading"])]
+  assert [(t, _fields(m)) for t, m in log["/reading"]] == want
+  assert len(log[TOPIC]) == 3 and len(log["/hydrajax/depth"]) == 3
 
 
 def test_mcap_output_decodes_with_mcaps_own_ros2_decoder(weights_file, tmp_path, capsys):

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from tests.helpers.cli import assert_one_error_line
-from tests.test_bag import TOPIC, _frames, _run, read_log, write_bag
+from tests.test_bag import TOPIC, _fields, _frames, _run, read_log, write_bag
 
 pytest.importorskip("rosbags")
 pytest.importorskip("mcap")
@@ -94,6 +94,21 @@ def test_unindexed_but_complete_ros1_bag_gives_every_frame_and_says_so(weights_f
   log = read_log(out)
   assert _stamps(log) == _want(3)
   assert len(log["/hydrajax/camera_info"]) == 3  # the CameraInfo was found by the scan too
+
+
+def test_unindexed_ros1_bag_with_copy_input_copies_its_topics_into_mcap(weights_file,
+                                                                       tmp_path, capsys):
+  """The scan's raw ROS 1 messages (record data, without the record header) converted to
+  CDR: read back from the MCAP file with the input's log times and fields."""
+  full = tmp_path / "full.bag"
+  write_bag(str(full), "ros1", frames=_frames(2), extra_topic=True)
+  src = tmp_path / "in.bag.active"
+  src.write_bytes(bytes(_unindex_ros1(full.read_bytes())))
+  rc, io_, out = _run_bag(src, weights_file, tmp_path, capsys, "--copy-input")
+  assert rc == 1 and "not indexed" in io_.err and "warning" not in io_.err, io_.err
+  log = read_log(out)
+  for name, msgs in read_log(full).items():
+    assert [(t, _fields(m)) for t, m in log[name]] == [(t, _fields(m)) for t, m in msgs], name
 
 
 @pytest.mark.parametrize("layout", ["file", "ros2_dir"])

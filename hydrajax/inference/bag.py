@@ -121,6 +121,16 @@ class BagInput:
       return None
     return None
 
+  def prepare_copy(self, sinks: Sequence[roslog.Sink]) -> None:
+    """Ready `sinks` to copy every topic of the bag, before anything is written; a topic
+    that cannot be copied is named in one warning and left out (roslog.Sink.add_copy)."""
+    for topic, msgtype in dict.fromkeys((c.topic, c.msgtype) for c in self.reader.connections):
+      for sink in sinks:
+        try:
+          sink.add_copy(topic, msgtype, self.reader.typestore, self.ros1)
+        except ValueError as e:
+          roslog.warn(str(e))
+
   def frames(self, copy_to: Sequence[roslog.Sink] = (), every: int = 1,
              start: float | None = None, end: float | None = None,
              undistort: Any = None) -> Iterator[tuple[np.ndarray, Meta]]:
@@ -303,9 +313,6 @@ def process_bag(variables: Any, src: str, dst: str | None, *, topic: str,
     if points and "depth" not in _tasks(variables):
       raise ValueError("--points needs a model with a depth head")
     mapper = _undistorter(bag, undistort)
-    if copy_input and fmt == "ros2" and bag.ros1:
-      raise ValueError(f"--copy-input of a ROS 1 bag ({src}) needs --out-format ros1 or "
-                       "mcap (a ROS 2 bag holds one definition per message type)")
     sinks = []
     try:
       if dst:
@@ -315,6 +322,8 @@ def process_bag(variables: Any, src: str, dst: str | None, *, topic: str,
       colours, _ = onnx_runner.display_settings(variables, palette, max_depth)
       publish = Publisher(sinks, prefix, colours, camera, bag.info, mapper is not None, points)
       files = [s for s in sinks if not isinstance(s, roslog.FoxgloveSink)]
+      if copy_input:
+        bag.prepare_copy(files)
       frames = bag.frames(files if copy_input else (), every, start, end, mapper)
       report = _run(variables, frames, publish, total=-(-bag.count // every),
                     t0=bag.reader.start_time, batch_size=batch_size, max_frames=max_frames,

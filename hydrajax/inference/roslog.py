@@ -1,7 +1,11 @@
 """Where hydrajax's ROS messages go: an MCAP file, a ROS 2 bag, a ROS 1 bag, or a live
 Foxglove WebSocket server. Each is a `Sink`: channels by topic and message type, messages as
 rosbags message objects (serialized in the sink's own ROS version) or, for copied input
-topics, raw bytes of the input bag.
+topics, raw bytes of the input bag. A copied message of the other ROS version is converted
+byte for byte (rosbags' `ros1_to_cdr` / `cdr_to_ros1`) and written with this version's own
+definition of its type when rosbags' ROS 1 Noetic / ROS 2 Humble store has one of the same
+wire format (ROS 1's CameraInfo `K` is ROS 2's `k`), else with the bag's definition under this
+version's Header (ROS 1's has `seq`), as `rosbags-convert` does.
 
 Files are written beside OUT under a temporary name and renamed to OUT when closed, so OUT is
 either absent or a complete, indexed log; `close(keep=True)` after an error keeps the
@@ -9,6 +13,7 @@ messages written so far as a valid log.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -30,11 +35,13 @@ def typestore(ros1: bool) -> Any:
 class Sink:
   """A log of ROS messages. `ros1` says which serialization its messages take."""
   ros1 = False
-  per_type_definitions = False  # one definition per message type, shared by all topics
 
   def __init__(self):
     self.ts = typestore(self.ros1)
     self._channels: dict[str, Any] = {}
+    self._copies: dict[str, tuple[Any, Any]] = {}  # topic -> (typestore, converter)
+    self._not_copied: set[str] = set()
+    self._bag_store: tuple[Any, Any] | None = None  # (a bag's typestore, _bag_types of it)
 
   def write(self, topic: str, msgtype: str, log_time: int, msg: Any) -> None:
     """Write `msg` (a message object of `self.ts`) on `topic` at `log_time` (ns)."""
@@ -47,14 +54,73 @@ class Sink:
   def write_raw(self, topic: str, msgtype: str, log_time: int, data: bytes, source_ts: Any,
                 source_ros1: bool) -> None:
     """Copy a message of another log (serialized as `source_ros1` says, its type known to
-    `source_ts`), converted to this sink's serialization."""
+    `source_ts`), converted to this sink's serialization. A topic that cannot be copied is
+    named in one warning and left out (see `add_copy`)."""
+    if topic in self._not_copied:
+      return
+    if topic not in self._copies:
+      try:
+        self.add_copy(topic, msgtype, source_ts, source_ros1)
+      except ValueError as e:
+        warn(str(e))
+        return
+    ts, convert = self._copies[topic]
+    try:
+      data = convert(data)
+    except Exception as e:  # noqa: BLE001 - rosbags' SerdeError, struct errors
+      # a message that does not fit its definition: the topic's later messages are left out
+      # too, so OUT holds an unbroken prefix of it
+      self._not_copied.add(topic)
+      warn(f"{topic} ({msgtype}): its message at {log_time} ns cannot be converted "
+           f"({' '.join(str(e).split())}); it and the topic's later messages are not copied")
+      return
     if topic not in self._channels:
-      self._channels[topic] = self._channel(topic, msgtype, source_ts)
-    if source_ros1 and not self.ros1:
-      data = source_ts.ros1_to_cdr(data, msgtype)
-    elif self.ros1 and not source_ros1:
-      data = source_ts.cdr_to_ros1(data, msgtype)
+      self._channels[topic] = self._channel(topic, msgtype, ts)
     self._write(self._channels[topic], log_time, data)
+
+  def add_copy(self, topic: str, msgtype: str, source_ts: Any, source_ros1: bool) -> None:
+    """Get ready to copy `topic` (see `write_raw`): ValueError naming it and why its type
+    cannot be written here, and the topic is left out.
+
+    Left out, not refused: `ros2 bag play` and Foxglove likewise skip a topic whose type
+    they lack and go on with the others, and the copy is an extra beside the network's
+    outputs, with no option to leave a topic out, so refusing would leave no way to run the
+    bag with --copy-input at all."""
+    try:
+      if msgtype not in source_ts.fielddefs:
+        raise ValueError("the bag holds no definition of it")
+      self._copies[topic] = self._converter(msgtype, source_ts, source_ros1)
+    except Exception as e:  # noqa: BLE001 - rosbags' KeyError, TypesysError, SerdeError
+      self._not_copied.add(topic)
+      why = f"no definition of {e}" if isinstance(e, KeyError) else str(e)
+      raise ValueError(f"not copying {topic}: its type {msgtype} cannot be written to a ROS "
+                       f"{1 if self.ros1 else 2} log: {' '.join(why.split())}") from None
+
+  def _converter(self, msgtype: str, source_ts: Any, source_ros1: bool) -> tuple[Any, Any]:
+    """(the typestore whose definition of `msgtype` OUT gets, bytes -> bytes of this sink's
+    serialization)."""
+    from rosbags.convert.converter import is_same_wireformat
+    if source_ros1 == self.ros1:
+      ts, convert = source_ts, bytes  # as recorded, with the bag's own definitions
+    else:
+      ts = (self.ts if msgtype in self.ts.fielddefs
+            and is_same_wireformat(source_ts, self.ts, msgtype, msgtype)
+            else self._bag_types(source_ts))
+      # each direction reads the ROS 1 Header (with seq) from a store that has it
+      convert = (functools.partial(ts.ros1_to_cdr, typename=msgtype) if source_ros1
+                 else functools.partial(source_ts.cdr_to_ros1, typename=msgtype))
+    ts.generate_msgdef(msgtype, ros_version=1 if self.ros1 else 2)  # every nested type known
+    return ts, convert
+
+  def _bag_types(self, source_ts: Any) -> Any:
+    """The bag's definitions with this ROS version's Header."""
+    if self._bag_store is None or self._bag_store[0] is not source_ts:
+      from rosbags.typesys import Stores, get_typestore
+      store = get_typestore(Stores.EMPTY)
+      store.register({**source_ts.fielddefs,
+                      "std_msgs/msg/Header": self.ts.fielddefs["std_msgs/msg/Header"]})
+      self._bag_store = (source_ts, store)
+    return self._bag_store[1]
 
   def _channel(self, topic: str, msgtype: str, ts: Any) -> Any:
     raise NotImplementedError
@@ -132,7 +198,6 @@ class Ros1Sink(_RosbagsSink):
 class Ros2Sink(_RosbagsSink):
   """A ROS 2 bag directory (sqlite3 storage, rosbag2 version 9) written with `rosbags`; it
   is built in a hidden directory beside OUT and renamed to OUT at the end."""
-  per_type_definitions = True
 
   def __init__(self, path: str):
     super().__init__()
