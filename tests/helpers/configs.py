@@ -2,7 +2,7 @@
 import contextlib
 import os
 
-# `configs` is installed with the package (pyproject.toml), like hydrajax itself.
+# `configs` is the checkout's folder (pytest runs from the checkout root); it is not installed.
 from configs import default, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
