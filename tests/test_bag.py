@@ -421,43 +421,6 @@ def test_unreadable_bag_writes_nothing(weights_file, tmp_path, capsys):
   assert not out.exists()
 
 
-def test_foxglove_server_sends_every_topic_to_a_subscriber_on_localhost(variables):
-  """A live camera served over Foxglove's WebSocket protocol on 127.0.0.1: a client that
-  subscribes to every advertised channel receives a message on each topic, CDR-decodable."""
-  import threading
-  from hydrajax.inference import bag, points as points_lib, roslog
-  stop = threading.Event()
-  frame = _frames(1)[0]
-
-  def frames():
-    # bounded in time, not in count (a fast machine could send them all before the client
-    # subscribes); the client stops it after one message per topic
-    deadline = time.monotonic() + 120
-    while not stop.is_set() and time.monotonic() < deadline:
-      yield frame
-  sink = roslog.FoxgloveSink(port=0)
-  sink.wants_image = True
-  done = {}
-  worker = threading.Thread(target=lambda: done.setdefault("report", bag.live_camera(
-      variables, frames(), [sink], camera=points_lib.CameraChoice(fov=90.0), points=True,
-      progress=False)))
-  worker.start()
-  try:
-    received, channels = _foxglove_client(sink.port, stop, want=FOXGLOVE_TOPICS)
-  finally:
-    stop.set()
-    worker.join(60)
-    sink.close()
-  assert done["report"].frames >= 1
-  assert set(received) == FOXGLOVE_TOPICS
-  assert {c["schemaEncoding"] for c in channels.values()} == {"ros2msg"}
-  ts = get_typestore(Stores.ROS2_HUMBLE)
-  depth = ts.deserialize_cdr(received["/hydrajax/depth"][0][2], rosmsg.IMAGE)
-  assert (depth.encoding, depth.height, depth.width) == ("32FC1", H, W)
-  cloud = ts.deserialize_cdr(received["/hydrajax/points"][0][2], rosmsg.POINTS)
-  assert cloud.width == H * W and cloud.header.frame_id == "camera"
-
-
 FOXGLOVE_TOPICS = {f"/hydrajax/{n}" for n in ("image", "segm", "segm_color", "depth",
                                                 "camera_info", "points")}
 
@@ -550,6 +513,59 @@ def test_foxglove_bag_replay_sends_every_topic_at_the_bags_pace(weights_file, tm
     (first, first_at, _), (last, last_at, _) = messages[0], messages[-1]
     # as far apart as in the bag, less 0.15 s for a first one that reached the client late
     assert last_at - first_at >= (last - first) / 1e9 - 0.15, (topic, messages)
+
+
+def test_foxglove_camera_command_serves_every_topic_of_the_camera(weights_file, monkeypatch,
+                                                                    capsys):
+  """hydrajax-predict --camera N --foxglove --port P --fov 90 --points: the camera (a stand-in
+  for /dev/videoN) is served live over Foxglove's WebSocket protocol on 127.0.0.1; a client
+  that subscribes to every advertised channel receives every topic, CDR-decodable (the
+  camera's own frame on /hydrajax/image), and the command ends with the camera, status 0."""
+  import socket
+  import threading
+  from hydrajax.inference import camera
+  frame, stop, opened = _frames(1)[0], threading.Event(), []
+
+  def fake_camera(index):
+    opened.append(index)
+
+    def frames():  # until the client has every topic
+      deadline = time.monotonic() + 60
+      while not stop.is_set() and time.monotonic() < deadline:
+        yield frame
+    return frames(), 30.0
+  monkeypatch.setattr(camera, "open_camera", fake_camera)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  result = []
+
+  def client():
+    try:
+      result.append(_foxglove_client(port, threading.Event(), want=FOXGLOVE_TOPICS))
+    finally:
+      stop.set()
+  thread = threading.Thread(target=client)
+  thread.start()
+  try:
+    rc, io_ = _run(["--weights", weights_file, "--camera", "3", "--foxglove", "--port",
+                    str(port), "--fov", "90", "--points"], capsys)
+  finally:
+    stop.set()
+    thread.join(30)
+  assert rc == 0, io_.err
+  assert opened == [3]
+  (got, channels), = result
+  assert set(got) == FOXGLOVE_TOPICS
+  assert {c["schemaEncoding"] for c in channels.values()} == {"ros2msg"}
+  ts = get_typestore(Stores.ROS2_HUMBLE)
+  image = ts.deserialize_cdr(got["/hydrajax/image"][0][2], rosmsg.IMAGE)
+  assert (image.encoding, image.height, image.width) == ("rgb8", H, W)
+  np.testing.assert_array_equal(np.asarray(image.data).reshape(H, W, 3), frame)
+  depth = ts.deserialize_cdr(got["/hydrajax/depth"][0][2], rosmsg.IMAGE)
+  assert (depth.encoding, depth.height, depth.width) == ("32FC1", H, W)
+  cloud = ts.deserialize_cdr(got["/hydrajax/points"][0][2], rosmsg.POINTS)
+  assert cloud.width == H * W and cloud.header.frame_id == "camera"
 
 
 def test_foxglove_needs_a_camera_or_a_bag(weights_file, capsys):
