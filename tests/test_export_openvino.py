@@ -317,6 +317,30 @@ def test_int8_guard_of_a_briefly_trained_model_prints_what_is_measured_and_keeps
     check_int8_ir(out, variables)
 
 
+def test_int8_ir_guard_candidates_are_activations_named_by_nodes_of_the_float_onnx_graph(
+    weights):
+  """The layers the OpenVINO guard may keep float are its activation FakeQuantize ops, each
+  named once by a node of the float ONNX graph (the names the ONNX path gives); NNCF's weight
+  FakeQuantize ops (each feeding a depthwise convolution's weights) are not among them."""
+  import onnx
+  from hydrajax.export import openvino_ir
+  data = export.export_onnx(weights[0], H, W)
+  nodes = {node.name for node in onnx.load_from_string(data).graph.node}
+  model = openvino_ir.quantize(openvino_ir.from_onnx(data), frames(1))
+  candidates = openvino_ir.activation_quantizers(model)
+  labels = list(candidates.values())
+  assert len(set(labels)) == len(labels)
+  assert {label.split(" (")[0] for label in labels} <= nodes
+  assert set(LAYERS) <= {label.split(" (")[0] for label in labels}
+  fake_quantizers = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+  weight_ports = {op.get_friendly_name() for op in fake_quantizers
+                  if any(t.get_index() == 1 and "Convolution" in t.get_node().get_type_name()
+                         for t in op.output(0).get_target_inputs())}
+  assert weight_ports  # depthwise weights keep a FakeQuantize after their Reshape
+  assert weight_ports.isdisjoint(candidates)
+  assert len(candidates) == len(fake_quantizers) - len(weight_ports)
+
+
 def check_int8_ir(path, variables):
   """The int8 IR at `path`, written with --keep-float depth_head: int8 weights in every conv
   but the depth head's last, whose input is not quantized either; its runner loads it."""

@@ -225,16 +225,47 @@ def run(compiled: Any, images: np.ndarray, names: Sequence[str]) -> dict[str, np
 
 
 def activation_quantizers(model: Any) -> dict[str, str]:
-  """{FakeQuantize op name: the layer it quantizes, "op (type)"} of the activations of an
-  int8 openvino.Model (the weights' quantization is folded into int8 constants)."""
+  """{FakeQuantize op name: the layer whose output it quantizes, "ONNX node (op type)"} of
+  the activations of an int8 openvino.Model: the accuracy guard's candidates for keeping float.
+
+  A candidate is one quantized tensor computed from the image, named by the node of the float
+  ONNX export that computes it, as the ONNX path (`quantize.activation_quantizers`) names its
+  QuantizeLinear nodes: both int8 exports then rank and name the same layers, in names the
+  user finds in the ONNX graph (and in the IR, which keeps them). Not candidates: NNCF's
+  weight FakeQuantize ops (on a path from constants only, such as a depthwise convolution's
+  reshaped weights; the other weights are folded into int8 constants), which quantize no
+  layer's output and would be named after an OpenVINO Reshape, and which the guard leaves int8
+  as the ONNX path leaves its int8 weights. The op type is OpenVINO's op that computes the
+  tensor (a convolution's bias Add, a Clip's Minimum); an op OpenVINO made while splitting an
+  ONNX node (a Sum of three into two Adds) is named by that node, "Sum_121 (Add, part of it)".
+  """
+  computed = set()  # ops whose output depends on the model's input
   out = {}
   for op in model.get_ordered_ops():
-    if op.get_type_name() != "FakeQuantize":
-      continue
-    src = op.input_value(0).get_node()
-    if src.get_type_name() != "Constant":
-      out[op.get_friendly_name()] = f"{src.get_friendly_name()} ({src.get_type_name()})"
+    inputs = [op.input_value(i).get_node() for i in range(op.get_input_size())]
+    if op.get_type_name() == "Parameter" or any(n in computed for n in inputs):
+      computed.add(op)
+    if op.get_type_name() == "FakeQuantize" and inputs[0] in computed:
+      out[op.get_friendly_name()] = _onnx_layer(inputs[0])
   return out
+
+
+def _onnx_layer(op: Any) -> str:
+  """The float ONNX node whose output `op` computes, as "node (op type)": `op` itself when its
+  output carries an ONNX tensor name (OpenVINO's ONNX reader gives the op computing a node's
+  output that node's name), else the first such op downstream, past FakeQuantize ops."""
+  kind, part = op.get_type_name(), ""
+  seen = set()
+  while not op.output(0).get_names():
+    seen.add(op)
+    consumers = [t.get_node() for t in op.output(0).get_target_inputs()]
+    nxt = next((c for c in consumers if c not in seen), None)
+    if nxt is None or nxt.get_type_name() == "Result":
+      return f"{op.get_friendly_name()} ({kind})"
+    if nxt.get_type_name() != "FakeQuantize":
+      part = ", part of it"
+    op = nxt
+  return f"{op.get_friendly_name()} ({kind}{part})"
 
 
 def without_quantizers(model: Any, names: Sequence[str]) -> Any:

@@ -16,7 +16,7 @@ from hydrajax.export import cli, openvino_ir, quantize
 @contextlib.contextmanager
 def measured_layers(names: Sequence[str]) -> Iterator[None]:
   """Within the block the guard sees only the activation quantizers of the layers `names`
-  (ONNX node and OpenVINO op names; both formats keep the exported graph's names)."""
+  (nodes of the float ONNX graph, as both formats name the layers)."""
   saved = [(module, module.activation_quantizers) for module in (quantize, openvino_ir)]
 
   def only(real):
