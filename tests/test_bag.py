@@ -425,32 +425,33 @@ FOXGLOVE_TOPICS = {f"/hydrajax/{n}" for n in ("image", "segm", "segm_color", "de
                                                 "camera_info", "points")}
 
 
-def _foxglove_client(port, stop, want=()):
+def _foxglove_client(port, stop, want=(), until=0, subscribed=None):
   """A Foxglove WebSocket client on 127.0.0.1:`port` (connecting once the server is up) that
-  subscribes to every advertised channel, until the server closes, `stop` is set, every
-  topic of `want` has a message, or 60 s. Returns ({topic: [(log time ns, arrival
-  time.monotonic(), CDR payload)]}, {topic: the channel as advertised})."""
+  subscribes once to each channel as it is advertised (no retry: a refused subscription is
+  a status message, returned), until the server closes, `stop` is set, every topic of `want`
+  has a message logged at `until` ns or later, or 60 s; `subscribed` (an Event) is set once
+  it has sent its subscription to every topic of `want`. Returns ({topic: [(log time ns,
+  arrival time.monotonic(), CDR payload)]}, {topic: the channel as advertised}, [the
+  message of every status the server sent])."""
   import json
-  import re
   import struct
   from websockets.exceptions import ConnectionClosed
   from websockets.sync.client import connect
-  deadline, got, channels = time.monotonic() + 60, {}, {}
+  deadline, got, channels, statuses = time.monotonic() + 60, {}, {}, []
+
+  def done():
+    return want and all(got.get(topic, [(-1,)])[-1][0] >= until for topic in want)
   while True:
     try:
       ws = connect(f"ws://127.0.0.1:{port}", subprotocols=["foxglove.sdk.v1"], open_timeout=5,
-                   close_timeout=1)
+                   close_timeout=1, max_size=None)
       break
     except OSError:
       if stop.is_set() or time.monotonic() > deadline:
-        return got, {}
+        return got, {}, statuses
       time.sleep(0.01)
-
-  def subscribe(ids):
-    ws.send(json.dumps({"op": "subscribe",
-                        "subscriptions": [{"id": i, "channelId": i} for i in ids]}))
   with ws:
-    while time.monotonic() < deadline and not (want and set(want) <= set(got)):
+    while time.monotonic() < deadline and not done():
       try:
         message = ws.recv(timeout=0.1)
       except TimeoutError:
@@ -464,25 +465,25 @@ def _foxglove_client(port, stop, want=()):
         msg = json.loads(message)
         if msg["op"] == "advertise":
           channels.update({c["id"]: c for c in msg["channels"]})
-          subscribe([c["id"] for c in msg["channels"]])
-        # foxglove-sdk advertises a new channel a moment before it accepts subscriptions
-        # to it: a subscription sent at once can be refused, and is sent again
-        unknown = re.fullmatch(r"Unknown channel ID: (\d+)", msg.get("message", ""))
-        if msg["op"] == "status" and unknown:
-          time.sleep(0.01)
-          subscribe([int(unknown.group(1))])
+          ws.send(json.dumps({"op": "subscribe", "subscriptions": [
+              {"id": c["id"], "channelId": c["id"]} for c in msg["channels"]]}))
+          if subscribed is not None and set(want) <= {c["topic"] for c in channels.values()}:
+            subscribed.set()
+        elif msg["op"] == "status":
+          statuses.append(msg["message"])
       elif message[0] == 0x01:  # message data: subscription id, log time, payload
         sub, log_time = struct.unpack_from("<IQ", message, 1)
         got.setdefault(channels[sub]["topic"], []).append((log_time, now, bytes(message[13:])))
-  return got, {c["topic"]: c for c in channels.values()}
+  return got, {c["topic"]: c for c in channels.values()}, statuses
 
 
-def test_foxglove_bag_replay_sends_every_topic_at_the_bags_pace(weights_file, tmp_path,
-                                                                 capsys):
+def test_foxglove_bag_replay_sends_every_topic_at_the_bags_pace_up_to_the_last_frame(
+    weights_file, tmp_path, capsys):
   """hydrajax-predict --bag IN --foxglove --port P: a client on 127.0.0.1 receives every
-  topic stamped with the bag's log times, and the frames arrive no faster than the bag's
-  0.1 s spacing (replayed at bag speed, not as fast as the network runs: one frame's network
-  call takes a few tens of ms here)."""
+  topic stamped with the bag's log times, up to the bag's last frame (the command stops its
+  server only once what it logged has been sent), and the frames arrive no faster than the
+  bag's 0.1 s spacing (replayed at bag speed, not as fast as the network runs: one frame's
+  network call takes a few tens of ms here)."""
   import socket
   import threading
   src = str(tmp_path / "in.mcap")
@@ -491,7 +492,9 @@ def test_foxglove_bag_replay_sends_every_topic_at_the_bags_pace(weights_file, tm
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   stop, result = threading.Event(), []
-  client = threading.Thread(target=lambda: result.append(_foxglove_client(port, stop)))
+  bag_times = [10**9 + t * 10**8 for t in range(6)]
+  client = threading.Thread(target=lambda: result.append(
+      _foxglove_client(port, stop, want=FOXGLOVE_TOPICS, until=bag_times[-1])))
   client.start()
   try:
     rc, io_ = _run(["--weights", weights_file, "--bag", src, "--topic", TOPIC, "--foxglove",
@@ -501,35 +504,37 @@ def test_foxglove_bag_replay_sends_every_topic_at_the_bags_pace(weights_file, tm
     client.join(30)
   assert rc == 0, io_.err
   assert f"foxglove: serving on ws://127.0.0.1:{port}" in io_.out
-  (got, _), = result
+  (got, _, statuses), = result
+  assert statuses == []
   assert set(got) == FOXGLOVE_TOPICS
-  bag_times = [10**9 + t * 10**8 for t in range(6)]
   for topic, messages in got.items():
     stamps = [t for t, _, _ in messages]
-    # consecutive frames: the client subscribes once a channel is advertised (with the first
-    # frame), and messages still queued when the command stops its server are not sent
-    start = bag_times.index(stamps[0])
-    assert len(stamps) >= 3 and stamps == bag_times[start:start + len(stamps)], (topic, stamps)
+    # consecutive frames to the bag's last (the client may connect after the first frames)
+    assert len(stamps) >= 3 and stamps == bag_times[-len(stamps):], (topic, stamps)
     (first, first_at, _), (last, last_at, _) = messages[0], messages[-1]
     # as far apart as in the bag, less 0.15 s for a first one that reached the client late
     assert last_at - first_at >= (last - first) / 1e9 - 0.15, (topic, messages)
 
 
-def test_foxglove_camera_command_serves_every_topic_of_the_camera(weights_file, monkeypatch,
-                                                                    capsys):
-  """hydrajax-predict --camera N --foxglove --port P --fov 90 --points: the camera (a stand-in
-  for /dev/videoN) is served live over Foxglove's WebSocket protocol on 127.0.0.1; a client
-  that subscribes to every advertised channel receives every topic, CDR-decodable (the
-  camera's own frame on /hydrajax/image), and the command ends with the camera, status 0."""
+def test_foxglove_camera_serves_every_topic_to_a_client_subscribed_before_the_first_frame(
+    weights_file, monkeypatch, capsys):
+  """hydrajax-predict --camera N --foxglove --port P --fov 90 --points: a client that connects
+  and subscribes to every topic before the camera (a stand-in for /dev/videoN) gives its
+  first frame is served every topic over Foxglove's WebSocket protocol on 127.0.0.1, its
+  subscriptions accepted once, CDR-decodable (the camera's own frame on /hydrajax/image), and
+  the command ends with the camera, status 0. The stand-in gives no frame until then: with
+  channels made only at the first frame, nothing would be advertised and no frame given."""
   import socket
   import threading
   from hydrajax.inference import camera
-  frame, stop, opened = _frames(1)[0], threading.Event(), []
+  frame, stop, subscribed, opened = _frames(1)[0], threading.Event(), threading.Event(), []
 
   def fake_camera(index):
     opened.append(index)
 
-    def frames():  # until the client has every topic
+    def frames():  # from the client's subscription until the client has every topic
+      if not subscribed.wait(10):
+        return
       deadline = time.monotonic() + 60
       while not stop.is_set() and time.monotonic() < deadline:
         yield frame
@@ -542,7 +547,8 @@ def test_foxglove_camera_command_serves_every_topic_of_the_camera(weights_file, 
 
   def client():
     try:
-      result.append(_foxglove_client(port, threading.Event(), want=FOXGLOVE_TOPICS))
+      result.append(_foxglove_client(port, threading.Event(), want=FOXGLOVE_TOPICS,
+                                     subscribed=subscribed))
     finally:
       stop.set()
   thread = threading.Thread(target=client)
@@ -555,8 +561,10 @@ def test_foxglove_camera_command_serves_every_topic_of_the_camera(weights_file, 
     thread.join(30)
   assert rc == 0, io_.err
   assert opened == [3]
-  (got, channels), = result
-  assert set(got) == FOXGLOVE_TOPICS
+  assert subscribed.is_set()
+  (got, channels, statuses), = result
+  assert statuses == []
+  assert set(channels) == set(got) == FOXGLOVE_TOPICS
   assert {c["schemaEncoding"] for c in channels.values()} == {"ros2msg"}
   ts = get_typestore(Stores.ROS2_HUMBLE)
   image = ts.deserialize_cdr(got["/hydrajax/image"][0][2], rosmsg.IMAGE)
@@ -566,6 +574,35 @@ def test_foxglove_camera_command_serves_every_topic_of_the_camera(weights_file, 
   assert (depth.encoding, depth.height, depth.width) == ("32FC1", H, W)
   cloud = ts.deserialize_cdr(got["/hydrajax/points"][0][2], rosmsg.POINTS)
   assert cloud.width == H * W and cloud.header.frame_id == "camera"
+
+
+def test_foxglove_sink_close_sends_what_was_logged_to_a_subscribed_client():
+  """Stopping foxglove-sdk's server drops the messages still queued for a client: close()
+  first lets a subscribed client receive every message logged, here 12 MB logged at once
+  just before it, the last included."""
+  import threading
+  from hydrajax.inference import roslog
+  sink = roslog.FoxgloveSink(port=0, topics={"/big": rosmsg.IMAGE})
+  stop, subscribed, result = threading.Event(), threading.Event(), []
+  client = threading.Thread(target=lambda: result.append(
+      _foxglove_client(sink.port, stop, want={"/big"}, until=4, subscribed=subscribed)))
+  client.start()
+  try:
+    assert subscribed.wait(10)
+    deadline = time.monotonic() + 10
+    while not sink.has_subscribers() and time.monotonic() < deadline:
+      time.sleep(0.005)
+    frame = np.zeros((1000, 1000, 3), np.uint8)
+    for t in range(1, 5):
+      sink.write("/big", rosmsg.IMAGE, t, rosmsg.image_msg(
+          sink.ts, rosmsg.header(sink.ts, t, "camera"), frame, "rgb8"))
+  finally:
+    sink.close()
+    stop.set()
+    client.join(30)
+  (got, _, statuses), = result
+  assert statuses == []
+  assert [t for t, _, _ in got["/big"]] == [1, 2, 3, 4]
 
 
 def test_foxglove_needs_a_camera_or_a_bag(weights_file, capsys):

@@ -248,6 +248,23 @@ class Publisher:
         sink.write(f"{p}/points", rosmsg.POINTS, t, rosmsg.point_cloud_msg(ts, hdr, cloud))
 
 
+def output_topics(prefix: str, tasks: Sequence[str], *, camera: bool, points: bool,
+                  image: bool) -> dict[str, str]:
+  """{topic: message type} of everything `Publisher` writes for a model with `tasks`: the
+  input frame with `image` (a live sink), camera_info when the camera is known, points with
+  `points` (and a depth head)."""
+  topics = {"image": rosmsg.IMAGE} if image else {}
+  if "segm" in tasks:
+    topics |= {"segm": rosmsg.IMAGE, "segm_color": rosmsg.IMAGE}
+  if "depth" in tasks:
+    topics["depth"] = rosmsg.IMAGE
+  if camera:
+    topics["camera_info"] = rosmsg.CAMERA_INFO
+  if points and "depth" in tasks:
+    topics["points"] = rosmsg.POINTS
+  return {f"{prefix}/{name}": msgtype for name, msgtype in topics.items()}
+
+
 def choose_camera(info_k: points_lib.Intrinsics | None, intrinsics: str | None,
                   fov: float | None, height: int, width: int) -> points_lib.Intrinsics | None:
   """--intrinsics (pixels at the input's size), else --fov, else the CameraInfo's K; the
@@ -318,7 +335,8 @@ def process_bag(variables: Any, src: str, dst: str | None, *, topic: str,
       if dst:
         sinks.append(roslog.open_file(dst, fmt))
       if foxglove_port is not None:
-        sinks.append(_foxglove(foxglove_port))
+        sinks.append(_foxglove(foxglove_port, output_topics(
+            prefix, _tasks(variables), camera=camera is not None, points=points, image=True)))
       colours, _ = onnx_runner.display_settings(variables, palette, max_depth)
       publish = Publisher(sinks, prefix, colours, camera, bag.info, mapper is not None, points)
       files = [s for s in sinks if not isinstance(s, roslog.FoxgloveSink)]
@@ -371,8 +389,9 @@ def _run(variables: Any, frames: Iterator[tuple[np.ndarray, Meta]], publish: Pub
   return BagReport(count, time.perf_counter() - start)
 
 
-def _foxglove(port: int) -> roslog.FoxgloveSink:
-  sink = roslog.FoxgloveSink(port)
+def _foxglove(port: int, topics: Mapping[str, str]) -> roslog.FoxgloveSink:
+  """The live sink, every topic of the run (`output_topics`) advertised before any frame."""
+  sink = roslog.FoxgloveSink(port, topics=topics)
   sink.wants_image = True
   print(f"foxglove: serving on ws://127.0.0.1:{sink.port} (Foxglove: Open connection)")
   return sink
@@ -494,7 +513,8 @@ def _run_camera(args: argparse.Namespace, variables: Any, port: int) -> BagRepor
   if args.points:
     choice = points_lib.camera_choice(variables, args.intrinsics, args.fov,
                                       args.weights or args.onnx)
-  sink = _foxglove(port)
+  sink = _foxglove(port, output_topics(args.prefix, _tasks(variables), camera=choice is not None,
+                                       points=args.points, image=True))
   try:
     frames, _ = camera_lib.open_camera(args.camera)
     return live_camera(variables, frames, [sink], prefix=args.prefix, camera=choice,

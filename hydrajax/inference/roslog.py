@@ -17,9 +17,10 @@ import functools
 import os
 import shutil
 import sys
+import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from hydrajax.runtime import atomic
 
@@ -224,16 +225,31 @@ class Ros2Sink(_RosbagsSink):
 
 class FoxgloveSink(Sink):
   """A Foxglove WebSocket server on 127.0.0.1 (foxglove-sdk): ros2msg schemas, CDR messages,
-  sent to the clients subscribed at the time (a live stream, nothing kept)."""
+  sent to the clients subscribed at the time (a live stream, nothing kept).
 
-  def __init__(self, port: int = 8765, host: str = "127.0.0.1"):
+  `topics` ({topic: message type}), every topic the run will publish, get their channels
+  before the server starts, so a client that connects before the first frame (the usual
+  case: Foxglove opened, then the robot started) sees them advertised and can subscribe.
+  foxglove-sdk queues a new channel's advertisement to the connected clients a moment before
+  it accepts their subscriptions to it ("Unknown channel ID"); a client that connects later
+  gets the existing channels' advertisements only once they accept. A topic outside `topics`
+  still gets its channel with its first message."""
+
+  # How long `close` waits for the last messages to reach subscribed clients (seconds)
+  FLUSH_SECONDS = 0.5
+
+  def __init__(self, port: int = 8765, host: str = "127.0.0.1",
+               topics: Mapping[str, str] | None = None):
     super().__init__()
     import foxglove
     self._foxglove = foxglove
     self.context = foxglove.Context()
+    for topic, msgtype in (topics or {}).items():
+      self._channels[topic] = self._channel(topic, msgtype, self.ts)
     self.server = foxglove.start_server(name="hydrajax", host=host, port=port,
                                         context=self.context)
     self.port = self.server.port
+    self._last_log = time.monotonic()
 
   def _channel(self, topic, msgtype, ts):
     schema = self._foxglove.Schema(name=msgtype, encoding="ros2msg",
@@ -243,11 +259,28 @@ class FoxgloveSink(Sink):
 
   def _write(self, channel, log_time, data):
     channel.log(bytes(data), log_time=log_time)
+    self._last_log = time.monotonic()
+
+  def has_subscribers(self) -> bool:
+    """Whether a client is subscribed to one of the sink's topics (its subscription accepted
+    by the server: what is logged from now on is sent to it)."""
+    return any(channel.has_sinks() for channel in self._channels.values())
 
   def close(self, keep=True):
-    for channel in self._channels.values():
-      channel.close()
-    self.server.stop()
+    """Stop the server; with `keep`, first give subscribed clients up to FLUSH_SECONDS after
+    the last message to receive what is still queued for them."""
+    try:
+      # foxglove-sdk has no flush: stopping its server drops the messages still queued for a
+      # client, and it tells neither how many are queued nor what a client received (the
+      # protocol has no acknowledgement), so the wait is a bound, not a confirmation; it ends
+      # early once no client is subscribed
+      deadline = self._last_log + self.FLUSH_SECONDS
+      while keep and time.monotonic() < deadline and self.has_subscribers():
+        time.sleep(0.01)
+    finally:
+      for channel in self._channels.values():
+        channel.close()
+      self.server.stop()
 
 
 def open_file(path: str, fmt: str) -> Sink:
