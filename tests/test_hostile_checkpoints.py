@@ -64,8 +64,8 @@ def refused(path, match, error=CheckpointError, load=torch_pickle.load) -> str:
   `match`, within MAX_SECONDS of CPU time, and (a second time, traced) MAX_PEAK_BYTES of
   memory; return the message."""
   # CPU seconds of this thread, with the collector paused: what the loader itself spends,
-  # not the other xdist worker's load on the shared cores or a collection of other tests' arrays
-  gc.collect()
+  # not the other xdist worker's load on the shared cores or a collection of other tests'
+  # objects (a full collection in a worker that holds compiled programs takes seconds)
   gc.disable()
   try:
     start = time.thread_time()
