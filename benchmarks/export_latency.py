@@ -19,7 +19,9 @@ Variants (batch 1, uint8 RGB in):
                        openvino` on the .onnx file; not in the default set)
   torch_eager          the authors' network (tests/helpers/torch_reference.py) in PyTorch eager,
                        channels_last, outputs upsampled to H x W (benchmarks/compare_cases.py)
-  hydrajax_apply       `hydrajax.apply` (outputs at H x W)
+  hydrajax_apply       `hydrajax.apply` (outputs at H x W), the library's defaults
+  hydrajax_apply_fast_cpu  the same after `hydrajax.runtime.fast_cpu()` (malloc reuse and
+                       the C++ CPU kernels, which the tools opt into; not in the default set)
   stablehlo_full       the deserialized StableHLO export --full-resolution
   hydrajax_apply_labels  `hydrajax.apply` plus the labels argmax in one jit: the outputs
                        stablehlo_full computes (not in the default set)
@@ -49,13 +51,13 @@ sys.path.insert(0, ROOT)
 
 VARIANTS = ("onnxruntime_quarter", "onnxruntime_full", "torch_eager", "hydrajax_apply",
             "stablehlo_full", "onnxruntime_int8", "openvino_quarter", "openvino_int8",
-            "hydrajax_apply_labels", "openvino_onnx_int8")
-DEFAULT_VARIANTS = VARIANTS[:-2]
+            "hydrajax_apply_labels", "openvino_onnx_int8", "hydrajax_apply_fast_cpu")
+DEFAULT_VARIANTS = VARIANTS[:-3]
 ARTIFACTS = {"onnxruntime_quarter": "quarter.onnx", "onnxruntime_full": "full.onnx",
              "onnxruntime_int8": "quarter_int8.onnx", "openvino_quarter": "quarter.xml",
              "openvino_int8": "quarter_int8.xml", "openvino_onnx_int8": "quarter_int8.onnx",
              "hydrajax_apply": "weights.npz", "stablehlo_full": "full.stablehlo",
-             "hydrajax_apply_labels": "weights.npz"}
+             "hydrajax_apply_labels": "weights.npz", "hydrajax_apply_fast_cpu": "weights.npz"}
 
 
 # ----------------------------------------------------------------------------- worker
@@ -92,8 +94,10 @@ def _runner(variant: str, path: str, image: np.ndarray, threads: int):
     run, _ = compare_cases.build_torch("infer", *image.shape[:3])
     return run
   import jax
-  if variant == "hydrajax_apply":
+  if variant in ("hydrajax_apply", "hydrajax_apply_fast_cpu"):
     import hydrajax
+    if variant == "hydrajax_apply_fast_cpu":
+      hydrajax.runtime.fast_cpu()
     variables = hydrajax.load(path)
     return lambda: jax.block_until_ready(hydrajax.apply(variables, image))
   if variant == "hydrajax_apply_labels":
