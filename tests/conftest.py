@@ -12,13 +12,16 @@ if _platform != "default":
 # optimisations) compiles the same HLO program much faster, and XLA:CPU's older loop
 # emitters (instead of its MLIR fusion emitters) compile it in about half the time again,
 # at the same run time; the same operations in the same precision, no fast-math with either,
-# and the tolerances already allow any summation order. (XLA stops at an unknown flag: both
-# are flags of the jaxlib that requirements.txt pins.)
+# and the tolerances already allow any summation order. LLVM code generation in one piece
+# rather than split over threads costs less CPU time, and the two xdist workers keep both
+# cores busy anyway. (XLA stops at an unknown flag: all three are flags of the jaxlib that
+# requirements.txt pins.)
 # Subprocesses inherit them. HYDRAJAX_TEST_XLA_OPT=default keeps XLA's own settings.
 if os.environ.get("HYDRAJAX_TEST_XLA_OPT", "0") != "default":
   os.environ["XLA_FLAGS"] = " ".join(
       [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
-       "--xla_cpu_use_fusion_emitters=false"]).strip()
+       "--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1"]
+  ).strip()
 
 import chex  # noqa: E402
 import jax  # noqa: E402
@@ -38,7 +41,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="hydrajax-test-xla-")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))

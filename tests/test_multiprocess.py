@@ -130,7 +130,10 @@ def _max_abs(tree) -> float:
 RTOL = 1e-8
 
 
-def test_two_processes_train_the_one_process_model(two_process_run, one_process_run):
+# one_process_run first (fixtures are made in the order of the arguments): its float64
+# 4-device step, written to the run's compilation cache early, is the one
+# tests/test_train.py's device-count test compiles on the other worker.
+def test_two_processes_train_the_one_process_model(one_process_run, two_process_run):
   config, plain, _ = one_process_run
   one, two = _losses(plain), _losses(two_process_run)
   assert sorted(one) == sorted(two) == list(range(1, config.num_train_steps + 1))
@@ -143,7 +146,7 @@ def test_two_processes_train_the_one_process_model(two_process_run, one_process_
     assert diff <= RTOL * scale, (name, diff, scale)
 
 
-def test_two_processes_evaluate_the_whole_set_as_one_process(two_process_run, one_process_run):
+def test_two_processes_evaluate_the_whole_set_as_one_process(one_process_run, two_process_run):
   """The 2-process evaluate.run of its final checkpoint against 1 process x 4 devices
   scoring the same variables: the same counts and confusion-matrix metrics exactly."""
   config, _, one_result = one_process_run
