@@ -1,7 +1,7 @@
 """hydrajax-predict --bag on bags whose recorder was killed: a ROS 1 bag left unindexed and cut
 mid-chunk (`X.bag.active`), an MCAP file without summary or footer, a ROS 2 sqlite3 directory
-without metadata.yaml. Built here with rosbags and mcap, cut, run through the tool, and the
-output read back."""
+without metadata.yaml, and a ROS 2 sqlite3 bag whose .db3 file is itself cut or damaged. Built
+here with rosbags and mcap, cut, run through the tool, and the output read back."""
 import os
 import struct
 
@@ -186,3 +186,45 @@ def test_hostile_record_size_in_an_unindexed_bag_stops_the_scan_there(field, tmp
   got = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()]
   assert [bytes(m.data) for m in got] == [f.tobytes() for f in frames[:2]]
   assert reader.cut.startswith("cut short (not indexed; its last record is incomplete")
+
+
+@pytest.mark.parametrize("damage,k", [("cut", 4), ("page", 5)])
+def test_damaged_sqlite3_bag_keeps_the_frames_before_the_damage(damage, k, weights_file,
+                                                                 tmp_path, capsys):
+  """A ROS 2 sqlite3 bag of 8 frames whose .db3 file (26 pages of 4 KiB, each frame's row
+  spilling over two or three) rosbags cannot open, read row by row up to the damage. "cut":
+  cut after page 19 (75% of it); sqlite takes a file shorter than the page count in its
+  header as malformed, and read with that check off, frames 0-3 are whole and frame 4's data
+  runs past the cut. "page": page 24, the b-tree leaf holding frame 5's row, overwritten
+  with 0xA5; frames 0-4 are read, frame 5's row is malformed."""
+  src = tmp_path / "in"
+  write_bag(str(src), "ros2", frames=_frames(8), camera_info=False)
+  db3 = src / "in.db3"
+  data = bytearray(db3.read_bytes())
+  assert len(data) == 26 * 4096
+  if damage == "cut":
+    del data[19 * 4096:]
+  else:
+    data[23 * 4096:24 * 4096] = b"\xa5" * 4096
+  db3.write_bytes(bytes(data))
+  rc, io_, out = _run_bag(src, weights_file, tmp_path, capsys)
+  assert rc == 1, io_.err
+  assert_one_error_line(io_.err, src, "in.db3 cut short or damaged", "malformed",
+                        f"after the message at bag time {(k - 1) / 10:.3f} s "
+                        f"({10**9 + (k - 1) * 10**8} ns)", f"the {k} frames before it are in")
+  assert _stamps(read_log(out)) == _want(k)
+
+
+def test_sqlite3_bag_with_unreadable_topics_table_writes_nothing(weights_file, tmp_path,
+                                                                 capsys):
+  """Page 4, the topics table's only page, overwritten with 0xA5: no connection is known."""
+  src = tmp_path / "in"
+  write_bag(str(src), "ros2", frames=_frames(2), camera_info=False)
+  db3 = src / "in.db3"
+  data = bytearray(db3.read_bytes())
+  data[3 * 4096:4 * 4096] = b"\xa5" * 4096
+  db3.write_bytes(bytes(data))
+  rc, io_, out = _run_bag(src, weights_file, tmp_path, capsys)
+  assert rc == 2
+  assert_one_error_line(io_.err, src, "not a readable bag", "malformed")
+  assert not out.exists()

@@ -6,9 +6,11 @@ index_pos is 0) whose last chunk may be unterminated (sizes still 0) or cut mid-
 without metadata.yaml. `rosbags` opens none of these as given (it needs the ROS 1 index, the
 MCAP footer, the directory's metadata.yaml): a directory's .db3 files are handed to it one by
 one, and the two other kinds `open_scanned` reads from the start in file order, up to the
-first incomplete record, with a reader that offers what bag.py uses of `rosbags.highlevel.AnyReader`: `connections`,
-`start_time`, `typestore`, `is2`, `messages()`, `deserialize()`, `close()`, plus `cut`, why the
-reading stops early (None: the file ended cleanly).
+first incomplete record, as it reads a .db3 file that is itself cut short or damaged (with
+Python's sqlite3, row by row up to the first one sqlite cannot read), with a reader that
+offers what bag.py uses of `rosbags.highlevel.AnyReader`: `connections`, `start_time`,
+`typestore`, `is2`, `messages()`, `deserialize()`, `close()`, plus `cut`, why the reading
+stops early (None: the file ended cleanly).
 
 MCAP records are read by `mcap`'s non-seeking StreamReader (a chunk cut short is lost whole).
 ROS 1 has no such reader: `_Ros1Scan` walks the records of the bag format 2.0 (a u32-sized
@@ -28,6 +30,7 @@ from typing import Any, BinaryIO, Iterator
 MAX_CHUNK = 1 << 30  # the largest decompressed ROS 1 chunk read (rosbag writes ~768 KiB ones)
 ROS1_MAGIC = b"#ROSBAG V2.0\n"
 MCAP_MAGIC = b"\x89MCAP0\r\n"
+SQLITE_MAGIC = b"SQLite format 3\0"
 _OP_MSG, _OP_CHUNK, _OP_CONNECTION = 2, 5, 7
 
 
@@ -37,17 +40,19 @@ class Cut(Exception):
 
 
 def open_scanned(path: str) -> Any:
-  """A reader of the bag at `path` that rosbags could not open (a ROS 1 bag, an MCAP file, or
-  a ROS 2 directory of them), or None when it is none of these kinds; ValueError when it has
-  no complete message."""
+  """A reader of the bag at `path` that rosbags could not open (a ROS 1 bag, an MCAP file, a
+  rosbag2 .db3 file, or a ROS 2 directory of them), or None when it is none of these kinds;
+  ValueError when it has no complete message."""
   p = Path(path)
   if p.is_dir():
     return _bag_dir(p)
   with open(p, "rb") as f:
-    magic = f.read(len(ROS1_MAGIC))
+    magic = f.read(len(SQLITE_MAGIC))
   if magic.startswith(MCAP_MAGIC):
     reader = _Scanned(p, is2=True)
-  elif magic == ROS1_MAGIC:
+  elif magic == SQLITE_MAGIC:
+    reader = _Db3(p)
+  elif magic.startswith(ROS1_MAGIC):
     reader = _Scanned(p, is2=False)
   else:
     return None
@@ -58,12 +63,18 @@ def open_scanned(path: str) -> Any:
 
 def _bag_dir(p: Path) -> Any:
   """A ROS 2 bag directory that rosbags could not open (no metadata.yaml, or its storage file
-  cut short): its .db3 files read by rosbags as they are, or its single .mcap file scanned."""
+  cut short): its .db3 files read by rosbags as they are (a single one it cannot read, read
+  row by row), or its single .mcap file scanned."""
   from rosbags.highlevel import AnyReader
   db3, mcaps = sorted(p.glob("*.db3")), sorted(p.glob("*.mcap"))
   if db3:
     reader = AnyReader(db3)
-    reader.open()
+    try:
+      reader.open()
+    except Exception:  # noqa: BLE001 - rosbags and sqlite raise their own types
+      if len(db3) > 1:
+        raise
+      return open_scanned(str(db3[0]))
     return reader
   if len(mcaps) == 1:
     return open_scanned(str(mcaps[0]))
@@ -132,6 +143,57 @@ class _Scanned:
 
   def close(self) -> None:
     """Nothing stays open between scans."""
+
+
+class _Db3(_Scanned):
+  """A rosbag2 sqlite3 file that rosbags cannot open (cut short, or a page damaged), read with
+  Python's sqlite3 one row at a time until sqlite raises. Rows come in timestamp order through
+  the bag's timestamp index; when that query fails before its first row (the index itself
+  damaged, or sqlite sorting instead and so reading every row first), in rowid order, the
+  order rosbag2 inserted them in. The scan that counts the messages reads their data too
+  (one row at a time), so that it stops where `messages()` does."""
+
+  def __init__(self, path: Path):
+    super().__init__(path, is2=True)
+
+  def _records(self, with_data: bool) -> Iterator[tuple[int, int, bytes | None]]:
+    import contextlib
+    import sqlite3
+    # writable_schema: sqlite otherwise takes a file shorter than the page count in its header
+    # as wholly malformed; the connection is read-only, nothing is written.
+    with contextlib.closing(sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro",
+                                            uri=True)) as db:
+      db.execute("PRAGMA writable_schema = ON")
+      if not self.conns:
+        self._topics(db)
+      yielded = False
+      for order in ("timestamp", "id"):
+        self.cut = None
+        try:
+          for cid, t, raw in db.execute("SELECT topic_id, timestamp, data FROM messages "
+                                        f"ORDER BY {order}"):
+            if cid in self.conns:
+              yielded = True
+              yield cid, t, raw
+          return
+        except sqlite3.Error as e:
+          self.cut = f"{self.path.name} cut short or damaged (sqlite: {e})"
+          if yielded:
+            return
+
+  def _topics(self, db: Any) -> None:
+    """Connections of the topics table (sqlite's error when it is unreadable: not a bag),
+    with the message definitions rosbag2 stores from its format 8 on."""
+    import sqlite3
+    defs: dict[str, tuple[str, str]] = {}
+    try:
+      defs = {t: (enc, text) for t, enc, text in db.execute(
+          "SELECT topic_type, encoding, encoded_message_definition FROM message_definitions")}
+    except sqlite3.Error:  # older bags have none: the ROS 2 Humble types are used
+      pass
+    for cid, topic, msgtype in db.execute("SELECT id, name, type FROM topics"):
+      enc, text = defs.get(msgtype, ("", ""))
+      self.conns[cid] = _connection(self, cid, topic, msgtype, text, enc == "ros2idl")
 
 
 def _connection(owner: _Scanned, cid: int, topic: str, msgtype: str, msgdef: str,
