@@ -165,6 +165,22 @@ def test_tunable_cuts_the_page_faults_of_xla_temp_buffers():
   assert plain > 8000 and huge < plain / 4, (plain, huge)
 
 
+@pytest.mark.parametrize("help_flag", ["--help", "-h", "--helpfull"])
+def test_a_tool_asked_for_help_neither_relaunches_nor_tunes(monkeypatch, help_flag):
+  """`hydrajax-demo --help` only prints: no second start of the process, no malloc setting,
+  no kernel build."""
+  from hydrajax.runtime import cpu
+  calls = []
+  monkeypatch.setattr(hugepages, "relaunch", lambda *entries: calls.append("relaunch"))
+  monkeypatch.setattr(cpu, "fast_cpu", lambda: calls.append("fast_cpu"))
+  monkeypatch.setattr(sys, "argv", ["hydrajax-demo", "--port", "7861", help_flag])
+  cpu.tune_tool("hydrajax-demo", "hydrajax.inference.demo")
+  assert calls == []
+  monkeypatch.setattr(sys, "argv", ["hydrajax-demo", "--port", "7861"])
+  cpu.tune_tool("hydrajax-demo", "hydrajax.inference.demo")
+  assert calls == ["relaunch", "fast_cpu"]
+
+
 @pytest.mark.parametrize("argv,relaunched", [
     (["--weights", "w.npz", "--video", "in.mp4", "--out", "out.mp4"], True),
     (["--weights", "w.npz", "--video=in.mp4", "--out", "out.mp4"], True),

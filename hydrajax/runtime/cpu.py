@@ -9,6 +9,8 @@ library user opts into. Importing hydrajax does none of it.
 """
 from __future__ import annotations
 
+import sys
+
 from hydrajax.runtime import hugepages
 
 
@@ -23,10 +25,16 @@ def fast_cpu(*, malloc_reuse: bool = True, cpu_kernels: bool = True) -> dict[str
           "cpu_kernels": cpu_kernels and ffi_build.available()}
 
 
+HELP_FLAGS = ("-h", "--help", "--helpfull", "--helpshort")  # argparse's and absl's
+
+
 def tune_tool(*entries: str) -> None:
   """What a command-line tool does first thing: relaunch with the huge-page tunable where it
   helps (hugepages.relaunch, with its `entries`), then the fast CPU path (malloc reuse is
-  skipped in a relaunched process, whose huge pages serve instead). Library code never
+  skipped in a relaunched process, whose huge pages serve instead). Nothing when asked for
+  help: the tool only prints it, and a relaunch would start it twice. Library code never
   calls this."""
+  if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+    return
   hugepages.relaunch(*entries)
   fast_cpu()
