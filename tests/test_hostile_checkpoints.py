@@ -181,9 +181,15 @@ def test_zip_of_many_members_is_refused_before_its_directory_is_parsed(good, goo
   with zipfile.ZipFile(path, "w") as zf:
     for i in range(301):
       zf.writestr(zipfile.ZipInfo(f"{i}", (1980, 1, 1, 0, 0, 0)), b"")
+  refused_before_parsing(path, "lists 301 members, more than the 300", good, good_weights,
+                         monkeypatch)
+
+
+def refused_before_parsing(path, match, good, good_weights, monkeypatch):
+  """Both loaders (checkpoint and weights) refuse the zip at `path`, naming `match`, before
+  zipfile parses its directory; good files load exactly after."""
   parsed = []
   monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: parsed.append(1))
-  match = "lists 301 members, more than the 300"
   refused(path, match)
   refused(path, match, ValueError, weights.load)
   assert not parsed
@@ -217,16 +223,9 @@ def test_zip_directory_larger_than_its_claimed_count_is_refused_before_parsing(
   path.write_bytes(zip_of_empty_members(70_000, 1))
   with zipfile.ZipFile(path) as zf:  # what zipfile itself makes of it
     assert len(zf.infolist()) == 70_000
-  parsed = []
-  monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: parsed.append(1))
   match = (r"zip directory is 3558890 bytes \(room for 77367 members\), more than the "
            f"{stored_zip.MAX_DIRECTORY_BYTES} a checkpoint")
-  refused(path, match)
-  refused(path, match, ValueError, weights.load)
-  assert not parsed
-  monkeypatch.undo()
-  assert_good_loads_exactly(good)
-  assert_good_weights_load_exactly(good_weights)
+  refused_before_parsing(path, match, good, good_weights, monkeypatch)
 
 
 # --------------------------------------------------------------------- tensor geometry
