@@ -243,6 +243,54 @@ def test_copy_input_converts_a_bags_own_type_and_leaves_out_what_it_cannot_with_
   assert len(log[TOPIC]) == 3 and len(log["/hydrajax/depth"]) == 3
 
 
+def test_mcap_with_json_channels_reads_its_ros_topics_and_names_the_json_one(
+    weights_file, tmp_path, capsys):
+  """An MCAP file with a JSON channel beside its ROS 2 camera (as Foxglove's recorders write
+  them): every frame is read, --copy-input leaves the JSON topic out with one warning, and
+  --topic on it is one error line listing the image topics."""
+  from mcap.writer import Writer
+  ts = get_typestore(Stores.ROS2_HUMBLE)
+  src = tmp_path / "in.mcap"
+  with open(src, "wb") as f:
+    writer = Writer(f)
+    writer.start(profile="ros2")
+    channels = {}
+    for name, msgtype in ((TOPIC, rosmsg.IMAGE), ("/cam/camera_info", rosmsg.CAMERA_INFO)):
+      schema = writer.register_schema(msgtype, "ros2msg",
+                                      ts.generate_msgdef(msgtype, ros_version=2)[0].encode())
+      channels[name] = writer.register_channel(name, "cdr", schema)
+    schema = writer.register_schema("foxglove.Log", "jsonschema", b'{"type": "object"}')
+    channels["/log"] = writer.register_channel("/log", "json", schema)
+    for t, frame in enumerate(_frames(3)):
+      hdr = rosmsg.header(ts, t * 10**9, "cam_optical")
+      info = ts.types[rosmsg.CAMERA_INFO](
+          header=hdr, height=H, width=W, distortion_model="", d=np.zeros(0), k=np.eye(3).ravel(),
+          r=np.eye(3).ravel(), p=np.zeros(12), binning_x=0, binning_y=0,
+          roi=ts.types["sensor_msgs/msg/RegionOfInterest"](
+              x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+      records = {"/log": b'{"message": "n%d"}' % t,
+                 "/cam/camera_info": ts.serialize_cdr(info, rosmsg.CAMERA_INFO),
+                 TOPIC: ts.serialize_cdr(rosmsg.image_msg(ts, hdr, frame, "rgb8"), rosmsg.IMAGE)}
+      for i, (name, data) in enumerate(records.items()):
+        writer.add_message(channels[name], 10**9 + t * 10**8 + i, data, 10**9 + t * 10**8)
+    writer.finish()
+  out = tmp_path / "out.mcap"
+  rc, io_ = _run(["--weights", weights_file, "--bag", str(src), "--topic", TOPIC,
+                  "--out", str(out), "--copy-input"], capsys)
+  assert rc == 0, io_.err
+  warnings = [line for line in io_.err.splitlines() if line.startswith("warning:")]
+  assert len(warnings) == 1 and "/log (json)" in warnings[0] and "Traceback" not in io_.err, \
+      io_.err
+  log = read_log(out)
+  assert "/log" not in log and len(log[TOPIC]) == 3 and len(log["/cam/camera_info"]) == 3
+  assert [m.header.stamp.sec for _, m in log["/hydrajax/depth"]] == [0, 1, 2]
+  rc, io_ = _run(["--weights", weights_file, "--bag", str(src), "--topic", "/log",
+                  "--out", str(tmp_path / "out2.mcap")], capsys)
+  assert rc == 2
+  assert_one_error_line(io_.err, src, "topic /log is json, not a ROS image", f"topics: {TOPIC}")
+  assert not (tmp_path / "out2.mcap").exists()
+
+
 def test_mcap_output_decodes_with_mcaps_own_ros2_decoder(weights_file, tmp_path, capsys):
   """Foxglove reads MCAP's ros2msg schemas: mcap-ros2-support decodes every output message."""
   decoder = pytest.importorskip("mcap_ros2.decoder")

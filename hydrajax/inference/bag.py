@@ -20,7 +20,9 @@ Without either, segm and depth are still written and `--points` is refused.
 Frames stream through `video.predict_stream` (batched, bounded memory). A bag that cannot be
 read on stops the run with its name and the last good message time; the frames before it are
 kept in a valid OUT (exit status 1). So does a bag cut short by a recorder that was killed (an
-unindexed ROS 1 bag, an MCAP file without footer), read record by record by bagscan.py.
+unindexed ROS 1 bag, an MCAP file without footer), read record by record by bagscan.py, as
+is an MCAP file that holds channels of other encodings (JSON, protobuf) beside its ROS ones:
+only the ROS ones are read.
 """
 from __future__ import annotations
 
@@ -89,10 +91,12 @@ class BagInput:
     self.reader = _open_reader(path)
     self.ros1 = not self.reader.is2
     conns = self.reader.connections
+    self.skipped = getattr(self.reader, "skipped", {})  # non-ROS MCAP channels (bagscan.py)
     self.image_conns = [c for c in conns if c.topic == topic]
     if not self.image_conns or self.image_conns[0].msgtype not in rosmsg.IMAGE_TYPES:
       images = sorted({c.topic for c in conns if c.msgtype in rosmsg.IMAGE_TYPES})
       what = (f"is a {self.image_conns[0].msgtype}, not an image topic" if self.image_conns
+              else f"is {self.skipped[topic]}, not a ROS image" if topic in self.skipped
               else "is not in it")
       raise ValueError(f"{path}: topic {topic} {what}; its image topics: "
                        f"{', '.join(images) or 'none'}")
@@ -123,7 +127,11 @@ class BagInput:
 
   def prepare_copy(self, sinks: Sequence[roslog.Sink]) -> None:
     """Ready `sinks` to copy every topic of the bag, before anything is written; a topic
-    that cannot be copied is named in one warning and left out (roslog.Sink.add_copy)."""
+    that cannot be copied is named in one warning and left out (roslog.Sink.add_copy), and
+    the channels of other encodings than ROS's in one more."""
+    if self.skipped:
+      roslog.warn("not copied, not ROS messages: " + ", ".join(
+          f"{topic} ({encoding})" for topic, encoding in sorted(self.skipped.items())))
     for topic, msgtype in dict.fromkeys((c.topic, c.msgtype) for c in self.reader.connections):
       for sink in sinks:
         try:

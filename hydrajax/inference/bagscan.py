@@ -10,7 +10,12 @@ first incomplete record, as it reads a .db3 file that is itself cut short or dam
 Python's sqlite3, row by row up to the first one sqlite cannot read), with a reader that
 offers what bag.py uses of `rosbags.highlevel.AnyReader`: `connections`, `start_time`,
 `typestore`, `is2`, `messages()`, `deserialize()`, `close()`, plus `cut`, why the reading
-stops early (None: the file ended cleanly).
+stops early (None: the file ended cleanly), and `skipped`, {topic: encoding} of the channels
+left out.
+
+The same scan reads a whole MCAP file that also holds channels of other encodings (JSON,
+protobuf, ... as Foxglove's recorders write them beside ROS topics): rosbags refuses such a
+file, the scan leaves those channels out and reads its ROS ones.
 
 MCAP records are read by `mcap`'s non-seeking StreamReader (a chunk cut short is lost whole).
 ROS 1 has no such reader: `_Ros1Scan` walks the records of the bag format 2.0 (a u32-sized
@@ -32,6 +37,8 @@ ROS1_MAGIC = b"#ROSBAG V2.0\n"
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 SQLITE_MAGIC = b"SQLite format 3\0"
 _OP_MSG, _OP_CHUNK, _OP_CONNECTION = 2, 5, 7
+ROS_SCHEMAS = ("ros1msg", "ros2msg", "ros2idl", "omgidl")  # MCAP schema encodings read
+ROS_MESSAGES = ("cdr", "ros1")  # and message encodings
 
 
 class Cut(Exception):
@@ -90,6 +97,7 @@ class _Scanned:
     self.path, self.is2 = path, is2
     self.cut: str | None = None
     self.conns: dict[int, Any] = {}
+    self.skipped: dict[str, str] = {}
     counts: dict[int, int] = {}
     self.start_time = self.last_time = None
     for cid, t, _ in self._records(with_data=False):
@@ -230,6 +238,10 @@ def _mcap_records(f: BinaryIO, owner: _Scanned) -> Iterator[tuple[int, int, byte
       schemas[record.id] = record
     elif isinstance(record, Channel) and record.id not in owner.conns:
       schema = schemas.get(record.schema_id)
+      if (record.message_encoding not in ROS_MESSAGES
+          or schema is not None and schema.encoding not in ROS_SCHEMAS):
+        owner.skipped[record.topic] = record.message_encoding
+        continue
       owner.conns[record.id] = _connection(
           owner, record.id, record.topic, schema.name if schema else "",
           schema.data.decode() if schema else "", bool(schema) and schema.encoding == "ros2idl")
