@@ -193,38 +193,50 @@ def test_copy_input_copies_every_topic_of_every_bag_kind_to_every_format(
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temp dirs left
 
 
+def write_raw_mcap(path, ts, ros_topics, other_channels, frame_records, frames=3):
+  """An MCAP file written with `mcap`'s own Writer: `ros_topics` {topic: ROS 2 type} with
+  their ros2msg schemas and CDR channels, `other_channels` {topic: (message encoding, schema
+  (name, encoding, bytes) or None)}; per frame t, `frame_records(t, header, frame)` gives
+  {topic: bytes}, logged 0.1 s apart in that order (stamps t seconds, frame_id cam_optical)."""
+  from mcap.writer import Writer
+  with open(path, "wb") as f:
+    writer = Writer(f)
+    writer.start(profile="ros2")
+    channels = {}
+    for name, msgtype in ros_topics.items():
+      schema = writer.register_schema(msgtype, "ros2msg",
+                                      ts.generate_msgdef(msgtype, ros_version=2)[0].encode())
+      channels[name] = writer.register_channel(name, "cdr", schema)
+    for name, (encoding, schema) in other_channels.items():
+      channels[name] = writer.register_channel(
+          name, encoding, writer.register_schema(*schema) if schema else 0)
+    for t, frame in enumerate(_frames(frames)):
+      records = frame_records(t, rosmsg.header(ts, t * 10**9, "cam_optical"), frame)
+      for i, (name, data) in enumerate(records.items()):
+        writer.add_message(channels[name], 10**9 + t * 10**8 + i, data, 10**9 + t * 10**8)
+    writer.finish()
+
+
 def test_copy_input_converts_a_bags_own_type_and_leaves_out_what_it_cannot_with_a_warning(
     weights_file, tmp_path, capsys):
   """An MCAP file into a ROS 1 bag: a type of the bag's own (not in ROS 1 Noetic) is copied
   with its definition under ROS 1's Header; a channel without schema (no definition of its
   type) and a String topic whose second message does not fit its definition are each named
   in one warning and left out (the String topic from that message on)."""
-  from mcap.writer import Writer
   from rosbags.typesys import get_types_from_msg
   ts = get_typestore(Stores.ROS2_HUMBLE)
   reading, string = "my_msgs/msg/Reading", "std_msgs/msg/String"
   ts.register(get_types_from_msg("std_msgs/Header header\nfloat64 value", reading))
   src = tmp_path / "in.mcap"
-  with open(src, "wb") as f:
-    writer = Writer(f)
-    writer.start(profile="ros2")
-    channels = {}
-    for name, msgtype in ((TOPIC, rosmsg.IMAGE), ("/note", string), ("/reading", reading)):
-      schema = writer.register_schema(msgtype, "ros2msg",
-                                      ts.generate_msgdef(msgtype, ros_version=2)[0].encode())
-      channels[name] = writer.register_channel(name, "cdr", schema)
-    channels["/blob"] = writer.register_channel("/blob", "cdr", 0)
-    for t, frame in enumerate(_frames(3)):
-      hdr = rosmsg.header(ts, t * 10**9, "cam_optical")
-      note = ts.serialize_cdr(ts.types[string](data=f"n{t}"), string)
-      records = {TOPIC: ts.serialize_cdr(rosmsg.image_msg(ts, hdr, frame, "rgb8"), rosmsg.IMAGE),
-                 "/note": note if t != 1 else bytes(note[:4]) + b"\xff\x00\x00\x00n1",
-                 "/reading": ts.serialize_cdr(ts.types[reading](header=hdr, value=t / 2),
-                                              reading),
-                 "/blob": b"\x00\x01\x00\x00\x07"}
-      for i, (name, data) in enumerate(records.items()):
-        writer.add_message(channels[name], 10**9 + t * 10**8 + i, data, 10**9 + t * 10**8)
-    writer.finish()
+
+  def records(t, hdr, frame):
+    note = ts.serialize_cdr(ts.types[string](data=f"n{t}"), string)
+    return {TOPIC: ts.serialize_cdr(rosmsg.image_msg(ts, hdr, frame, "rgb8"), rosmsg.IMAGE),
+            "/note": note if t != 1 else bytes(note[:4]) + b"\xff\x00\x00\x00n1",
+            "/reading": ts.serialize_cdr(ts.types[reading](header=hdr, value=t / 2), reading),
+            "/blob": b"\x00\x01\x00\x00\x07"}
+  write_raw_mcap(src, ts, {TOPIC: rosmsg.IMAGE, "/note": string, "/reading": reading},
+                 {"/blob": ("cdr", None)}, records)
   out = tmp_path / "out.bag"
   rc, io_ = _run(["--weights", weights_file, "--bag", str(src), "--topic", TOPIC,
                   "--out", str(out), "--copy-input"], capsys)
@@ -248,32 +260,21 @@ def test_mcap_with_json_channels_reads_its_ros_topics_and_names_the_json_one(
   """An MCAP file with a JSON channel beside its ROS 2 camera (as Foxglove's recorders write
   them): every frame is read, --copy-input leaves the JSON topic out with one warning, and
   --topic on it is one error line listing the image topics."""
-  from mcap.writer import Writer
   ts = get_typestore(Stores.ROS2_HUMBLE)
   src = tmp_path / "in.mcap"
-  with open(src, "wb") as f:
-    writer = Writer(f)
-    writer.start(profile="ros2")
-    channels = {}
-    for name, msgtype in ((TOPIC, rosmsg.IMAGE), ("/cam/camera_info", rosmsg.CAMERA_INFO)):
-      schema = writer.register_schema(msgtype, "ros2msg",
-                                      ts.generate_msgdef(msgtype, ros_version=2)[0].encode())
-      channels[name] = writer.register_channel(name, "cdr", schema)
-    schema = writer.register_schema("foxglove.Log", "jsonschema", b'{"type": "object"}')
-    channels["/log"] = writer.register_channel("/log", "json", schema)
-    for t, frame in enumerate(_frames(3)):
-      hdr = rosmsg.header(ts, t * 10**9, "cam_optical")
-      info = ts.types[rosmsg.CAMERA_INFO](
-          header=hdr, height=H, width=W, distortion_model="", d=np.zeros(0), k=np.eye(3).ravel(),
-          r=np.eye(3).ravel(), p=np.zeros(12), binning_x=0, binning_y=0,
-          roi=ts.types["sensor_msgs/msg/RegionOfInterest"](
-              x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
-      records = {"/log": b'{"message": "n%d"}' % t,
-                 "/cam/camera_info": ts.serialize_cdr(info, rosmsg.CAMERA_INFO),
-                 TOPIC: ts.serialize_cdr(rosmsg.image_msg(ts, hdr, frame, "rgb8"), rosmsg.IMAGE)}
-      for i, (name, data) in enumerate(records.items()):
-        writer.add_message(channels[name], 10**9 + t * 10**8 + i, data, 10**9 + t * 10**8)
-    writer.finish()
+
+  def records(t, hdr, frame):
+    info = ts.types[rosmsg.CAMERA_INFO](
+        header=hdr, height=H, width=W, distortion_model="", d=np.zeros(0), k=np.eye(3).ravel(),
+        r=np.eye(3).ravel(), p=np.zeros(12), binning_x=0, binning_y=0,
+        roi=ts.types["sensor_msgs/msg/RegionOfInterest"](
+            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+    return {"/log": b'{"message": "n%d"}' % t,
+            "/cam/camera_info": ts.serialize_cdr(info, rosmsg.CAMERA_INFO),
+            TOPIC: ts.serialize_cdr(rosmsg.image_msg(ts, hdr, frame, "rgb8"), rosmsg.IMAGE)}
+  write_raw_mcap(src, ts, {TOPIC: rosmsg.IMAGE, "/cam/camera_info": rosmsg.CAMERA_INFO},
+                 {"/log": ("json", ("foxglove.Log", "jsonschema", b'{"type": "object"}'))},
+                 records)
   out = tmp_path / "out.mcap"
   rc, io_ = _run(["--weights", weights_file, "--bag", str(src), "--topic", TOPIC,
                   "--out", str(out), "--copy-input"], capsys)
