@@ -69,9 +69,9 @@ def write_bag(path, kind, *, encoding="rgb8", compressed=False, camera_info=True
         roi = ts.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0,
                                                            width=0, do_rectify=False)
         info = ts.types[rosmsg.CAMERA_INFO](
-            header=hdr, height=frame.shape[0], width=frame.shape[1], distortion_model="plumb_bob", binning_x=0,
-            binning_y=0, roi=roi, **dict(zip(names, (np.array(distortion, np.float64), k,
-                                                     np.eye(3).reshape(-1), p))))
+            header=hdr, height=frame.shape[0], width=frame.shape[1],
+            distortion_model="plumb_bob", binning_x=0, binning_y=0, roi=roi,
+            **dict(zip(names, (np.array(distortion, np.float64), k, np.eye(3).reshape(-1), p))))
         writer.write(info_conn, log_time - 1, ser(info, rosmsg.CAMERA_INFO))
       if compressed:
         buf = io.BytesIO()
@@ -255,11 +255,19 @@ def test_copy_input_converts_a_bags_own_type_and_leaves_out_what_it_cannot_with_
   assert len(log[TOPIC]) == 3 and len(log["/hydrajax/depth"]) == 3
 
 
-def test_mcap_with_json_channels_reads_its_ros_topics_and_names_the_json_one(
-    weights_file, tmp_path, capsys):
-  """An MCAP file with a JSON channel beside its ROS 2 camera (as Foxglove's recorders write
-  them): every frame is read, --copy-input leaves the JSON topic out with one warning, and
-  --topic on it is one error line listing the image topics."""
+# A Foxglove log channel as JSON, and as protobuf (its schema: a FileDescriptorSet, here
+# opaque bytes, never parsed since the channel is left out).
+OTHER_CHANNELS = {"json": (b'{"message": "n%d"}', ("foxglove.Log", "jsonschema",
+                                                    b'{"type": "object"}')),
+                  "protobuf": (b"\x12\x02n%d", ("foxglove.Log", "protobuf", b"\x0a\x00"))}
+
+
+@pytest.mark.parametrize("encoding", sorted(OTHER_CHANNELS))
+def test_mcap_with_json_or_protobuf_channels_reads_its_ros_topics_and_names_the_other_one(
+    weights_file, tmp_path, capsys, encoding):
+  """An MCAP file with a JSON or protobuf channel beside its ROS 2 camera (as Foxglove's
+  recorders write them): every frame is read, --copy-input leaves that topic out with one
+  warning, and --topic on it is one error line listing the image topics."""
   ts = get_typestore(Stores.ROS2_HUMBLE)
   src = tmp_path / "in.mcap"
 
@@ -269,26 +277,27 @@ def test_mcap_with_json_channels_reads_its_ros_topics_and_names_the_json_one(
         r=np.eye(3).ravel(), p=np.zeros(12), binning_x=0, binning_y=0,
         roi=ts.types["sensor_msgs/msg/RegionOfInterest"](
             x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
-    return {"/log": b'{"message": "n%d"}' % t,
+    return {"/log": OTHER_CHANNELS[encoding][0] % t,
             "/cam/camera_info": ts.serialize_cdr(info, rosmsg.CAMERA_INFO),
             TOPIC: ts.serialize_cdr(rosmsg.image_msg(ts, hdr, frame, "rgb8"), rosmsg.IMAGE)}
   write_raw_mcap(src, ts, {TOPIC: rosmsg.IMAGE, "/cam/camera_info": rosmsg.CAMERA_INFO},
-                 {"/log": ("json", ("foxglove.Log", "jsonschema", b'{"type": "object"}'))},
+                 {"/log": (encoding, OTHER_CHANNELS[encoding][1])},
                  records)
   out = tmp_path / "out.mcap"
   rc, io_ = _run(["--weights", weights_file, "--bag", str(src), "--topic", TOPIC,
                   "--out", str(out), "--copy-input"], capsys)
   assert rc == 0, io_.err
   warnings = [line for line in io_.err.splitlines() if line.startswith("warning:")]
-  assert len(warnings) == 1 and "/log (json)" in warnings[0] and "Traceback" not in io_.err, \
-      io_.err
+  assert len(warnings) == 1 and f"/log ({encoding})" in warnings[0], io_.err
+  assert "Traceback" not in io_.err
   log = read_log(out)
   assert "/log" not in log and len(log[TOPIC]) == 3 and len(log["/cam/camera_info"]) == 3
   assert [m.header.stamp.sec for _, m in log["/hydrajax/depth"]] == [0, 1, 2]
   rc, io_ = _run(["--weights", weights_file, "--bag", str(src), "--topic", "/log",
                   "--out", str(tmp_path / "out2.mcap")], capsys)
   assert rc == 2
-  assert_one_error_line(io_.err, src, "topic /log is json, not a ROS image", f"topics: {TOPIC}")
+  assert_one_error_line(io_.err, src, f"topic /log is {encoding}, not a ROS image",
+                        f"topics: {TOPIC}")
   assert not (tmp_path / "out2.mcap").exists()
 
 
