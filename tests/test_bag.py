@@ -255,6 +255,45 @@ def test_copy_input_converts_a_bags_own_type_and_leaves_out_what_it_cannot_with_
   assert len(log[TOPIC]) == 3 and len(log["/hydrajax/depth"]) == 3
 
 
+def test_copy_input_writes_ros1_tf_messages_as_ros2_tf2_msgs_tfmessage(weights_file, tmp_path,
+                                                                       capsys):
+  """A ROS 1 bag's /tf (tf/tfMessage, which ROS 2 lacks) copied into MCAP is on a
+  tf2_msgs/msg/TFMessage channel (the type ROS 2 tools draw transforms from), its messages
+  decoded by ROS 2 Humble's definition to the recorded transform."""
+  from mcap.reader import make_reader
+  from rosbags.typesys import get_types_from_msg
+  ts = get_typestore(Stores.ROS1_NOETIC)
+  tf1, tf2 = "tf/msg/tfMessage", "tf2_msgs/msg/TFMessage"
+  ts.register(get_types_from_msg("geometry_msgs/TransformStamped[] transforms", tf1))
+  gm = "geometry_msgs/msg/"
+  transform = ts.types[gm + "TransformStamped"](
+      header=rosmsg.header(ts, 7, "odom"), child_frame_id="cam_optical",
+      transform=ts.types[gm + "Transform"](
+          translation=ts.types[gm + "Vector3"](x=1.5, y=-2.0, z=0.25),
+          rotation=ts.types[gm + "Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0)))
+  src = tmp_path / "in.bag"
+  with Writer1(src) as writer:
+    tf_conn = writer.add_connection("/tf", tf1, typestore=ts)
+    img_conn = writer.add_connection(TOPIC, rosmsg.IMAGE, typestore=ts)
+    writer.write(tf_conn, 10**9 - 1, ts.serialize_ros1(ts.types[tf1](transforms=[transform]),
+                                                       tf1))
+    img = rosmsg.image_msg(ts, rosmsg.header(ts, 7, "cam_optical"), _frames(1)[0], "rgb8")
+    writer.write(img_conn, 10**9, ts.serialize_ros1(img, rosmsg.IMAGE))
+  out = tmp_path / "out.mcap"
+  rc, io_ = _run(["--weights", weights_file, "--bag", str(src), "--topic", TOPIC,
+                  "--out", str(out), "--copy-input"], capsys)
+  assert rc == 0, io_.err
+  assert "warning" not in io_.err
+  humble = get_typestore(Stores.ROS2_HUMBLE)
+  with open(out, "rb") as f:
+    tf = [(schema.name, humble.deserialize_cdr(message.data, schema.name))
+          for schema, channel, message in make_reader(f).iter_messages(topics=["/tf"])]
+  assert [name for name, _ in tf] == [tf2]
+  (got,) = tf[0][1].transforms
+  assert (got.header.frame_id, got.child_frame_id) == ("odom", "cam_optical")
+  v = got.transform.translation
+  assert (v.x, v.y, v.z) == (1.5, -2.0, 0.25)
+
 # A Foxglove log channel as JSON, and as protobuf (its schema: a FileDescriptorSet, here
 # opaque bytes, never parsed since the channel is left out).
 OTHER_CHANNELS = {"json": (b'{"message": "n%d"}', ("foxglove.Log", "jsonschema",

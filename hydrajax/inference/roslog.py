@@ -26,6 +26,13 @@ from hydrajax.runtime import atomic
 
 FORMATS = ("mcap", "ros2", "ros1")
 
+# ROS 1 types that ROS 2 has under another name with the same layout, renamed when copied
+# into a ROS 2 log (as `rosbags-convert` does): ROS 2 has no `tf` package, and ROS 2 tools
+# (RViz2, Foxglove) take transforms from tf2_msgs/TFMessage only. The other way needs no
+# rename: ROS 1 Noetic has tf2_msgs/TFMessage too (rosbags' Noetic store lacks it, so it is
+# written with the bag's definition, which gives Noetic's md5sum).
+ROS2_RENAMES = {"tf/msg/tfMessage": "tf2_msgs/msg/TFMessage"}
+
 
 def typestore(ros1: bool) -> Any:
   """The message definitions hydrajax writes: ROS 1 Noetic's or ROS 2 Humble's."""
@@ -40,7 +47,8 @@ class Sink:
   def __init__(self):
     self.ts = typestore(self.ros1)
     self._channels: dict[str, Any] = {}
-    self._copies: dict[str, tuple[Any, Any]] = {}  # topic -> (typestore, converter)
+    # topic -> (typestore, type written, converter)
+    self._copies: dict[str, tuple[Any, str, Any]] = {}
     self._not_copied: set[str] = set()
     self._bag_store: tuple[Any, Any] | None = None  # (a bag's typestore, _bag_types of it)
 
@@ -65,7 +73,7 @@ class Sink:
       except ValueError as e:
         warn(str(e))
         return
-    ts, convert = self._copies[topic]
+    ts, out_type, convert = self._copies[topic]
     try:
       data = convert(data)
     except Exception as e:  # noqa: BLE001 - rosbags' SerdeError, struct errors
@@ -76,7 +84,7 @@ class Sink:
            f"({' '.join(str(e).split())}); it and the topic's later messages are not copied")
       return
     if topic not in self._channels:
-      self._channels[topic] = self._channel(topic, msgtype, ts)
+      self._channels[topic] = self._channel(topic, out_type, ts)
     self._write(self._channels[topic], log_time, data)
 
   def add_copy(self, topic: str, msgtype: str, source_ts: Any, source_ros1: bool) -> None:
@@ -97,21 +105,25 @@ class Sink:
       raise ValueError(f"not copying {topic}: its type {msgtype} cannot be written to a ROS "
                        f"{1 if self.ros1 else 2} log: {' '.join(why.split())}") from None
 
-  def _converter(self, msgtype: str, source_ts: Any, source_ros1: bool) -> tuple[Any, Any]:
-    """(the typestore whose definition of `msgtype` OUT gets, bytes -> bytes of this sink's
-    serialization)."""
+  def _converter(self, msgtype: str, source_ts: Any,
+                 source_ros1: bool) -> tuple[Any, str, Any]:
+    """(the typestore whose definition OUT gets, the type OUT's channel has, bytes -> bytes
+    of this sink's serialization)."""
     from rosbags.convert.converter import is_same_wireformat
     if source_ros1 == self.ros1:
-      ts, convert = source_ts, bytes  # as recorded, with the bag's own definitions
+      ts, out_type, convert = source_ts, msgtype, bytes  # as recorded, the bag's definitions
     else:
-      ts = (self.ts if msgtype in self.ts.fielddefs
-            and is_same_wireformat(source_ts, self.ts, msgtype, msgtype)
-            else self._bag_types(source_ts))
+      out_type = msgtype if self.ros1 else ROS2_RENAMES.get(msgtype, msgtype)
+      if out_type in self.ts.fielddefs and is_same_wireformat(source_ts, self.ts, msgtype,
+                                                              out_type):
+        ts = self.ts
+      else:
+        ts, out_type = self._bag_types(source_ts), msgtype
       # each direction reads the ROS 1 Header (with seq) from a store that has it
-      convert = (functools.partial(ts.ros1_to_cdr, typename=msgtype) if source_ros1
+      convert = (functools.partial(ts.ros1_to_cdr, typename=out_type) if source_ros1
                  else functools.partial(source_ts.cdr_to_ros1, typename=msgtype))
-    ts.generate_msgdef(msgtype, ros_version=1 if self.ros1 else 2)  # every nested type known
-    return ts, convert
+    ts.generate_msgdef(out_type, ros_version=1 if self.ros1 else 2)  # every nested type known
+    return ts, out_type, convert
 
   def _bag_types(self, source_ts: Any) -> Any:
     """The bag's definitions with this ROS version's Header."""
